@@ -1,0 +1,124 @@
+"""The `mrw` command line: parses options and calls one function per command.
+
+Exit codes (interfaces.md, section 1): 0 success, 1 runtime failure, 2 bad usage or bad input.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from mrw.errors import FatalError, UsageError
+from mrw.paths import DATASETS
+
+
+def _fail(code: int, message: str):
+    click.echo(f"mrw: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn):
+    """Turn the package's errors into one line on stderr and the right exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            _fail(2, str(e))
+        except FatalError as e:
+            _fail(1, str(e))
+        except KeyboardInterrupt:
+            _fail(1, "interrupted")
+
+    return wrapper
+
+
+def common_options(fn):
+    fn = click.option("--dataset", type=click.Choice(DATASETS), default="mrw", show_default=True,
+                      help="Which dataset.")(fn)
+    fn = click.option("--root", type=click.Path(file_okay=False), default=None,
+                      help="Data root (default: $MRW_HOME, else ~/.cache/mrw).")(fn)
+    return fn
+
+
+def split_option(fn):
+    return click.option("--split", required=True,
+                        help="train, val or test (`valid` is accepted for val).")(fn)
+
+
+class _Group(click.Group):
+    def main(self, *args, **kwargs):
+        # click's own usage errors exit 2 already; keep them to one line plus a hint
+        return super().main(*args, **kwargs)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mrw")
+def main():
+    """Datasets and the standard benchmark for cross-modal retrieval on MRW, TGIF and MS-COCO."""
+
+
+# -- info -------------------------------------------------------------------------------------
+@main.command()
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Data root (default: $MRW_HOME, else ~/.cache/mrw).")
+@click.option("--dataset", type=click.Choice(DATASETS), default=None,
+              help="Only this dataset (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def info(root, dataset, as_json):
+    """Datasets, splits, counts, and which stages exist under the root."""
+    from mrw.info import collect_info, format_info
+
+    report = collect_info(root, [dataset] if dataset else list(DATASETS))
+    if as_json:
+        import json
+
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(format_info(report))
+
+
+# -- download ---------------------------------------------------------------------------------
+@main.command()
+@common_options
+@split_option
+@click.option("--metadata", "source", default=None,
+              help="The official release: a folder, a .tar.gz, or a URL (default: the official URL).")
+@click.option("--catalog-only", is_flag=True, help="Build the split's catalog and stop.")
+@click.option("--from-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Take media from local files <id>.<ext> in this folder instead of the network.")
+@click.option("--limit", type=int, default=None, help="Only the first N items of the split.")
+@click.option("--workers", type=int, default=16, show_default=True, help="Download threads.")
+@click.option("--shard-size", type=int, default=1000, show_default=True, help="Items per shard.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Limit on one whole response, in seconds.")
+@click.option("--retries", type=int, default=3, show_default=True,
+              help="Retries on timeouts, connection errors, 5xx and 429.")
+@click.option("--max-bytes", type=int, default=64 * 1024 * 1024, show_default=True,
+              help="Largest media file accepted, in bytes.")
+@handle_errors
+def download(root, dataset, split, source, catalog_only, from_dir, limit, workers, shard_size,
+             timeout, retries, max_bytes):
+    """Build the split's catalog from the official release, then fetch its media into shards."""
+    from mrw.datasets import build_catalog
+
+    path, report = build_catalog(dataset, split, root=root, source=source)
+    click.echo(report.summary(), err=True)
+    click.echo(f"catalog: {path}")
+    if catalog_only:
+        return
+    from mrw.download import download_split
+
+    download_split(root=root, dataset=dataset, split=split, from_dir=from_dir, limit=limit,
+                   workers=workers, shard_size=shard_size, timeout=timeout, retries=retries,
+                   max_bytes=max_bytes)
+
+
+# -- commands added by later stages go below, one block each -----------------------------------
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Dataset descriptors: the machine-readable facts in `metadata/<dataset>.json`."""
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from mrw import paths
+
+
+def metadata_dir() -> Path:
+    """`$MRW_METADATA`, else the repository's `metadata/` beside the package."""
+    env = os.environ.get("MRW_METADATA")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "metadata", here / "metadata"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("the metadata/ folder of the mrw package is missing")
+
+
+@lru_cache(maxsize=None)
+def load_descriptor(dataset: str) -> dict:
+    with open(metadata_dir() / f"{paths.check_dataset(dataset)}.json") as fh:
+        return json.load(fh)
+
+
+def published_size(dataset: str, split: str) -> int | None:
+    return load_descriptor(dataset)["splits"].get(paths.normalize_split(split), {}).get("pairs_or_items")

@@ -1,0 +1,68 @@
+"""Where every stage keeps its files under the root (interfaces.md, section 3).
+
+Every module asks this one for paths, so the layout lives in one place.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mrw.errors import UsageError
+
+DATASETS = ("mrw", "tgif", "coco")
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"valid": "val", "validation": "val"}
+
+
+def default_root() -> Path:
+    env = os.environ.get("MRW_HOME")
+    return Path(env).expanduser() if env else Path("~/.cache/mrw").expanduser()
+
+
+def resolve_root(root: str | os.PathLike | None) -> Path:
+    return Path(root).expanduser() if root else default_root()
+
+
+def check_dataset(name: str) -> str:
+    name = str(name).lower()
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")
+    return name
+
+
+def normalize_split(split: str) -> str:
+    """`valid` is accepted for `val`, as the MRW release names it."""
+    s = _SPLIT_ALIASES.get(str(split).lower(), str(split).lower())
+    if s not in SPLITS:
+        raise UsageError(f"unknown split {split!r}: expected one of train, val, test")
+    return s
+
+
+def dataset_dir(root, dataset) -> Path:
+    return resolve_root(root) / check_dataset(dataset)
+
+
+def catalog_path(root, dataset, split) -> Path:
+    return dataset_dir(root, dataset) / "catalog" / f"{normalize_split(split)}.parquet"
+
+
+def release_cache_dir(root, dataset) -> Path:
+    """Downloaded official release files (never re-fetched once here)."""
+    return dataset_dir(root, dataset) / "release"
+
+
+def videos_dir(root, dataset, split) -> Path:
+    return dataset_dir(root, dataset) / "videos" / normalize_split(split)
+
+
+def frames_dir(root, dataset, split) -> Path:
+    return dataset_dir(root, dataset) / "frames" / normalize_split(split)
+
+
+def features_dir(root, dataset, split, backbone="resnet152") -> Path:
+    return dataset_dir(root, dataset) / "features" / backbone / normalize_split(split)
+
+
+def status_dir(stage_dir: Path) -> Path:
+    """Each stage folder keeps one status row per catalog item under `status/`."""
+    return Path(stage_dir) / "status"

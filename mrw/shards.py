@@ -1,0 +1,161 @@
+"""Atomic Parquet shards and per-item status tables, shared by every stage.
+
+A stage (videos, frames, features) splits the catalog's items into shards: shard `i` covers
+catalog rows `[i*S, (i+1)*S)`. A shard is one unit of work: it writes a data file with the rows
+that succeeded and a status file with one row per covered item, each under a temporary name and
+renamed, data first and status last. A shard is complete when its status file exists, so a killed
+run leaves either a complete shard or nothing that counts, and a re-run redoes exactly the shards
+without a status file. Shards are independent, so Spark, Ray or Dask can map over them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mrw.errors import UsageError
+
+SHARD_PREFIX = "shard-"
+MANIFEST = "_stage.json"
+TMP_PREFIX = ".tmp-"
+
+STATUS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("url", pa.string()),
+        ("status", pa.string()),  # "ok" or "failed"
+        ("error", pa.string()),  # null when ok, else "<class>: <message>"
+        ("attempts", pa.int32()),
+    ]
+)
+
+
+def shard_name(index: int) -> str:
+    return f"{SHARD_PREFIX}{index:05d}.parquet"
+
+
+def shard_index(path: Path) -> int:
+    return int(Path(path).stem[len(SHARD_PREFIX):])
+
+
+def shard_ranges(num_items: int, shard_size: int) -> list[tuple[int, int]]:
+    if shard_size <= 0:
+        raise UsageError(f"--shard-size must be a positive integer, got {shard_size}")
+    return [(s, min(s + shard_size, num_items)) for s in range(0, num_items, shard_size)]
+
+
+def data_path(stage_dir: Path, index: int) -> Path:
+    return Path(stage_dir) / shard_name(index)
+
+
+def status_path(stage_dir: Path, index: int) -> Path:
+    return Path(stage_dir) / "status" / shard_name(index)
+
+
+def write_table_atomic(table: pa.Table, path: Path, **parquet_options) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        pq.write_table(table, tmp, **parquet_options)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(obj, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def status_table(rows: Sequence[dict]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [{k: r.get(k) for k in STATUS_SCHEMA.names} for r in rows], schema=STATUS_SCHEMA
+    )
+
+
+def write_shard(stage_dir: Path, index: int, data: pa.Table | None, status_rows: Sequence[dict],
+                **parquet_options) -> None:
+    """Commit one shard: its data rows (if any succeeded) first, its status rows last."""
+    if data is not None and data.num_rows:
+        write_table_atomic(data, data_path(stage_dir, index), **parquet_options)
+    else:
+        stale = data_path(stage_dir, index)
+        if stale.exists():
+            stale.unlink()
+    write_table_atomic(status_table(status_rows), status_path(stage_dir, index))
+
+
+def is_shard_complete(stage_dir: Path, index: int) -> bool:
+    return status_path(stage_dir, index).exists()
+
+
+def remove_temporaries(stage_dir: Path) -> int:
+    """Delete what a killed run left half-written; returns how many files went."""
+    n = 0
+    for folder in (Path(stage_dir), Path(stage_dir) / "status"):
+        if folder.is_dir():
+            for p in folder.glob(f"{TMP_PREFIX}*"):
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def data_shards(stage_dir: Path) -> list[Path]:
+    return sorted(Path(stage_dir).glob(f"{SHARD_PREFIX}*.parquet"))
+
+
+def status_shards(stage_dir: Path) -> list[Path]:
+    return sorted((Path(stage_dir) / "status").glob(f"{SHARD_PREFIX}*.parquet"))
+
+
+def read_status(stage_dir: Path) -> pa.Table:
+    files = status_shards(stage_dir)
+    if not files:
+        return STATUS_SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(f, schema=STATUS_SCHEMA) for f in files)
+
+
+def check_manifest(stage_dir: Path, settings: dict) -> None:
+    """Record the settings a stage was built with; refuse to mix shards built with others."""
+    path = Path(stage_dir) / MANIFEST
+    settings = json.loads(json.dumps(settings))
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise UsageError(
+                f"{stage_dir} was built with other settings ({', '.join(diff)}): "
+                "use the same settings or remove that folder"
+            )
+        return
+    write_json_atomic(settings, path)
+
+
+def read_manifest(stage_dir: Path) -> dict | None:
+    path = Path(stage_dir) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def iter_rows(paths: Iterable[Path], columns: Sequence[str] | None = None, batch_size: int = 64):
+    """Stream rows as dicts, one record batch at a time (bounded memory)."""
+    for p in paths:
+        pf = pq.ParquetFile(p)
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+            yield from batch.to_pylist()
