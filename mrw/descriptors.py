@@ -28,4 +28,4 @@ def load_descriptor(dataset: str) -> dict:
 
 
 def published_size(dataset: str, split: str) -> int | None:
-    return load_descriptor(dataset)["splits"].get(paths.normalize_split(split), {}).get("pairs_or_items")
+    return load_descriptor(dataset)["splits"].get(paths.normalize_split(split), {}).get("items")

@@ -1,0 +1,37 @@
+"""Official releases -> the common catalog, one module per dataset."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mrw import paths
+from mrw.catalog import write_catalog
+from mrw.datasets import coco, mrw, tgif
+from mrw.datasets.release import IngestReport, open_release
+from mrw.descriptors import load_descriptor
+from mrw.errors import UsageError
+
+READERS = {"mrw": mrw.read_split, "tgif": tgif.read_split, "coco": coco.read_split}
+
+
+def build_catalog(dataset: str, split: str, root=None, source=None) -> tuple[Path, IngestReport]:
+    """Read one split of a release (folder, archive, URL or the official one), validate it and
+    write `<root>/<dataset>/catalog/<split>.parquet`. Hard problems raise UsageError and write
+    nothing; soft ones (missing items, a size that differs from the published one) are reported."""
+    dataset, split = paths.check_dataset(dataset), paths.normalize_split(split)
+    desc = load_descriptor(dataset)
+    report = IngestReport(dataset, split, source=str(source) if source else "the official release",
+                          expected_items=desc["splits"][split].get("items"))
+    with open_release(dataset, source, root) as release_dir:
+        rows = READERS[dataset](Path(release_dir), split, desc, report)
+    if not rows:
+        raise UsageError(f"{report.source}: no item of the {split!r} split has an entry in the release "
+                         f"({len(report.missing)} ids missing)")
+    report.items = len(rows)
+    report.sentences = sum(len(r["sentences"]) for r in rows)
+    path = write_catalog(rows, root, dataset, split,
+                         metadata={"mrw.ingest": json.dumps(report.as_dict())})
+    return path, report
+
+
+__all__ = ["build_catalog", "IngestReport", "READERS"]

@@ -1,0 +1,52 @@
+"""MS-COCO in Karpathy's splits: `dataset_coco.json`; `restval` joins `train`; five captions each."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mrw.datasets.mrw import load_json_array
+from mrw.datasets.release import IngestReport, check_id, check_sentence, check_url, find_file
+from mrw.errors import UsageError
+
+CAPTIONS_PER_IMAGE = 5
+
+
+def read_split(release_dir: Path, split: str, desc: dict, report: IngestReport) -> list[dict]:
+    rel = desc["release"]
+    path = find_file(release_dir, rel["metadata_file"], "Karpathy split file")
+    data = load_json_array(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UsageError(f"{path}: expected an object with an 'images' array")
+    wanted = set(rel["split_names"][split])
+    rows, seen, short = [], {}, 0
+    for index, img in enumerate(data["images"]):
+        where = f"{path}:images[{index}]"
+        if not isinstance(img, dict):
+            raise UsageError(f"{where}: expected an object")
+        if img.get("split") not in wanted:
+            continue
+        for key in ("cocoid", "filepath", "filename", "sentences"):
+            if key not in img:
+                raise UsageError(f"{where}: image has no {key!r}")
+        item_id = check_id(str(img["cocoid"]), where)
+        sentences = []
+        for s in img["sentences"]:
+            raw = s.get("raw") if isinstance(s, dict) else None
+            sentences.append(check_sentence(raw, item_id, where))
+        if not sentences:
+            raise UsageError(f"{where}: id {item_id!r}: image has no caption")
+        url = check_url(rel["image_url_template"].format(filepath=img["filepath"], filename=img["filename"]),
+                        item_id, where)
+        row = {"id": item_id, "sentences": sentences, "url": url,
+               "protocol_sentences": list(range(min(CAPTIONS_PER_IMAGE, len(sentences)))),
+               "cocoid": int(img["cocoid"]), "filepath": img["filepath"], "filename": img["filename"]}
+        if item_id in seen:
+            if seen[item_id] != row:
+                raise UsageError(f"{where}: id {item_id!r}: duplicate id with different content")
+            report.duplicates_collapsed += 1
+            continue
+        seen[item_id] = row
+        short += len(sentences) < CAPTIONS_PER_IMAGE
+        rows.append(row)
+    if short:
+        report.warnings.append(f"{short} images have fewer than {CAPTIONS_PER_IMAGE} captions")
+    return rows

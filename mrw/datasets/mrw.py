@@ -1,0 +1,68 @@
+"""MRW: `mrw-v1.0.json` (objects with id, sentence and a video URL) plus `split/<split>.tsv`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mrw.datasets.release import (IngestReport, check_id, check_sentence, check_url, find_file,
+                                  read_id_list)
+from mrw.errors import UsageError
+
+
+def _lookup(obj: dict, dotted: str):
+    for key in dotted.split("."):
+        if not isinstance(obj, dict) or key not in obj:
+            return None
+        obj = obj[key]
+    return obj
+
+
+def load_json_array(path: Path) -> list:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    return data
+
+
+def read_entries(meta_path: Path, url_fields, report: IngestReport) -> dict:
+    """id -> (sentence, url) for every record of the release file, validated."""
+    data = load_json_array(meta_path)
+    if not isinstance(data, list):
+        raise UsageError(f"{meta_path}: expected a JSON array of objects")
+    entries = {}
+    for index, obj in enumerate(data):
+        where = f"{meta_path}[{index}]"
+        if not isinstance(obj, dict):
+            raise UsageError(f"{where}: expected an object, got {type(obj).__name__}")
+        if "id" not in obj:
+            raise UsageError(f"{where}: record has no 'id'")
+        item_id = check_id(str(obj["id"]) if isinstance(obj["id"], int) else obj["id"], where)
+        sentence = check_sentence(obj.get("sentence"), item_id, where)
+        url = next((u for u in (_lookup(obj, f) for f in url_fields) if u is not None), None)
+        if url is None:
+            raise UsageError(f"{where}: id {item_id!r}: no video URL ({', '.join(url_fields)})")
+        record = (sentence, check_url(url, item_id, where))
+        if item_id in entries:
+            if entries[item_id] != record:
+                raise UsageError(f"{where}: id {item_id!r}: duplicate id with a different sentence or URL")
+            report.duplicates_collapsed += 1
+            continue
+        entries[item_id] = record
+    return entries
+
+
+def read_split(release_dir: Path, split: str, desc: dict, report: IngestReport) -> list[dict]:
+    rel = desc["release"]
+    meta_path = find_file(release_dir, rel["metadata_file"], "MRW metadata file")
+    split_path = find_file(meta_path.parent, rel["split_files"][split], f"'{split}' split list")
+    entries = read_entries(meta_path, rel["url_fields"], report)
+    rows = []
+    for item_id in read_id_list(split_path):
+        if item_id not in entries:
+            report.missing.append(item_id)
+            continue
+        sentence, url = entries[item_id]
+        rows.append({"id": item_id, "sentences": [sentence], "url": url, "protocol_sentences": [0]})
+    return rows

@@ -1,0 +1,64 @@
+"""TGIF: `tgif-v1.0.tsv` (`<gif url>\\t<sentence>`, one row per sentence) plus `splits/<split>.txt`.
+
+The id of a GIF is the file name of its URL without `.gif`, as the reference loader named it. The
+standard protocol uses one sentence per GIF: the last TSV row for that GIF, which is the one the
+reference loader's dict kept; the catalog keeps every sentence in release order.
+"""
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+
+from mrw.datasets.release import (IngestReport, check_id, check_sentence, check_url, find_file,
+                                  read_id_list)
+from mrw.errors import UsageError
+
+
+def id_from_url(url: str) -> str:
+    name = urllib.parse.urlsplit(url.strip()).path.rsplit("/", 1)[-1]
+    return name[:-4] if name.lower().endswith(".gif") else name
+
+
+def read_sentences(tsv_path: Path) -> tuple[dict, dict]:
+    """id -> sentences (file order) and id -> URL, validated."""
+    sentences, urls = {}, {}
+    try:
+        fh = open(tsv_path, encoding="utf-8")
+        lines = list(fh)
+        fh.close()
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{tsv_path}: not UTF-8 text ({e})") from None
+    for lineno, line in enumerate(lines, 1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        where = f"{tsv_path}:{lineno}"
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise UsageError(f"{where}: expected '<gif url><TAB><sentence>'")
+        url = parts[0].strip()
+        item_id = check_id(id_from_url(url), where)
+        url = check_url(url, item_id, where)
+        sentence = check_sentence(parts[1], item_id, where)
+        if item_id in urls and urls[item_id] != url:
+            raise UsageError(f"{where}: id {item_id!r}: duplicate id for two different URLs "
+                             f"({urls[item_id]} and {url})")
+        urls[item_id] = url
+        sentences.setdefault(item_id, []).append(sentence)
+    return sentences, urls
+
+
+def read_split(release_dir: Path, split: str, desc: dict, report: IngestReport) -> list[dict]:
+    rel = desc["release"]
+    tsv_path = find_file(release_dir, rel["metadata_file"], "TGIF sentence file")
+    split_path = find_file(tsv_path.parent, rel["split_files"][split], f"'{split}' split list")
+    sentences, urls = read_sentences(tsv_path)
+    rows = []
+    for item_id in read_id_list(split_path, to_id=id_from_url):
+        if item_id not in sentences:
+            report.missing.append(item_id)
+            continue
+        sents = sentences[item_id]
+        rows.append({"id": item_id, "sentences": sents, "url": urls[item_id],
+                     "protocol_sentences": [len(sents) - 1]})
+    return rows
