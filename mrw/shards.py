@@ -90,10 +90,27 @@ def status_table(rows: Sequence[dict]) -> pa.Table:
     )
 
 
+#: a shard's data is cut into Parquet row groups of about this many bytes, so that a reader can
+#: fetch one item by reading one small row group (mrw.loader's `ds[i]`), not the whole shard
+ROW_GROUP_BYTES = 1 << 20
+
+
+def row_group_rows(table: pa.Table, target_bytes: int = ROW_GROUP_BYTES) -> int:
+    """Rows per row group so that each holds about `target_bytes` (at least one row)."""
+    if not table.num_rows:
+        return 1
+    per_row = max(1, table.nbytes // table.num_rows)
+    return int(max(1, min(table.num_rows, target_bytes // per_row)))
+
+
 def write_shard(stage_dir: Path, index: int, data: pa.Table | None, status_rows: Sequence[dict],
                 **parquet_options) -> None:
-    """Commit one shard: its data rows (if any succeeded) first, its status rows last."""
+    """Commit one shard: its data rows (if any succeeded) first, its status rows last.
+
+    Unless `row_group_size` is given, row groups hold about `ROW_GROUP_BYTES` each.
+    """
     if data is not None and data.num_rows:
+        parquet_options.setdefault("row_group_size", row_group_rows(data))
         write_table_atomic(data, data_path(stage_dir, index), **parquet_options)
     else:
         stale = data_path(stage_dir, index)
