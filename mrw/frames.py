@@ -1,0 +1,311 @@
+"""Video shards -> frame shards: decode each video once, sample, resize, JPEG-encode.
+
+What GulpIO did for the reference code (burst every video at 8 FPS, resize to 256), in Parquet:
+one ffmpeg process per video samples and resizes, Python encodes the JPEGs. Frame shard `i` covers
+the same catalog rows as video shard `i`: one row per video that decoded, one status row per video
+of the video shard (a video that failed to download has no row here; one that fails to decode gets
+a `failed` status row).
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from mrw import paths, shards
+from mrw.errors import FatalError, UsageError
+
+FRAMES_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("frames", pa.list_(pa.binary())),
+        ("timestamps", pa.list_(pa.float64())),
+        ("num_frames", pa.int32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class FrameSettings:
+    """How frames are sampled and stored; recorded in the stage's `_stage.json`."""
+
+    fps: float = 8.0  # the reference burst videos at 8 FPS
+    size: int = 256  # shorter side, as the reference resized before its 224 crops
+    quality: int = 90  # JPEG quality, 1-100
+
+    def check(self) -> "FrameSettings":
+        if not (self.fps > 0 and np.isfinite(self.fps)):
+            raise UsageError(f"--fps must be a positive number, got {self.fps}")
+        if not 16 <= self.size <= 4096:
+            raise UsageError(f"--size must be between 16 and 4096 pixels, got {self.size}")
+        if not 1 <= self.quality <= 100:
+            raise UsageError(f"--quality must be between 1 and 100, got {self.quality}")
+        return self
+
+
+class DecodeError(Exception):
+    """A video that ffmpeg could not turn into frames (the item fails, not the run)."""
+
+
+@dataclass
+class DecodedVideo:
+    frames: list  # RGB uint8 arrays, H x W x 3, shorter side = size
+    timestamps: list  # seconds from the first decoded frame
+
+
+# -- decoding ---------------------------------------------------------------------------------
+def _filter_graph(fps: float, size: int) -> str:
+    # Keep the first frame that falls in each 1/fps slot: a faster clip is thinned to `fps`,
+    # a slower one keeps every frame (no duplicates), variable-rate GIFs included.
+    slot = f"floor((t-start_t)*{fps!r}+1e-6)"
+    prev = f"floor((prev_selected_t-start_t)*{fps!r}+1e-6)"
+    select = f"select='isnan(prev_selected_t)+gt({slot},{prev})'"
+    scale = (f"scale='if(gt(iw,ih),-1,{size})':'if(gt(iw,ih),{size},-1)'"
+             ":flags=bicubic")
+    return f"{select},{scale},showinfo"
+
+
+_TIME_BASE = re.compile(r"Parsed_showinfo.*config in time_base: (\d+)/(\d+)")
+_PTS = re.compile(r"Parsed_showinfo.*\bn:\s*\d+\s+pts:\s*(-?\d+)")
+
+
+def _read_ppm_stream(stream) -> Iterator[np.ndarray]:
+    """Frames of an ffmpeg `image2pipe` PPM stream: self-describing, so sizes need no probing."""
+    while True:
+        header = b""
+        fields: list[bytes] = []
+        while len(fields) < 4:  # magic, width, height, maxval
+            ch = stream.read(1)
+            if not ch:
+                if fields or header:
+                    raise DecodeError("truncated frame stream")
+                return
+            if ch.isspace():
+                if header:
+                    fields.append(header)
+                    header = b""
+            else:
+                header += ch
+        if fields[0] != b"P6" or fields[3] != b"255":
+            raise DecodeError("unexpected frame format from ffmpeg")
+        w, h = int(fields[1]), int(fields[2])
+        data = stream.read(w * h * 3)
+        if len(data) != w * h * 3:
+            raise DecodeError("truncated frame stream")
+        yield np.frombuffer(data, np.uint8).reshape(h, w, 3)
+
+
+def decode_video(data: bytes, fmt: str | None, fps: float = 8.0, size: int = 256,
+                 scratch_dir: Path | None = None) -> DecodedVideo:
+    """Decode once with ffmpeg: sample at `fps` (every frame of a slower clip), shorter side `size`.
+
+    MP4 needs seeking (its index may sit at the end), so the bytes go to a scratch file named like
+    the stage's temporaries, which `shards.remove_temporaries` clears after a killed run.
+    """
+    if not data:
+        raise DecodeError("empty media")
+    scratch_dir = Path(scratch_dir) if scratch_dir else Path(os.environ.get("TMPDIR", "/tmp"))
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    ext = re.sub(r"[^a-z0-9]", "", (fmt or "bin").lower()) or "bin"
+    tmp = scratch_dir / f"{shards.TMP_PREFIX}decode-{os.getpid()}-{uuid.uuid4().hex[:12]}.{ext}"
+    tmp.write_bytes(data)
+    cmd = ["ffmpeg", "-hide_banner", "-nostats", "-nostdin", "-loglevel", "info",
+           "-threads", "1", "-i", str(tmp), "-map", "0:v:0", "-an", "-sn", "-dn",
+           "-vf", _filter_graph(fps, size), "-fps_mode", "passthrough",
+           "-f", "image2pipe", "-c:v", "ppm", "pipe:1"]
+    try:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            raise FatalError("ffmpeg not found on PATH: install ffmpeg (5.x or newer)") from None
+        log: list[bytes] = []
+        reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
+        reader.start()
+        try:
+            frames = [f.copy() for f in _read_ppm_stream(proc.stdout)]
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            rc = proc.wait()
+            reader.join()
+        text = b"".join(log).decode("utf-8", "replace")
+        if rc != 0:
+            raise DecodeError(_last_error_line(text) or f"ffmpeg exited with {rc}")
+        if not frames:
+            raise DecodeError("no video frames decoded")
+        tb = _TIME_BASE.search(text)
+        pts = [int(m) for m in _PTS.findall(text)]
+        if tb is None or len(pts) != len(frames):
+            raise DecodeError(f"ffmpeg reported {len(pts)} timestamps for {len(frames)} frames")
+        base = Fraction(int(tb.group(1)), int(tb.group(2)))
+        timestamps = [float((p - pts[0]) * base) for p in pts]
+        return DecodedVideo(frames=frames, timestamps=timestamps)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _last_error_line(log: str) -> str:
+    lines = [ln.strip() for ln in log.splitlines()
+             if ln.strip() and "Parsed_showinfo" not in ln and not ln.startswith(("frame=", "video:"))]
+    return lines[-1][:300] if lines else ""
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise DecodeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """One stored frame back to RGB uint8 (H x W x 3)."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DecodeError("not a decodable JPEG")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# -- the stage --------------------------------------------------------------------------------
+@dataclass
+class FramesReport:
+    stage_dir: Path
+    shards_total: int = 0
+    shards_done: int = 0
+    shards_skipped: int = 0
+    shards_waiting: int = 0  # video shards not complete yet
+    items_ok: int = 0
+    items_failed: int = 0
+    frames: int = 0
+    video_seconds: float = 0.0
+    elapsed_s: float = 0.0
+
+    def summary(self) -> str:
+        rate = self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        text = (f"frames: {self.shards_done} shards written, {self.shards_skipped} already complete; "
+                f"{self.items_ok} videos ok, {self.items_failed} failed; {self.frames} frames "
+                f"in {self.elapsed_s:.1f}s ({rate:.0f} frames/s)")
+        if self.shards_waiting:
+            text += (f"; {self.shards_waiting} video shards are not complete yet "
+                     "(run `mrw download` to finish them, then run this again)")
+        return text
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+    """`fn` over `items` in a thread pool, results in input order, a bounded number in flight."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def video_shard_indices(videos_dir: Path) -> tuple[list[int], int]:
+    """Indices of the complete video shards, and how many others are still being written."""
+    complete = [shards.shard_index(p) for p in shards.status_shards(videos_dir)]
+    incomplete = {shards.shard_index(p) for p in shards.data_shards(videos_dir)} - set(complete)
+    return complete, len(incomplete)
+
+
+def require_videos(root, dataset: str, split: str) -> Path:
+    videos_dir = paths.videos_dir(root, dataset, split)
+    if not shards.status_shards(videos_dir):
+        raise UsageError(
+            f"no video shards for {dataset}/{paths.normalize_split(split)} under "
+            f"{paths.resolve_root(root)}: run `mrw download --dataset {dataset} --split "
+            f"{paths.normalize_split(split)}` first"
+        )
+    return videos_dir
+
+
+def _frames_row(item: dict, settings: FrameSettings, scratch: Path) -> tuple[dict | None, dict]:
+    status = {"id": item["id"], "url": item.get("url"), "attempts": 1}
+    try:
+        decoded = decode_video(item["video"], item.get("format"), settings.fps, settings.size,
+                               scratch)
+        jpegs = [encode_jpeg(f, settings.quality) for f in decoded.frames]
+    except DecodeError as e:
+        return None, {**status, "status": "failed", "error": f"decode_error: {e}"}
+    h, w = decoded.frames[0].shape[:2]
+    row = {"id": item["id"], "frames": jpegs, "timestamps": decoded.timestamps,
+           "num_frames": len(jpegs), "width": w, "height": h}
+    duration = decoded.timestamps[-1] + 1.0 / settings.fps if len(jpegs) > 1 else 0.0
+    row["_seconds"] = float(item.get("duration") or duration or 0.0)
+    return row, {**status, "status": "ok", "error": None}
+
+
+def extract_frames(root=None, dataset: str = "mrw", split: str = "test", fps: float = 8.0,
+                   size: int = 256, quality: int = 90, workers: int | None = None,
+                   progress: bool = True) -> FramesReport:
+    """Every complete video shard without a complete frame shard -> a frame shard; resumable."""
+    from tqdm import tqdm
+
+    dataset = paths.check_dataset(dataset)
+    split = paths.normalize_split(split)
+    settings = FrameSettings(float(fps), int(size), int(quality)).check()
+    workers = int(workers) if workers else (os.cpu_count() or 1)
+    if workers < 1:
+        raise UsageError(f"--workers must be a positive integer, got {workers}")
+    videos_dir = require_videos(root, dataset, split)
+    stage_dir = paths.frames_dir(root, dataset, split)
+    video_manifest = shards.read_manifest(videos_dir) or {}
+    shards.check_manifest(stage_dir, {"stage": "frames", **asdict(settings),
+                                      "resize": "shorter side, bicubic",
+                                      "sampling": "first frame of each 1/fps slot",
+                                      "shard_size": video_manifest.get("shard_size")})
+    shards.remove_temporaries(stage_dir)
+
+    indices, waiting = video_shard_indices(videos_dir)
+    report = FramesReport(stage_dir=stage_dir, shards_total=len(indices), shards_waiting=waiting)
+    todo = [i for i in indices if not shards.is_shard_complete(stage_dir, i)]
+    report.shards_skipped = len(indices) - len(todo)
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="shard", desc="extract-frames", disable=not progress)
+    for index in todo:
+        urls = {r["id"]: r["url"] for r in shards.iter_rows(
+            [shards.status_path(videos_dir, index)], columns=["id", "url"])}
+        data_file = shards.data_path(videos_dir, index)
+        items = ({**r, "url": urls.get(r["id"])} for r in shards.iter_rows(
+            [data_file] if data_file.exists() else [],
+            columns=["id", "video", "format", "duration"], batch_size=16))
+        rows, status = [], []
+        for row, st in ordered_map(lambda it: _frames_row(it, settings, stage_dir), items, workers):
+            status.append(st)
+            if row is None:
+                report.items_failed += 1
+                continue
+            report.items_ok += 1
+            report.frames += row["num_frames"]
+            report.video_seconds += row.pop("_seconds")
+            rows.append(row)
+        table = pa.Table.from_pylist(rows, schema=FRAMES_SCHEMA) if rows else None
+        shards.write_shard(stage_dir, index, table, status)
+        report.shards_done += 1
+        bar.update(1)
+        bar.set_postfix(frames=report.frames)
+    bar.close()
+    report.elapsed_s = time.perf_counter() - start
+    return report
