@@ -120,6 +120,54 @@ def download(root, dataset, split, source, catalog_only, from_dir, limit, worker
 # -- commands added by later stages go below, one block each -----------------------------------
 
 
+# -- extract-frames ---------------------------------------------------------------------------
+@main.command("extract-frames")
+@common_options
+@split_option
+@click.option("--fps", type=float, default=8.0, show_default=True,
+              help="Frames per second to keep (every frame of a slower clip).")
+@click.option("--size", type=int, default=256, show_default=True,
+              help="Shorter side of the stored frames, in pixels.")
+@click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality, 1-100.")
+@click.option("--workers", type=int, default=None, help="Videos decoded at once (default: CPUs).")
+@handle_errors
+def extract_frames(root, dataset, split, fps, size, quality, workers):
+    """Decode each video once into resized JPEG frames, in frame shards (resumable)."""
+    from mrw.frames import extract_frames as run
+
+    report = run(root=root, dataset=dataset, split=split, fps=fps, size=size, quality=quality,
+                 workers=workers)
+    click.echo(report.summary(), err=True)
+    click.echo(f"frames: {report.stage_dir}")
+
+
+# -- extract-features -------------------------------------------------------------------------
+@main.command("extract-features")
+@common_options
+@split_option
+@click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101",
+                                               "resnet152"]),
+              default="resnet152", show_default=True, help="torchvision backbone.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet (torchvision's original weights), none (seeded random) or a state-dict PATH.")
+@click.option("--gpu", is_flag=True, help="Run on CUDA with float16 autocast.")
+@click.option("--batch-size", type=int, default=None,
+              help="Frames per forward pass (default: 32 on CPU, the largest that fits on GPU).")
+@click.option("--max-frames", type=int, default=64, show_default=True,
+              help="At most this many frames per video, chosen uniformly.")
+@click.option("--workers", type=int, default=None,
+              help="DataLoader workers decoding frames (default: half the CPUs; CPUs-1 with --gpu).")
+@handle_errors
+def extract_features(root, dataset, split, backbone, weights, gpu, batch_size, max_frames, workers):
+    """Per-frame CNN features (videos) or the 7x7 grid (images) into feature shards (resumable)."""
+    from mrw.features import extract_features as run
+
+    report = run(root=root, dataset=dataset, split=split, backbone=backbone, weights=weights,
+                 gpu=gpu, batch_size=batch_size, max_frames=max_frames, workers=workers)
+    click.echo(report.summary(), err=True)
+    click.echo(f"features: {report.stage_dir}")
+
+
 # -- evaluate ---------------------------------------------------------------------------------
 @main.command()
 @common_options

@@ -1,0 +1,481 @@
+"""Frame shards (or video shards, decoded on the fly) -> per-frame CNN features in feature shards.
+
+The reference encoded frames with an ImageNet ResNet-152 on 224x224 center crops of frames whose
+shorter side was resized to 256. DataLoader workers decode and crop items while the main process
+packs their frames into fixed-size batches for the backbone, so the CNN never waits on JPEG work.
+Videos keep one pooled vector per sampled frame; images (COCO) also keep the 7x7 grid.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from mrw import paths, shards
+from mrw.errors import UsageError
+from mrw.frames import DecodeError, FrameSettings, decode_video, require_videos
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+RESIZE, CROP = 256, 224
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+SEED = 0  # `--weights none`: the same random backbone on every run
+IMAGE_DATASETS = ("coco",)
+#: the mirror to fetch torchvision's ImageNet weights from (a local one for offline machines)
+WEIGHTS_MIRROR_ENV = "MRW_WEIGHTS_MIRROR"
+
+FEATURES_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("features", pa.binary()),  # float16 little-endian, row-major [num_frames, dim]
+        ("num_frames", pa.int32()),
+        ("dim", pa.int32()),
+        ("timestamps", pa.list_(pa.float64())),
+    ]
+)
+IMAGE_FEATURES_SCHEMA = FEATURES_SCHEMA.append(pa.field("grid", pa.binary()))  # float16 [49, dim]
+
+
+# -- the backbone -----------------------------------------------------------------------------
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet up to its last convolution block: the 7x7 map of a 224 crop."""
+
+    def __init__(self, resnet: nn.Module):
+        super().__init__()
+        self.body = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
+                                  resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
+        self.dim = resnet.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _weights_enum(backbone: str):
+    import torchvision.models as tvm
+
+    return getattr(tvm, f"ResNet{backbone[len('resnet'):]}_Weights").IMAGENET1K_V1
+
+
+def imagenet_weights_file(backbone: str) -> Path:
+    """Where torch keeps torchvision's original (`pretrained=True`) ImageNet weights."""
+    url = _weights_enum(backbone).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _fetch_weights(backbone: str, dst: Path) -> None:
+    """Fetch the file into the torch cache (checked against the hash in its name), or exit 2."""
+    import requests
+
+    url = _weights_enum(backbone).url
+    mirror = os.environ.get(WEIGHTS_MIRROR_ENV)
+    if mirror:
+        url = mirror.rstrip("/") + "/" + dst.name
+    hint = f"put {dst.name} (from {_weights_enum(backbone).url}) into {dst.parent}"
+    tmp = dst.parent / f"{shards.TMP_PREFIX}{dst.name}.{os.getpid()}"
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with requests.get(url, stream=True, timeout=30) as resp:
+            resp.raise_for_status()
+            with open(tmp, "wb") as fh:
+                for chunk in resp.iter_content(1 << 20):
+                    digest.update(chunk)
+                    fh.write(chunk)
+        expected = dst.stem.rsplit("-", 1)[-1]
+        if not digest.hexdigest().startswith(expected):
+            raise UsageError(f"{url} does not match the sha256 prefix {expected} of its name: {hint}")
+        os.replace(tmp, dst)
+    except (requests.RequestException, OSError) as e:
+        raise UsageError(f"no ImageNet weights for {backbone} and cannot fetch them "
+                         f"({type(e).__name__}): {hint}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_state_file(path: Path, what: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refuses anything but tensors and plain containers
+        raise UsageError(f"cannot load {what} {path}: {str(e).splitlines()[0][:200]}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{what} {path} is not a state dict of tensors")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def build_backbone(backbone: str, weights: str) -> tuple[ResNetTrunk, str]:
+    """The trunk and a description of its weights for the manifest (`imagenet`, `none`, PATH)."""
+    import torchvision.models as tvm
+
+    if backbone not in BACKBONES:
+        raise UsageError(f"unknown --backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
+    torch.manual_seed(SEED)
+    resnet = getattr(tvm, backbone)(weights=None)
+    if weights == "none":
+        described = f"none (random, seed {SEED})"
+        state = None
+    elif weights == "imagenet":
+        file = imagenet_weights_file(backbone)
+        if not file.exists():
+            _fetch_weights(backbone, file)
+        state = _load_state_file(file, "ImageNet weights")
+        described = f"imagenet ({_weights_enum(backbone)}, {file.name})"
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UsageError(f"--weights {weights}: no such file (expected imagenet, none or a path)")
+        state = _load_state_file(path, "--weights")
+        described = f"{path.name} (sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:16]})"
+    if state is not None:
+        trunk_keys = {k for k in resnet.state_dict() if not k.startswith("fc.")}
+        missing = sorted(trunk_keys - set(state))
+        if missing:
+            raise UsageError(f"--weights {weights} does not fit {backbone}: missing {missing[0]} "
+                             f"and {len(missing) - 1} more")
+        try:
+            resnet.load_state_dict({k: v for k, v in state.items() if k in trunk_keys}, strict=False)
+        except RuntimeError as e:
+            raise UsageError(f"--weights {weights} does not fit {backbone}: "
+                             f"{str(e).splitlines()[-1].strip()[:200]}") from None
+    return ResNetTrunk(resnet).eval(), described
+
+
+# -- preprocessing: the reference's test transform --------------------------------------------
+def preprocess(img) -> torch.Tensor:
+    """A PIL image: resize the shorter side to 256, center-crop 224 -> uint8 [3, 224, 224].
+
+    The reference's test transform up to `ToTensor`; `normalize` finishes it on the device.
+    """
+    from torchvision.transforms import functional as F
+
+    return F.pil_to_tensor(F.center_crop(F.resize(img, RESIZE), CROP))
+
+
+def open_jpeg(data: bytes):
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
+
+
+def normalize(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> ImageNet-normalised float, on whatever device the batch is."""
+    mean = torch.tensor(MEAN, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=batch.device).view(1, 3, 1, 1)
+    return (batch.float() / 255.0 - mean) / std
+
+
+def uniform_indices(n: int, max_frames: int) -> list[int]:
+    """At most `max_frames` of `n` frames, evenly spread from the first to the last."""
+    if max_frames <= 0 or n <= max_frames:
+        return list(range(n))
+    return [int(round(x)) for x in np.linspace(0, n - 1, max_frames)]
+
+
+class ItemFrames(torch.utils.data.Dataset):
+    """One shard's rows -> (position, uint8 crops [n, 3, 224, 224], timestamps, error).
+
+    Holds the shard as an Arrow table, which forked workers share without copying.
+    """
+
+    def __init__(self, table: pa.Table, max_frames: int, decode: FrameSettings | None,
+                 scratch_dir: Path | None = None):
+        self.table = table
+        self.max_frames = max_frames
+        self.decode = decode  # None: rows hold JPEG frames; else video bytes to decode first
+        self.scratch_dir = scratch_dir
+
+    def __len__(self):
+        return self.table.num_rows
+
+    def __getitem__(self, pos: int):
+        from PIL import Image
+
+        row = self.table.slice(pos, 1).to_pylist()[0]
+        try:
+            if self.decode is None:
+                keep = uniform_indices(len(row["frames"]), self.max_frames)
+                images = [open_jpeg(row["frames"][k]) for k in keep]
+                stamps = [row["timestamps"][k] for k in keep]
+            else:
+                video = decode_video(row["video"], row.get("format"), self.decode.fps,
+                                     self.decode.size, self.scratch_dir)
+                keep = uniform_indices(len(video.frames), self.max_frames)
+                images = [Image.fromarray(video.frames[k]) for k in keep]
+                stamps = [video.timestamps[k] for k in keep]
+            if not images:
+                raise DecodeError("no frames")
+            crops = torch.stack([preprocess(im) for im in images])
+        except (DecodeError, OSError, ValueError) as e:
+            return pos, None, [], f"decode_error: {e}"
+        return pos, crops, stamps, None
+
+
+# -- running the backbone ---------------------------------------------------------------------
+def place_trunk(trunk: ResNetTrunk, device: torch.device) -> ResNetTrunk:
+    """On CUDA: channels-last, the layout its convolution kernels are fastest in."""
+    trunk = trunk.to(device)
+    return trunk.to(memory_format=torch.channels_last) if device.type == "cuda" else trunk
+
+
+@torch.no_grad()
+def encode_batch(trunk: ResNetTrunk, x: torch.Tensor, grid: bool):
+    """uint8 crops on the trunk's device -> (pooled [N, dim], grid [N, 49, dim] or None), float16.
+
+    CUDA runs under float16 autocast; the CPU in float32. Pooling is the mean of the 7x7 map.
+    """
+    x = normalize(x)
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16):
+            fmap = trunk(x)
+    else:
+        fmap = trunk(x)
+    fmap = fmap.float()
+    pooled = fmap.mean(dim=(2, 3)).half()
+    return pooled, (fmap.flatten(2).transpose(1, 2).half() if grid else None)
+
+
+class FeatureRunner:
+    """Packs items' frames into fixed-size batches and runs the trunk; CPU or CUDA."""
+
+    def __init__(self, trunk: ResNetTrunk, device: torch.device, batch_size: int, grid: bool):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.grid = grid
+        self.dim = trunk.dim
+        self.trunk = trunk
+        self.batch_size = batch_size
+        # two pinned staging buffers: fill one while the GPU still reads the other
+        self.buffers = [torch.empty((batch_size, 3, CROP, CROP), dtype=torch.uint8,
+                                    pin_memory=self.cuda) for _ in range(2 if self.cuda else 1)]
+
+    def run(self, loader, outputs: dict) -> list[tuple[int, str]]:
+        """Fill `outputs[pos] = (pooled, grid, stamps)` for every item; returns the failures."""
+        failures: list[tuple[int, str]] = []
+        fill, turn = 0, 0
+        spans: list[tuple[int, int, int, int]] = []  # (pos, first frame, count, buffer offset)
+        pending = None
+
+        def launch():
+            nonlocal fill, turn, spans, pending
+            x = self.buffers[turn][:fill].to(self.device, non_blocking=True)
+            pooled, grid = encode_batch(self.trunk, x, self.grid)
+            if self.cuda:
+                done = torch.cuda.Event()
+                pooled = pooled.to("cpu", non_blocking=True)
+                grid = grid.to("cpu", non_blocking=True) if grid is not None else None
+                done.record()
+            else:
+                done = None
+            finish(pending)
+            pending = (done, pooled, grid, spans)
+            fill, spans = 0, []
+            turn = (turn + 1) % len(self.buffers)
+
+        def finish(batch):
+            if batch is None:
+                return
+            done, pooled, grid, batch_spans = batch
+            if done is not None:
+                done.synchronize()
+            for pos, first, count, off in batch_spans:
+                outputs[pos][0][first:first + count] = pooled[off:off + count].numpy()
+                if grid is not None:
+                    outputs[pos][1][first:first + count] = grid[off:off + count].numpy()
+
+        for pos, crops, stamps, error in loader:
+            if error is not None:
+                failures.append((pos, error))
+                continue
+            n = crops.shape[0]
+            outputs[pos] = (np.empty((n, self.dim), np.float16),
+                            np.empty((n, 49, self.dim), np.float16) if self.grid else None, stamps)
+            first = 0
+            while first < n:
+                take = min(self.batch_size - fill, n - first)
+                self.buffers[turn][fill:fill + take].copy_(crops[first:first + take])
+                spans.append((pos, first, take, fill))
+                fill += take
+                first += take
+                if fill == self.batch_size:
+                    launch()
+        if fill:
+            launch()
+        finish(pending)
+        return failures
+
+
+def largest_batch(trunk: ResNetTrunk, device: torch.device, grid: bool,
+                  candidates=(1024, 512, 256, 128, 64, 32, 16, 8)) -> int:
+    """The largest batch (of `candidates`) whose forward pass fits in the GPU's memory."""
+    for size in candidates:
+        try:
+            x = torch.zeros((size, 3, CROP, CROP), dtype=torch.uint8, device=device)
+            encode_batch(trunk, x, grid)
+            torch.cuda.synchronize(device)
+            return size
+        except torch.cuda.OutOfMemoryError:
+            x = None
+            torch.cuda.empty_cache()
+    raise UsageError("not even a batch of 8 frames fits in the GPU's memory")
+
+
+# -- the stage --------------------------------------------------------------------------------
+@dataclass
+class FeaturesReport:
+    stage_dir: Path
+    source: str = "frames"
+    batch_size: int = 0
+    device: str = "cpu"
+    shards_total: int = 0
+    shards_done: int = 0
+    shards_skipped: int = 0
+    shards_waiting: int = 0
+    items_ok: int = 0
+    items_failed: int = 0
+    frames: int = 0
+    elapsed_s: float = 0.0
+
+    def summary(self) -> str:
+        rate = self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        text = (f"features: {self.shards_done} shards written, {self.shards_skipped} already "
+                f"complete; {self.items_ok} items ok, {self.items_failed} failed; {self.frames} "
+                f"frames from {self.source} in {self.elapsed_s:.1f}s ({rate:.0f} frames/s, "
+                f"{self.device}, batch {self.batch_size})")
+        if self.shards_waiting:
+            text += (f"; {self.shards_waiting} {self.source} shards are not complete yet "
+                     "(finish that stage, then run this again)")
+        return text
+
+
+def _pick_source(root, dataset: str, split: str) -> tuple[str, Path, dict]:
+    """Frame shards when `extract-frames` ran, else the video shards, decoded here."""
+    frames_dir = paths.frames_dir(root, dataset, split)
+    manifest = shards.read_manifest(frames_dir)
+    if manifest is not None and shards.status_shards(frames_dir):
+        return "frames", frames_dir, manifest
+    videos_dir = require_videos(root, dataset, split)
+    decode = FrameSettings()
+    return "videos", videos_dir, {"fps": decode.fps, "size": decode.size,
+                                  "shard_size": (shards.read_manifest(videos_dir) or {}).get("shard_size")}
+
+
+def _source_shard(source: str, source_dir: Path, index: int) -> tuple[pa.Table, dict]:
+    """A source shard's rows (only the columns needed) and the URL of each id from its status."""
+    status = pq.read_table(shards.status_path(source_dir, index), columns=["id", "url"])
+    urls = dict(zip(status.column("id").to_pylist(), status.column("url").to_pylist()))
+    columns = ["id", "frames", "timestamps"] if source == "frames" else ["id", "video", "format"]
+    data_file = shards.data_path(source_dir, index)
+    if not data_file.exists():
+        return pa.table({c: pa.array([], pa.string()) for c in columns}), urls
+    return pq.read_table(data_file, columns=columns), urls
+
+
+def default_workers(gpu: bool) -> int:
+    cpus = os.cpu_count() or 1
+    return max(1, min(16, cpus - 1)) if gpu else max(1, cpus // 2)
+
+
+def extract_features(root=None, dataset: str = "mrw", split: str = "test",
+                     backbone: str = "resnet152", weights: str = "imagenet", gpu: bool = False,
+                     batch_size: int | None = None, max_frames: int = 64,
+                     workers: int | None = None, progress: bool = True) -> FeaturesReport:
+    """Every complete source shard without a complete feature shard -> a feature shard."""
+    from tqdm import tqdm
+
+    dataset = paths.check_dataset(dataset)
+    split = paths.normalize_split(split)
+    if backbone not in BACKBONES:
+        raise UsageError(f"unknown --backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {batch_size}")
+    if max_frames < 1:
+        raise UsageError(f"--max-frames must be a positive integer, got {max_frames}")
+    workers = default_workers(gpu) if workers is None else int(workers)
+    if workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {workers}")
+    if gpu and not torch.cuda.is_available():
+        raise UsageError("--gpu was given but CUDA is not available on this machine "
+                         "(no CUDA device or a CPU-only torch build): run without --gpu")
+    device = torch.device("cuda" if gpu else "cpu")
+    images = dataset in IMAGE_DATASETS
+
+    source, source_dir, source_settings = _pick_source(root, dataset, split)
+    stage_dir = paths.features_dir(root, dataset, split, backbone)
+    trunk, described = build_backbone(backbone, weights)
+    shards.check_manifest(stage_dir, {
+        "stage": "features", "backbone": backbone, "weights": described, "dim": trunk.dim,
+        "source": source, "source_settings": source_settings, "max_frames": max_frames,
+        "transform": f"resize {RESIZE}, center crop {CROP}, ImageNet mean/std",
+        "precision": "autocast float16" if gpu else "float32", "stored": "float16",
+        "grid": images, "shard_size": source_settings.get("shard_size"),
+    })
+    shards.remove_temporaries(stage_dir)
+
+    trunk = place_trunk(trunk, device)
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+        batch_size = batch_size or largest_batch(trunk, device, images)
+    batch_size = batch_size or 32
+    runner = FeatureRunner(trunk, device, batch_size, images)
+    decode = None if source == "frames" else FrameSettings(source_settings["fps"],
+                                                           source_settings["size"])
+    indices = [shards.shard_index(p) for p in shards.status_shards(source_dir)]
+    waiting = len({shards.shard_index(p) for p in shards.data_shards(source_dir)} - set(indices))
+    report = FeaturesReport(stage_dir=stage_dir, source=source, batch_size=batch_size,
+                            device=str(device), shards_total=len(indices), shards_waiting=waiting)
+    todo = [i for i in indices if not shards.is_shard_complete(stage_dir, i)]
+    report.shards_skipped = len(indices) - len(todo)
+    schema = IMAGE_FEATURES_SCHEMA if images else FEATURES_SCHEMA
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="shard", desc="extract-features", disable=not progress)
+    for index in todo:
+        table, urls = _source_shard(source, source_dir, index)
+        parallel = workers if table.num_rows > 1 else 0
+        loader = torch.utils.data.DataLoader(
+            ItemFrames(table, max_frames, decode, stage_dir), batch_size=None, shuffle=False,
+            num_workers=parallel, prefetch_factor=4 if parallel else None)
+        outputs: dict = {}
+        failures = dict(runner.run(loader, outputs))
+        rows, status = [], []
+        for pos, item_id in enumerate(table.column("id").to_pylist()):
+            st = {"id": item_id, "url": urls.get(item_id), "attempts": 1}
+            if pos in failures:
+                status.append({**st, "status": "failed", "error": failures[pos]})
+                report.items_failed += 1
+                continue
+            pooled, grid, stamps = outputs[pos]
+            row = {"id": item_id, "features": pooled.astype("<f2").tobytes(),
+                   "num_frames": pooled.shape[0], "dim": pooled.shape[1],
+                   "timestamps": [float(t) for t in stamps]}
+            if images:
+                row["grid"] = grid[0].astype("<f2").tobytes()
+            rows.append(row)
+            status.append({**st, "status": "ok", "error": None})
+            report.items_ok += 1
+            report.frames += pooled.shape[0]
+        table = pa.Table.from_pylist(rows, schema=schema) if rows else None
+        shards.write_shard(stage_dir, index, table, status)
+        report.shards_done += 1
+        bar.update(1)
+        bar.set_postfix(frames=report.frames)
+    bar.close()
+    report.elapsed_s = time.perf_counter() - start
+    return report
+
+
+def read_features(row: dict) -> np.ndarray:
+    """A feature-shard row's `features` as float16 [num_frames, dim]."""
+    return np.frombuffer(row["features"], "<f2").reshape(row["num_frames"], row["dim"])
