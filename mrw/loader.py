@@ -1,0 +1,582 @@
+"""`load_dataset`: a split's catalog and one stage's shards as a torch Dataset.
+
+Nothing is copied: opening a split reads the catalog and the `id` column of each complete shard
+and keeps, for every item, where its row sits (shard, row group, row). `ds[i]` then reads one
+row group of one shard (stages write row groups of about 1 MiB, `mrw.shards.ROW_GROUP_BYTES`).
+Open Parquet files are cached per process and dropped after a fork or a pickle, so DataLoader
+workers never share a handle. Items come in catalog order; items without a row in the stage
+(failed downloads) are skipped, and `.ids` says which items are there.
+
+    >>> from mrw import load_dataset
+    >>> ds = load_dataset("mrw", split="test", modality="features", num_frames=8)
+    >>> item = ds[0]        # {"id", "sentences", "sentence", "sentence_id", "features", ...}
+"""
+from __future__ import annotations
+
+import bisect
+import io
+import math
+import os
+import random
+import re
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from mrw import paths
+from mrw.catalog import read_catalog
+from mrw.errors import UsageError
+from mrw.shards import data_path, read_manifest, read_status, status_shards, shard_index
+
+MODALITIES = ("features", "frames", "video")
+SAMPLINGS = ("uniform", "random")
+#: the reference loader drew a random skip of 1 to MAX_RAND_FRAME_SKIP frames for training
+MAX_RANDOM_SKIP = 3
+#: frames the reference loader dropped at each end of a TGIF clip in uniform sampling
+EDGE_FRAMES = {"mrw": 0, "tgif": 6, "coco": 0}
+
+#: columns each modality reads from its stage's shards (beyond `id`)
+_STAGE_COLUMNS = {
+    "features": ["features", "num_frames", "dim", "timestamps"],
+    "frames": ["frames", "timestamps", "num_frames", "width", "height"],
+    "video": ["video", "format", "sha256", "num_frames", "fps", "width", "height", "duration"],
+}
+
+
+#: the stage's small per-item columns that `to_pandas()` shows beside the catalog's
+_PER_ITEM_NUMBERS = ("num_frames", "dim", "format", "sha256", "fps", "width", "height", "duration")
+
+
+# -- split specs: "train", "train[:10%]", "test[100:200]", "train[:10%]+val" -----------------------
+_SPEC = re.compile(r"^(?P<split>\w+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
+
+
+@dataclass(frozen=True)
+class SplitSlice:
+    split: str
+    start: str | None = None
+    stop: str | None = None
+
+    def bounds(self, n: int) -> slice:
+        """Python slice bounds over `n` items; percentages of `n` are rounded to the nearest item."""
+        return slice(_bound(self.start, n), _bound(self.stop, n))
+
+
+def _bound(text: str | None, n: int) -> int | None:
+    if text is None:
+        return None
+    if text.endswith("%"):
+        pct = int(text[:-1])
+        return int(math.copysign(math.floor(abs(pct) * n / 100 + 0.5), pct))
+    return int(text)
+
+
+def parse_split(spec: str) -> list[SplitSlice]:
+    """Parse a Hugging Face style split spec into the slices it concatenates."""
+    parts = []
+    for raw in str(spec).replace(" ", "").split("+"):
+        m = _SPEC.match(raw)
+        if not m:
+            raise UsageError(f"bad split {spec!r}: expected e.g. 'train', 'train[:10%]', "
+                             "'test[100:200]' or 'train[:10%]+val'")
+        for b in (m["start"], m["stop"]):
+            if b and b.endswith("%") and abs(int(b[:-1])) > 100:
+                raise UsageError(f"bad split {spec!r}: a percentage must lie within -100% and 100%")
+        parts.append(SplitSlice(paths.normalize_split(m["split"]), m["start"], m["stop"]))
+    return parts
+
+
+# -- frame sampling ----------------------------------------------------------------------------
+def sample_frame_indices(total: int, num_frames: int | None, sampling: str = "uniform",
+                         edge: int = 0, rng: random.Random | None = None) -> list[int]:
+    """Which of a clip's `total` frames to take, as the reference loader chose them.
+
+    - `num_frames=None`: every frame, in order.
+    - `uniform` (evaluation): equal intervals from frame `edge` to `total - edge` (the edges
+      are kept when the clip is too short to drop them), the first `num_frames` of them;
+    - `random` (training): a random skip of 1 to 3 and a random start, `num_frames` frames on.
+    Short clips repeat their last frame up to `num_frames`.
+    """
+    if total <= 0:
+        return []
+    if num_frames is None:
+        return list(range(total))
+    rng = rng or random
+    if sampling == "random":
+        skip = rng.randint(1, MAX_RANDOM_SKIP)
+        start = rng.randint(0, max(0, total - skip * num_frames))
+        idx = list(range(start, min(total, start + skip * num_frames), skip))
+    else:
+        start, end = (edge, total - edge) if total > 2 * edge else (0, total)
+        skip = max(1, (end - start + 1) // num_frames)
+        idx = list(range(start, end, skip))[:num_frames]
+    return idx + [idx[-1]] * (num_frames - len(idx))
+
+
+def stage_command(dataset: str, split: str, modality: str, backbone: str = "resnet152") -> str:
+    """The command that builds a split's stage for a modality."""
+    if modality == "video":
+        return f"mrw download --dataset {dataset} --split {split}"
+    if modality == "frames":
+        return f"mrw extract-frames --dataset {dataset} --split {split}"
+    extra = "" if backbone == "resnet152" else f" --backbone {backbone}"
+    return f"mrw extract-features --dataset {dataset} --split {split}{extra}"
+
+
+def stage_dir(root, dataset: str, split: str, modality: str, backbone: str = "resnet152") -> Path:
+    if modality == "video":
+        return paths.videos_dir(root, dataset, split)
+    if modality == "frames":
+        return paths.frames_dir(root, dataset, split)
+    return paths.features_dir(root, dataset, split, backbone)
+
+
+# -- one split's index -------------------------------------------------------------------------
+@dataclass
+class SplitIndex:
+    """A split's catalog and, for each item with a row in the stage, where that row sits.
+
+    Everything is kept in Arrow and NumPy arrays (no per-item Python objects), so forked
+    DataLoader workers don't grow their memory by touching reference counts.
+    """
+
+    root: Path
+    dataset: str
+    split: str
+    modality: str
+    directory: Path
+    columns: list[str]  # what an item reads from a row group
+    catalog: pa.Table  # id, sentences, protocol_sentences: all catalog rows
+    shard_paths: list[str]
+    rows: np.ndarray  # catalog row of each available item, in catalog order
+    shard: np.ndarray  # index into shard_paths
+    row_group: np.ndarray
+    row_in_group: np.ndarray
+    shard_row: np.ndarray  # row within the whole shard file
+    counts: dict = field(default_factory=dict)
+    manifest: dict | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def open(cls, root, dataset: str, split: str, modality: str, backbone: str) -> "SplitIndex":
+        catalog = read_catalog(root, dataset, split, columns=["id", "sentences", "protocol_sentences"])
+        directory = stage_dir(root, dataset, split, modality, backbone)
+        command = stage_command(dataset, split, modality, backbone)
+        statuses = status_shards(directory)
+        if not statuses:
+            raise UsageError(f"no {modality} for {dataset}/{split} under {paths.resolve_root(root)}: "
+                             f"run `{command}` first")
+        status = read_status(directory)
+        n_ok = pc.sum(pc.equal(status.column("status"), "ok")).as_py() or 0
+        missing = catalog.num_rows - status.num_rows
+        if missing > 0:
+            warnings.warn(f"{missing} of {catalog.num_rows} items of {dataset}/{split} have no "
+                          f"{modality} status yet (an unfinished run?): `{command}` finishes it",
+                          stacklevel=3)
+        needed = ["id"] + _STAGE_COLUMNS[modality]
+        columns = list(needed)
+        shard_paths, locations = [], []
+        for status_file in statuses:  # a shard counts once its status file exists
+            path = data_path(directory, shard_index(status_file))
+            if not path.exists():
+                continue  # every item of this shard failed
+            pf = pq.ParquetFile(path)
+            absent = [c for c in needed if c not in pf.schema_arrow.names]
+            if absent:
+                raise UsageError(f"{path}: not a {modality} shard (no column {', '.join(absent)}); "
+                                 f"remove it and run `{command}`")
+            if modality == "features" and "grid" in pf.schema_arrow.names and "grid" not in columns:
+                columns.append("grid")  # images: the 7x7 map beside the pooled vector
+            k = len(shard_paths)
+            shard_paths.append(str(path))
+            for g in range(pf.num_row_groups):
+                ids = pf.read_row_group(g, columns=["id"]).column("id")
+                locations.append((ids, k, g))
+        if locations:
+            all_ids = pa.chunked_array([ids for ids, _, _ in locations], type=pa.string())
+            shard = np.concatenate([np.full(len(ids), k, np.int32) for ids, k, _ in locations])
+            group = np.concatenate([np.full(len(ids), g, np.int32) for ids, _, g in locations])
+            within = np.concatenate([np.arange(len(ids), dtype=np.int32) for ids, _, _ in locations])
+            shard_row = np.concatenate([np.arange(int((shard == k).sum()), dtype=np.int64)
+                                        for k in range(len(shard_paths))])
+        else:
+            all_ids = pa.chunked_array([], type=pa.string())
+            shard = group = within = np.zeros(0, np.int32)
+            shard_row = np.zeros(0, np.int64)
+        # the catalog row of each shard row; rows whose id the catalog lacks are ignored
+        cat_row = pc.fill_null(pc.index_in(all_ids, value_set=catalog.column("id")), -1)
+        cat_row = cat_row.to_numpy().astype(np.int64)
+        keep = np.flatnonzero(cat_row >= 0)
+        order = keep[np.argsort(cat_row[keep], kind="stable")]
+        rows = cat_row[order]
+        if len(rows) > 1 and np.any(rows[1:] == rows[:-1]):
+            dup = catalog.column("id")[int(rows[1:][rows[1:] == rows[:-1]][0])].as_py()
+            raise UsageError(f"{directory}: item {dup!r} appears in more than one row; "
+                             f"run `mrw validate --dataset {dataset} --split {split}`")
+        return cls(root=paths.resolve_root(root), dataset=dataset, split=split, modality=modality,
+                   directory=directory, columns=columns, catalog=catalog, shard_paths=shard_paths,
+                   rows=rows, shard=shard[order], row_group=group[order],
+                   row_in_group=within[order], shard_row=shard_row[order],
+                   counts={"catalog": catalog.num_rows, "ok": int(n_ok),
+                           "failed": int(status.num_rows - n_ok), "no_status": max(0, int(missing)),
+                           "available": int(len(rows))},
+                   manifest=read_manifest(directory))
+
+
+class _OpenFiles:
+    """Open Parquet files and the last row group read, for one process only.
+
+    After a fork (DataLoader workers) the child sees another pid and opens its own files.
+    """
+
+    def __init__(self, max_open: int = 64):
+        self.pid = os.getpid()
+        self.max_open = max_open
+        self.files: OrderedDict[str, pq.ParquetFile] = OrderedDict()
+        self.last_key = None
+        self.last_table = None
+
+    def row_group(self, path: str, group: int, columns: list[str]) -> pa.Table:
+        key = (path, group, tuple(columns))
+        if key == self.last_key:
+            return self.last_table
+        pf = self.files.pop(path, None) or pq.ParquetFile(path)
+        self.files[path] = pf
+        while len(self.files) > self.max_open:
+            self.files.popitem(last=False)[1].close()
+        table = pf.read_row_group(group, columns=columns, use_threads=False)
+        self.last_key, self.last_table = key, table
+        return table
+
+
+# -- the datasets ------------------------------------------------------------------------------
+class _SplitBase:
+    """What the map-style and the streaming datasets share: the index and how an item is made."""
+
+    def __init__(self, parts: list[tuple[SplitIndex, np.ndarray]], *, name: str, spec: str,
+                 modality: str, backbone: str, num_frames: int | None, sampling: str,
+                 transform: Callable | None):
+        self.name = name
+        self.split = spec
+        self.modality = modality
+        self.backbone = backbone
+        self.num_frames = num_frames
+        self.sampling = sampling
+        self.transform = transform
+        self._parts = parts  # (split index, positions into its available items)
+        self._offsets = np.cumsum([0] + [len(p) for _, p in parts])
+        self._files: _OpenFiles | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_files"] = None  # never carry open files into another process
+        return state
+
+    def _open_files(self) -> _OpenFiles:
+        if self._files is None or self._files.pid != os.getpid():
+            self._files = _OpenFiles()
+        return self._files
+
+    @property
+    def ids(self) -> list[str]:
+        """The ids of the items, in the order `ds[i]` gives them."""
+        out = []
+        for index, pos in self._parts:
+            out.extend(index.catalog.column("id").take(pa.array(index.rows[pos])).to_pylist())
+        return out
+
+    @property
+    def info(self) -> dict:
+        """Counts per split, the stage's settings, the dataset's descriptor and citation."""
+        from mrw.descriptors import load_descriptor
+
+        try:
+            descriptor = load_descriptor(self.name)
+        except (OSError, ValueError):
+            descriptor = None
+        splits = {}
+        for index, pos in self._parts:
+            entry = splits.setdefault(index.split, dict(index.counts, selected=0,
+                                                        stage_settings=index.manifest))
+            entry["selected"] += int(len(pos))
+        citation = (descriptor or {}).get("citation") or {}
+        return {"dataset": self.name, "split": self.split, "modality": self.modality,
+                "backbone": self.backbone if self.modality == "features" else None,
+                "num_items": int(self._offsets[-1]), "splits": splits,
+                "descriptor": descriptor, "citation": citation.get("bibtex")}
+
+    def to_pandas(self):
+        """The items' metadata, one row per item in order: every catalog column, `split`, and the
+        stage's per-item numbers (`num_frames`, `fps`, ...); no media."""
+        import pandas as pd
+
+        frames = []
+        for index, pos in self._parts:
+            table = read_catalog(index.root, index.dataset, index.split).take(pa.array(index.rows[pos]))
+            table = table.append_column("split", pa.array([index.split] * len(table), pa.string()))
+            numbers = [c for c in _STAGE_COLUMNS[self.modality] if c in _PER_ITEM_NUMBERS]
+            if len(pos):
+                stage = pa.concat_tables(pq.read_table(p, columns=numbers) for p in index.shard_paths)
+                sizes = [pq.ParquetFile(p).metadata.num_rows for p in index.shard_paths]
+                starts = np.cumsum([0] + sizes)[index.shard[pos]] + index.shard_row[pos]
+                stage = stage.take(pa.array(starts))
+                for c in numbers:
+                    table = table.append_column(c, stage.column(c))
+            frames.append(table.to_pandas())
+        return pd.concat(frames, ignore_index=True)
+
+    # -- making one item
+    def _sentence_choice(self, chosen: list[int]) -> int:
+        """The protocol's first sentence; with `sampling="random"` a random protocol sentence."""
+        if self.sampling == "random" and len(chosen) > 1:
+            return chosen[random.randrange(len(chosen))]
+        return chosen[0]
+
+    def _make_item(self, index: SplitIndex, pos: int, table: pa.Table, row: int) -> dict:
+        cat_row = int(index.rows[pos])
+        item_id = index.catalog.column("id")[cat_row].as_py()
+        got = table.column("id")[row].as_py()
+        if got != item_id:
+            raise UsageError(f"{index.directory}: expected item {item_id!r} in a shard row but "
+                             f"found {got!r}; the shards changed after the split was opened")
+        sentences = index.catalog.column("sentences")[cat_row].as_py()
+        n = self._sentence_choice(index.catalog.column("protocol_sentences")[cat_row].as_py()
+                                  or [0])
+        item = {"id": item_id, "sentences": sentences, "sentence": sentences[n],
+                "sentence_id": f"{item_id}#{n}"}
+        values = {c: table.column(c)[row] for c in table.column_names if c != "id"}
+        if self.modality == "video":
+            item["video"] = values.pop("video").as_py()
+            item.update({k: v.as_py() for k, v in values.items()})
+            if self.transform is not None:
+                item["video"] = self.transform(item["video"])
+            return item
+        total = values["num_frames"].as_py()
+        image = index.dataset == "coco"
+        idx = list(range(total)) if image else sample_frame_indices(
+            total, self.num_frames, self.sampling, EDGE_FRAMES[index.dataset])
+        stamps = values["timestamps"].as_py() or []
+        item["frame_indices"] = torch.tensor(idx, dtype=torch.long)
+        item["timestamps"] = torch.tensor([stamps[i] for i in idx] if len(stamps) == total else [],
+                                          dtype=torch.float64)
+        if self.modality == "features":
+            dim = values["dim"].as_py()
+            feats = _float16_matrix(values["features"], (total, dim), index, item_id, "features")
+            if "grid" in values:  # images: the 7x7 map, plus the pooled vector
+                grid = _float16_matrix(values["grid"], (49, dim), index, item_id, "grid")
+                item["features"] = torch.from_numpy(grid.astype(np.float32))
+                item["pooled"] = torch.from_numpy(feats[0].astype(np.float32))
+            else:
+                item["features"] = torch.from_numpy(feats[idx].astype(np.float32))
+            key = "features"
+        else:
+            jpegs = values["frames"].values  # list<binary> scalar -> its binary array
+            item["frames"] = torch.from_numpy(np.stack([_decode_jpeg(jpegs[i].as_py(), index, item_id)
+                                                        for i in idx]) if idx else
+                                              np.zeros((0, values["height"].as_py(),
+                                                        values["width"].as_py(), 3), np.uint8))
+            key = "frames"
+        if self.transform is not None:
+            item[key] = self.transform(item[key])
+        return item
+
+
+def _float16_matrix(scalar, shape, index, item_id, column) -> np.ndarray:
+    buf = scalar.as_buffer() if hasattr(scalar, "as_buffer") else scalar.as_py()
+    expected = shape[0] * shape[1] * 2
+    if buf is None or len(buf) != expected:
+        raise UsageError(f"{index.directory}: item {item_id!r} has {column} of "
+                         f"{0 if buf is None else len(buf)} bytes, expected {expected} for "
+                         f"float16 {list(shape)}; run `mrw validate`")
+    return np.frombuffer(buf, dtype="<f2").reshape(shape)
+
+
+def _decode_jpeg(data: bytes, index, item_id) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad shard
+        raise UsageError(f"{index.directory}: a frame of item {item_id!r} does not decode "
+                         f"({type(e).__name__}); run `mrw validate`") from None
+
+
+class SplitDataset(_SplitBase, Dataset):
+    """Map-style: `len(ds)`, `ds[i]` (O(1): one row group read), `.ids`, `.info`, `to_pandas()`."""
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self)
+        i = int(i)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"index {i} out of range for {n} items")
+        p = bisect.bisect_right(self._offsets, i) - 1
+        index, positions = self._parts[p]
+        pos = int(positions[i - self._offsets[p]])
+        table = self._open_files().row_group(index.shard_paths[index.shard[pos]],
+                                             int(index.row_group[pos]), index.columns)
+        return self._make_item(index, pos, table, int(index.row_in_group[pos]))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return (f"SplitDataset({self.name!r}, split={self.split!r}, modality={self.modality!r}, "
+                f"items={len(self)})")
+
+
+class StreamingSplitDataset(_SplitBase, IterableDataset):
+    """Streaming: reads row groups in shard order and deals them, round robin, to every
+    (distributed rank, DataLoader worker) pair, so each item comes once per epoch. With
+    `shuffle_buffer > 0` the row groups are dealt in a permuted order and items pass through a
+    shuffle buffer, both seeded by `seed + epoch`: call `set_epoch(e)` before each epoch."""
+
+    def __init__(self, parts, *, seed: int = 0, shuffle_buffer: int = 0, rank: int | None = None,
+                 world_size: int | None = None, **kwargs):
+        super().__init__(parts, **kwargs)
+        if shuffle_buffer < 0:
+            raise UsageError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        if (rank is None) != (world_size is None):
+            raise UsageError("give both rank and world_size, or neither")
+        if world_size is not None and not 0 <= rank < world_size:
+            raise UsageError(f"rank {rank} is not within world_size {world_size}")
+        self.seed = int(seed)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        units = []  # (part, shard, row group, positions of the selected items in it, in file order)
+        for p, (index, pos) in enumerate(parts):
+            if not len(pos):
+                continue
+            key = (index.shard[pos].astype(np.int64) << 32) | index.row_group[pos].astype(np.int64)
+            order = np.lexsort((index.row_in_group[pos], key))
+            sorted_pos, sorted_key = pos[order], key[order]
+            cuts = np.flatnonzero(np.diff(sorted_key)) + 1
+            for chunk in np.split(sorted_pos, cuts):
+                units.append((p, int(index.shard[chunk[0]]), int(index.row_group[chunk[0]]), chunk))
+        self._units = units
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _slot(self) -> tuple[int, int]:
+        rank, world = self.rank, self.world_size
+        if rank is None:
+            rank, world = 0, 1
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank * nw + wid, world * nw
+
+    def __iter__(self):
+        slot, slots = self._slot()
+        units = list(range(len(self._units)))
+        if self.shuffle_buffer:
+            units = list(np.random.default_rng([self.seed, self.epoch]).permutation(len(units)))
+        mine = units[slot::slots]
+        rng = random.Random(f"{self.seed}/{self.epoch}/{slot}")
+        buffer: list[dict] = []
+        files = self._open_files()
+        for u in mine:
+            p, s, g, chunk = self._units[u]
+            index = self._parts[p][0]
+            table = files.row_group(index.shard_paths[s], g, index.columns)
+            for pos in chunk:
+                item = self._make_item(index, int(pos), table, int(index.row_in_group[pos]))
+                if not self.shuffle_buffer:
+                    yield item
+                    continue
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(item)
+                    continue
+                j = rng.randrange(len(buffer))
+                buffer[j], item = item, buffer[j]
+                yield item
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __repr__(self) -> str:
+        return (f"StreamingSplitDataset({self.name!r}, split={self.split!r}, "
+                f"modality={self.modality!r}, items={int(self._offsets[-1])})")
+
+
+# -- the entry point ---------------------------------------------------------------------------
+def load_dataset(name: str, split: str | None = None, root=None, modality: str = "features",
+                 backbone: str = "resnet152", num_frames: int | None = None,
+                 sampling: str = "uniform", transform: Callable | None = None,
+                 streaming: bool = False, seed: int = 0, shuffle_buffer: int = 0,
+                 rank: int | None = None, world_size: int | None = None):
+    """Load a split of MRW, TGIF or COCO from the shards under `root` (no copy is made).
+
+    Args:
+        name: `mrw`, `tgif` or `coco`.
+        split: `train`, `val` (or `valid`), `test`, a slice such as `train[:10%]`, `test[100:200]`,
+            or a concatenation `train[:10%]+val`. Slices count the items the stage holds, in
+            catalog order. `None`: a dict of every split that has a catalog under `root`.
+        root: the data root (default `$MRW_HOME`, else `~/.cache/mrw`).
+        modality: `features` (float32 `[T, D]`; COCO: the 7x7 grid `[49, D]` plus `pooled` `[D]`),
+            `frames` (uint8 `[T, H, W, 3]`) or `video` (`video` bytes, `format`, and the probe).
+        backbone: which feature shards (`features/<backbone>/`).
+        num_frames: frames (or feature rows) per video item, like the reference's
+            `max_video_length`; `None` keeps all. Short clips repeat their last frame.
+        sampling: `uniform` (equal intervals; evaluation) or `random` (a random run with a random
+            skip of 1-3; training). `random` also picks `sentence` at random among the protocol's
+            sentences (COCO's five captions); `uniform` takes the first one.
+        transform: applied to the item's `features`, `frames` or `video` value; its result
+            replaces that value.
+        streaming: an `IterableDataset` (see `StreamingSplitDataset`) instead of a map-style one;
+            `seed`, `shuffle_buffer`, `rank` and `world_size` (default: torch.distributed's, if
+            initialised) apply to it.
+
+    Items are dicts: `id`, `sentences` (all, release order), `sentence` (the protocol's),
+    `sentence_id` (`<id>#<n>`), the modality's value, and for videos `frame_indices` and
+    `timestamps` of the frames taken.
+    """
+    name = paths.check_dataset(name)
+    if modality not in MODALITIES:
+        raise UsageError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
+    if sampling not in SAMPLINGS:
+        raise UsageError(f"unknown sampling {sampling!r}: expected uniform or random")
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int)
+                                   or num_frames < 1):
+        raise UsageError(f"num_frames must be a positive integer or None, got {num_frames!r}")
+    options = dict(root=root, modality=modality, backbone=backbone, num_frames=num_frames,
+                   sampling=sampling, transform=transform, streaming=streaming, seed=seed,
+                   shuffle_buffer=shuffle_buffer, rank=rank, world_size=world_size)
+    if split is None:
+        present = [s for s in paths.SPLITS if paths.catalog_path(root, name, s).exists()]
+        if not present:
+            read_catalog(root, name, "train")  # raises, naming the command to run
+        return {s: load_dataset(name, s, **options) for s in present}
+
+    slices = parse_split(split)
+    indexes: dict[str, SplitIndex] = {}
+    parts = []
+    for sl in slices:
+        if sl.split not in indexes:
+            indexes[sl.split] = SplitIndex.open(root, name, sl.split, modality, backbone)
+        index = indexes[sl.split]
+        parts.append((index, np.arange(len(index), dtype=np.int64)[sl.bounds(len(index))]))
+    common = dict(name=name, spec=str(split), modality=modality, backbone=backbone,
+                  num_frames=num_frames, sampling=sampling, transform=transform)
+    if streaming:
+        return StreamingSplitDataset(parts, seed=seed, shuffle_buffer=shuffle_buffer, rank=rank,
+                                     world_size=world_size, **common)
+    return SplitDataset(parts, **common)
