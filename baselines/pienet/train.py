@@ -11,7 +11,6 @@ best checkpoint kept. A run folder holds everything needed to resume or predict:
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from baselines.pienet.config import Config
-from baselines.pienet.loss import pair_scores, pvse_loss
+from baselines.pienet.loss import pvse_loss
 from baselines.pienet.model import PVSE, init_word_embeddings
 from baselines.pienet.predict import (CHECKPOINT_FORMAT, SplitEmbeddings, autocast, choose_device,
                                       embed_split, open_split, visual_inputs)
@@ -32,33 +31,18 @@ from mrw.errors import UsageError
 
 
 # -- validation --------------------------------------------------------------------------------
-def score_matrix(items: torch.Tensor, sentences: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    """[N, M] pair scores, a block of items at a time so large splits fit in memory."""
-    return torch.cat([pair_scores(items[i:i + chunk], sentences) for i in range(0, len(items), chunk)])
-
-
-def recall_summary(ranks: torch.Tensor) -> dict:
-    return {"R@1": 100.0 * float((ranks < 1).float().mean()),
-            "R@5": 100.0 * float((ranks < 5).float().mean()),
-            "R@10": 100.0 * float((ranks < 10).float().mean()),
-            "MedR": float(torch.floor(ranks.float().median()) + 1)}
-
-
 def validation_metrics(embeddings: SplitEmbeddings) -> dict:
-    """R@1/5/10 and MedR both ways, and rsum. A query's rank counts the wrong candidates scoring at
-    least as high as its best right one (interfaces.md, section 4); sentences whose item has no
-    features are left out."""
+    """R@1/5/10 and MedR both ways, and rsum, by `mrw evaluate`'s protocol and rank counting;
+    sentences whose item has no features are left out."""
+    from mrw.evaluate import median_rank, ranks_from_embeddings, recall_at_k
+
     keep = embeddings.sentence_items >= 0
-    owners = torch.from_numpy(embeddings.sentence_items[keep])
-    scores = score_matrix(torch.from_numpy(embeddings.items), torch.from_numpy(embeddings.sentences[keep]))
-    right = torch.zeros_like(scores, dtype=torch.bool)
-    right[owners, torch.arange(len(owners))] = True
-    best_right = scores.masked_fill(~right, -math.inf).amax(dim=1, keepdim=True)     # per item
-    i2t = ((scores >= best_right) & ~right).sum(dim=1)[right.any(dim=1)]
-    true_score = scores[owners, torch.arange(len(owners))]
-    t2i = ((scores >= true_score.unsqueeze(0)) & ~right).sum(dim=0)
-    out = {"i2t": recall_summary(i2t), "t2i": recall_summary(t2i)}
-    out["rsum"] = sum(out[d][r] for d in ("i2t", "t2i") for r in ("R@1", "R@5", "R@10"))
+    ranks = ranks_from_embeddings(embeddings.items, embeddings.sentences[keep],
+                                  embeddings.sentence_items[keep])
+    out = {}
+    for direction, r in zip(("i2t", "t2i"), ranks):
+        out[direction] = {f"R@{k}": recall_at_k(r, k) for k in (1, 5, 10)} | {"MedR": median_rank(r)}
+    out["rsum"] = sum(out[d][f"R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
     return out
 
 
@@ -120,7 +104,7 @@ def train_epoch(model, loader, optimizer, scaler, config: Config, device, progre
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + float(value) * n
         pairs += n
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.set_postfix(loss=f"{float(parts['loss']):.4f}")
     return {k: v / max(pairs, 1) for k, v in sums.items()} | {"pairs": pairs}
 
 
