@@ -146,8 +146,9 @@ def decode_video(data: bytes, fmt: str | None, fps: float = 8.0, size: int = 256
             rc = proc.wait()
             reader.join()
         text = b"".join(log).decode("utf-8", "replace")
-        if rc != 0:
-            raise DecodeError(_last_error_line(text) or f"ffmpeg exited with {rc}")
+        if rc != 0:  # the message without the scratch name, so a re-run writes the same bytes
+            message = _last_error_line(text).replace(f"{tmp}: ", "").replace(str(tmp), "input")
+            raise DecodeError(message or f"ffmpeg exited with {rc}")
         if not frames:
             raise DecodeError("no video frames decoded")
         tb = _TIME_BASE.search(text)
@@ -266,7 +267,7 @@ def extract_frames(root=None, dataset: str = "mrw", split: str = "test", fps: fl
     dataset = paths.check_dataset(dataset)
     split = paths.normalize_split(split)
     settings = FrameSettings(float(fps), int(size), int(quality)).check()
-    workers = int(workers) if workers else (os.cpu_count() or 1)
+    workers = (os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
     videos_dir = require_videos(root, dataset, split)
