@@ -30,17 +30,18 @@ def make_clip(path: Path, fmt: str, fps: float, duration: float, size=(320, 240)
         codec = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
     else:  # a palette made from the clip itself, so a solid colour is stored exactly, undithered
         codec = ["-vf", "split[a][b];[a]palettegen=stats_mode=single[p];[b][p]paletteuse=new=1"]
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, *codec, str(path)],
-                   check=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", source, *codec,
+                    str(path)],
+                   check=True, stdin=subprocess.DEVNULL)
     return {"path": path, "format": fmt, "fps": float(fps), "duration": float(duration),
             "width": w, "height": h, "num_frames": int(round(fps * duration))}
 
 
 def make_jpeg(path: Path, colour: str, size=(640, 480)) -> dict:
     w, h = size
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
                     f"color=c={colour}:size={w}x{h}", "-frames:v", "1", "-q:v", "2", str(path)],
-                   check=True)
+                   check=True, stdin=subprocess.DEVNULL)
     return {"path": path, "format": "jpg", "fps": 0.0, "duration": 0.0, "width": w, "height": h,
             "num_frames": 1}
 
