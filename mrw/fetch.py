@@ -1,0 +1,322 @@
+"""One item over HTTP: a byte cap, a limit on the whole response, retries, per-host limits, yt-dlp.
+
+Every failure comes back as a short class (`http_404`, `timeout`, `too_large`, `truncated`,
+`redirect_loop`, `not_video`, `connection_error`, `bad_url`, ...) plus a message, never as an
+exception, because a failed item is data for the status table, not a reason to stop the run.
+"""
+from __future__ import annotations
+
+import random
+import socket
+import tempfile
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+USER_AGENT = "mrw-download/0.1 (+https://github.com/yalesong/pvse)"
+#: hosts whose URLs are pages, not media: straight to yt-dlp
+PAGE_HOSTS = ("youtube.com", "youtu.be", "vimeo.com", "giphy.com", "twitter.com", "x.com")
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+#: longest Retry-After we honour; a server asking for more gets this
+MAX_RETRY_AFTER = 60.0
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """How one item is fetched; plain data passed down from `mrw download`'s options."""
+
+    timeout: float = 30.0          # limit on one whole response (headers and body), seconds
+    retries: int = 3               # extra tries on timeouts, connection errors, 5xx and 429
+    max_bytes: int = 64 * 1024 * 1024
+    per_host: int = 4              # connections open at once to one host (host:port)
+    backoff: float = 0.5           # first retry waits about this long, doubling each time
+    backoff_max: float = 8.0
+    use_ytdlp: bool = True
+
+
+@dataclass
+class FetchResult:
+    url: str
+    data: bytes | None = None
+    error: str | None = None       # the class, e.g. "http_404"; None on success
+    message: str = ""
+    attempts: int = 0
+    content_type: str | None = None
+    via: str = "http"              # "http" or "yt-dlp"
+    attempt_seconds: list = field(default_factory=list)  # each request's wall time
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def error_text(self) -> str | None:
+        return None if self.ok else f"{self.error}: {self.message}"
+
+
+class FetchFailure(Exception):
+    def __init__(self, cls: str, message: str, retryable: bool = False,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        self.cls, self.message, self.retryable, self.retry_after = cls, message, retryable, retry_after
+
+
+def looks_like_html(head: bytes) -> bool:
+    """Sniff the first bytes: an error or landing page, whatever its Content-Type says."""
+    h = head[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return h.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<!--", b"<?xml", b"<meta",
+                         b"<script", b"<title", b"<div", b"<p>"))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, min(MAX_RETRY_AFTER, float(value)))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, min(MAX_RETRY_AFTER, parsedate_to_datetime(value).timestamp() - time.time()))
+        except (TypeError, ValueError):
+            return None
+
+
+def _socket_of(resp) -> socket.socket | None:
+    """The socket under a streaming requests response (urllib3 2.x / http.client internals)."""
+    try:
+        return resp.raw._fp.fp.raw._sock
+    except AttributeError:
+        return None
+
+
+class Fetcher:
+    """Fetches items for many threads: one requests.Session per thread, a semaphore per host."""
+
+    def __init__(self, config: FetchConfig | None = None):
+        self.config = config or FetchConfig()
+        self._local = threading.local()
+        self._hosts: dict[str, threading.BoundedSemaphore] = {}
+        self._hosts_lock = threading.Lock()
+        self._rng = random.Random()
+
+    # -- plumbing --
+    def _session(self) -> requests.Session:
+        s = getattr(self._local, "session", None)
+        if s is None:
+            s = requests.Session()
+            s.headers["User-Agent"] = USER_AGENT
+            s.max_redirects = 10
+            adapter = requests.adapters.HTTPAdapter(pool_connections=16,
+                                                    pool_maxsize=max(1, self.config.per_host))
+            s.mount("http://", adapter)
+            s.mount("https://", adapter)
+            self._local.session = s
+        return s
+
+    def host_slot(self, url: str) -> threading.BoundedSemaphore:
+        host = urllib.parse.urlsplit(url).netloc.lower()
+        with self._hosts_lock:
+            sem = self._hosts.get(host)
+            if sem is None:
+                sem = self._hosts[host] = threading.BoundedSemaphore(max(1, self.config.per_host))
+            return sem
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self.config.backoff_max, self.config.backoff * (2 ** (attempt - 1)))
+        return base * (0.5 + self._rng.random())  # jitter, so retries do not arrive together
+
+    # -- the public call --
+    def fetch(self, url: str) -> FetchResult:
+        result = FetchResult(url=url)
+        parts = urllib.parse.urlsplit(url or "")
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            result.error, result.message = "bad_url", f"only http and https URLs are fetched: {url!r}"
+            return result
+        page_host = any(parts.hostname and (parts.hostname == h or parts.hostname.endswith("." + h))
+                        for h in PAGE_HOSTS)
+        for attempt in range(1, self.config.retries + 2):
+            result.attempts = attempt
+            self._local.import_seconds = 0.0
+            t0 = time.monotonic()
+            try:
+                with self.host_slot(url):
+                    if page_host and self.config.use_ytdlp:
+                        data, ctype, via = self._ytdlp(url, t0 + self.config.timeout), None, "yt-dlp"
+                    else:
+                        data, ctype = self._get(url, t0 + self.config.timeout)
+                        via = "http"
+                        if looks_like_html(data[:512]):
+                            data, via = self._page(url, data, t0 + self.config.timeout), "yt-dlp"
+                result.attempt_seconds.append(time.monotonic() - t0 - self._local.import_seconds)
+                result.data, result.content_type, result.via = data, ctype, via
+                result.error, result.message = None, ""
+                return result
+            except FetchFailure as f:
+                result.attempt_seconds.append(time.monotonic() - t0 - self._local.import_seconds)
+                result.error, result.message = f.cls, f.message
+                if not f.retryable or attempt > self.config.retries:
+                    return result
+                wait = self._backoff(attempt)
+                if f.retry_after is not None:
+                    wait = max(wait, f.retry_after)
+                time.sleep(wait)
+        return result
+
+    def _get(self, url: str, deadline: float) -> tuple[bytes, str | None]:
+        """One GET, streamed under the byte cap; the watchdog cuts it at the deadline."""
+        cap = self.config.max_bytes
+        remaining = deadline - time.monotonic()
+        fired = threading.Event()
+        resp = None
+        try:
+            resp = self._session().get(url, stream=True, timeout=(remaining, remaining))
+        except requests.exceptions.TooManyRedirects as e:
+            raise FetchFailure("redirect_loop", f"too many redirects ({e})")
+        except (requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout):
+            raise FetchFailure("timeout", f"no response within {self.config.timeout:g} s", retryable=True)
+        except requests.exceptions.InvalidURL as e:
+            raise FetchFailure("bad_url", str(e))
+        except requests.exceptions.RequestException as e:
+            raise FetchFailure("connection_error", _short(e), retryable=True)
+        timer = None
+        try:
+            sock = _socket_of(resp)
+
+            def cut():
+                fired.set()
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+            timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
+            timer.daemon = True
+            timer.start()
+            code = resp.status_code
+            if code >= 400:
+                retry = code in RETRY_STATUS or code >= 500
+                raise FetchFailure(f"http_{code}", f"HTTP {code} {resp.reason or ''}".strip(),
+                                   retryable=retry, retry_after=_retry_after(resp.headers.get("Retry-After")))
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > cap:
+                raise FetchFailure("too_large", f"Content-Length {int(length)} is over the cap of {cap} bytes")
+            buf = bytearray()
+            try:
+                for chunk in resp.iter_content(chunk_size=64 * 1024):
+                    buf += chunk
+                    if len(buf) > cap:
+                        raise FetchFailure("too_large", f"more than {cap} bytes")
+                    if fired.is_set() or time.monotonic() > deadline:
+                        break
+            except (requests.exceptions.RequestException, OSError) as e:
+                if not fired.is_set():
+                    if "IncompleteRead" in repr(e) or "incomplete" in str(e).lower():
+                        raise FetchFailure("truncated", f"connection closed after {len(buf)} bytes "
+                                           f"of {length or 'unknown'}", retryable=True)
+                    raise FetchFailure("connection_error", _short(e), retryable=True)
+            if fired.is_set() or time.monotonic() > deadline:
+                raise FetchFailure("timeout", f"response not complete within {self.config.timeout:g} s "
+                                   f"({len(buf)} bytes read)", retryable=True)
+            if length and length.isdigit() and len(buf) != int(length):
+                raise FetchFailure("truncated", f"got {len(buf)} of {length} bytes", retryable=True)
+            if not buf:
+                raise FetchFailure("empty", "empty body", retryable=True)
+            return bytes(buf), resp.headers.get("Content-Type")
+        finally:
+            if timer is not None:
+                timer.cancel()
+            resp.close()
+
+    def _page(self, url: str, html: bytes, deadline: float) -> bytes:
+        """A page came back where media was expected: let yt-dlp look for the media in it."""
+        if not self.config.use_ytdlp:
+            raise FetchFailure("not_video", "an HTML page, not media")
+        try:
+            return self._ytdlp(url, deadline)
+        except FetchFailure as f:
+            if f.cls == "timeout":
+                raise
+            raise FetchFailure("not_video", f"an HTML page with no media in it ({f.message})")
+
+    def _ytdlp(self, url: str, deadline: float) -> bytes:
+        """yt-dlp as a library (its generic extractor reads <video src=...> pages)."""
+        yt_dlp, spent = _load_ytdlp()
+        deadline += spent  # importing yt-dlp (seconds, once) is not the server's time
+        self._local.import_seconds = getattr(self._local, "import_seconds", 0.0) + spent
+        cap = self.config.max_bytes
+
+        class _Quiet:
+            def debug(self, msg):
+                pass
+
+            info = warning = debug
+
+            def error(self, msg):
+                pass
+
+        def hook(d):
+            if time.monotonic() > deadline:
+                raise FetchFailure("timeout", f"yt-dlp not done within {self.config.timeout:g} s",
+                                   retryable=True)
+            if (d.get("downloaded_bytes") or 0) > cap:
+                raise FetchFailure("too_large", f"more than {cap} bytes (yt-dlp)")
+
+        with tempfile.TemporaryDirectory(prefix="mrw-ytdlp-") as tmp:
+            opts = {
+                "outtmpl": str(Path(tmp) / "media.%(ext)s"), "quiet": True, "no_warnings": True,
+                "noprogress": True, "logger": _Quiet(), "progress_hooks": [hook],
+                "socket_timeout": max(1.0, deadline - time.monotonic()), "retries": 0,
+                "fragment_retries": 0, "noplaylist": True, "max_filesize": cap, "cachedir": False,
+                "http_headers": {"User-Agent": USER_AGENT}, "overwrites": True,
+            }
+            try:
+                with yt_dlp.YoutubeDL(opts) as ydl:
+                    ydl.extract_info(url, download=True)
+            except FetchFailure:
+                raise
+            except Exception as e:  # yt-dlp wraps everything in its own DownloadError
+                inner = getattr(e, "exc_info", None)
+                if inner and isinstance(inner[1], FetchFailure):
+                    raise inner[1]
+                if time.monotonic() > deadline:
+                    raise FetchFailure("timeout", f"yt-dlp not done within {self.config.timeout:g} s",
+                                       retryable=True)
+                raise FetchFailure("ytdlp_error", _short(e))
+            files = [p for p in Path(tmp).iterdir() if p.is_file() and not p.name.endswith(".part")]
+            if not files:
+                raise FetchFailure("ytdlp_error", "yt-dlp downloaded nothing")
+            path = max(files, key=lambda p: p.stat().st_size)
+            if path.stat().st_size > cap:
+                raise FetchFailure("too_large", f"{path.stat().st_size} bytes is over the cap of {cap}")
+            return path.read_bytes()
+
+
+_YTDLP_LOCK = threading.Lock()
+
+
+def _load_ytdlp():
+    """yt_dlp, and the seconds this call spent importing it (0 once imported)."""
+    import sys
+
+    if "yt_dlp" in sys.modules and hasattr(sys.modules["yt_dlp"], "YoutubeDL"):
+        return sys.modules["yt_dlp"], 0.0
+    t0 = time.monotonic()
+    with _YTDLP_LOCK:
+        import yt_dlp
+    return yt_dlp, time.monotonic() - t0
+
+
+def _short(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fetch_item(url: str, config: FetchConfig | None = None) -> FetchResult:
+    """Fetch one URL with a fresh `Fetcher` (for one-off use; runs share one Fetcher)."""
+    return Fetcher(config).fetch(url)
