@@ -51,7 +51,7 @@ def open_split(config: Config, split: str, root, sampling: str):
     from mrw.loader import load_dataset
 
     return load_dataset(config.dataset, split=split, root=root, modality="features",
-                        num_frames=config.num_frames, sampling=sampling)
+                        backbone=config.backbone, num_frames=config.num_frames, sampling=sampling)
 
 
 def visual_inputs(batch: dict, device: torch.device) -> dict:
