@@ -120,6 +120,23 @@ def download(root, dataset, split, source, catalog_only, from_dir, limit, worker
 # -- commands added by later stages go below, one block each -----------------------------------
 
 
+# -- validate ---------------------------------------------------------------------------------
+@main.command()
+@common_options
+@split_option
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Rows decoded at once.")
+@handle_errors
+def validate(root, dataset, split, workers):
+    """Re-check the split's video shards: rows decode, checksums match, no duplicates, one status row per item."""
+    from mrw.validate import validate_split
+
+    report = validate_split(root=root, dataset=dataset, split=split, workers=workers)
+    click.echo(report.format())
+    if not report.ok:
+        raise FatalError(f"{report.problem_count} problems in {report.stage_dir}")
+
+
 # -- extract-frames ---------------------------------------------------------------------------
 @main.command("extract-frames")
 @common_options
