@@ -404,6 +404,13 @@ class _Handler(BaseHTTPRequestHandler):
         return p
 
     def _serve(self, head: bool):
+        self.server.enter()
+        try:
+            self._route(head)
+        finally:
+            self.server.leave()
+
+    def _route(self, head: bool):
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
         self.server.count(path)
         fault = None
@@ -522,6 +529,17 @@ class _Server(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self.requests: dict[str, int] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def enter(self):
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self):
+        with self._lock:
+            self.in_flight -= 1
 
     def handle_error(self, request, client_address):
         # clients that hang up (timeouts, byte caps) are part of the tests, not server bugs
@@ -564,6 +582,11 @@ class SampleServer:
         with self._server._lock:
             return dict(self._server.requests)
 
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests this server was answering at once."""
+        return self._server.max_in_flight
+
     def start(self) -> "SampleServer":
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         daemon=True, name="mrw-sample-server")
@@ -587,11 +610,11 @@ class SampleServer:
 # -- command line -----------------------------------------------------------------------------
 def _serve_forever(directory, port_file, latency) -> None:
     server = SampleServer(directory, latency=latency).start()
-    print(server.url, flush=True)
     if port_file:
         tmp = Path(str(port_file) + ".tmp")
         tmp.write_text(f"{server.port}\n")
         os.replace(tmp, port_file)
+    print(server.url, flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -641,11 +664,11 @@ def main(argv=None) -> int:
             server = SampleServer(args.out).start()
             Path(args.out).mkdir(parents=True, exist_ok=True)
             write_sample_release(args.out, args.dataset, server.url, seed=args.seed)
-            print(server.url, flush=True)
             if args.port_file:
                 tmp = Path(str(args.port_file) + ".tmp")
                 tmp.write_text(f"{server.port}\n")
                 os.replace(tmp, args.port_file)
+            print(server.url, flush=True)
             try:
                 while True:
                     time.sleep(3600)
