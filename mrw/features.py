@@ -7,6 +7,7 @@ Videos keep one pooled vector per sampled frame; images (COCO) also keep the 7x7
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -169,10 +170,15 @@ def open_jpeg(data: bytes):
         return img.convert("RGB")
 
 
+@functools.lru_cache(maxsize=None)
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(STD, device=device).view(1, 3, 1, 1))
+
+
 def normalize(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 3, H, W] -> ImageNet-normalised float, on whatever device the batch is."""
-    mean = torch.tensor(MEAN, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=batch.device).view(1, 3, 1, 1)
+    """uint8 [N, 3, H, W] -> ImageNet-normalised float, as ToTensor + Normalize compute it."""
+    mean, std = _mean_std(batch.device)
     return (batch.float() / 255.0 - mean) / std
 
 
