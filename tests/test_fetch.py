@@ -1,0 +1,97 @@
+"""fetch.py against the real local server: every fault, its class, its retries and its time."""
+import threading
+
+import pytest
+
+from mrw.fetch import FetchConfig, Fetcher, looks_like_html
+from mrw.sample import FAULTS, SampleServer, write_sample_release
+
+TIMEOUT = 2.0
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    out = write_sample_release(tmp_path_factory.mktemp("fetch") / "rel", "mrw", "http://unused",
+                               counts={"train": 0, "val": 0, "test": 1})
+    name = next((out / "media").iterdir()).name
+    with SampleServer(out) as srv:
+        yield srv, name, (out / "media" / name).read_bytes()
+
+
+def _fetcher(**kw):
+    cfg = dict(timeout=TIMEOUT, retries=1, max_bytes=1 << 20, backoff=0.05)
+    cfg.update(kw)
+    return Fetcher(FetchConfig(**cfg))
+
+
+EXPECTED = {name: (err, None) for name, err in FAULTS.items()}
+# garbage and corrupt are media-shaped bytes: fetch hands them on, media.py rejects them
+EXPECTED["garbage"] = EXPECTED["corrupt"] = (None, None)
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_each_fault_gets_its_class_and_no_request_outlives_the_timeout(served, fault):
+    srv, name, body = served
+    res = _fetcher().fetch(f"{srv.url}/fault/{fault}/media/{name}")
+    expected = EXPECTED[fault][0]
+    assert res.error == expected, res.error_text
+    assert max(res.attempt_seconds) <= TIMEOUT + 1.0, res.attempt_seconds
+    if expected is None and fault not in ("garbage", "corrupt"):
+        assert res.data == body
+    if fault in ("500-then-ok", "429-then-ok"):
+        assert res.attempts == 2
+    if fault in ("404", "too-large", "too-large-chunked", "redirect-loop", "html"):
+        assert res.attempts == 1, "no retry on a permanent failure"
+    if fault in ("slow", "stall", "truncated"):
+        assert res.attempts == 2, "retried once (retries=1)"
+    if fault == "embed":
+        assert res.via == "yt-dlp"
+
+
+def test_retry_after_is_honoured(served):
+    import time
+
+    srv, name, body = served
+    with SampleServer(srv._server.root) as fresh:  # its 429 counter starts at zero
+        t0 = time.monotonic()
+        res = _fetcher(backoff=0.01).fetch(f"{fresh.url}/fault/429-then-ok/media/{name}")
+        # the server asks for one second; the jittered backoff alone would wait ~0.01 s
+        assert res.ok and res.attempts == 2 and time.monotonic() - t0 >= 0.95
+
+
+def test_only_http_and_https(served):
+    for url in ("ftp://127.0.0.1/x.mp4", "file:///etc/passwd", "not a url", ""):
+        res = _fetcher().fetch(url)
+        assert res.error == "bad_url" and res.attempts == 0
+
+
+def test_connection_refused_is_retried_then_classified():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    res = _fetcher(retries=2).fetch(f"http://127.0.0.1:{port}/x.mp4")
+    assert res.error == "connection_error" and res.attempts == 3
+
+
+def test_per_host_limit(tmp_path):
+    out = write_sample_release(tmp_path / "rel", "mrw", "http://unused", counts={"train": 0, "val": 0, "test": 1})
+    name = next((out / "media").iterdir()).name
+    with SampleServer(out, latency=0.2) as srv:
+        fetcher = _fetcher(per_host=2)
+        threads = [threading.Thread(target=fetcher.fetch, args=(f"{srv.url}/media/{name}",)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert srv.max_in_flight == 2
+        assert srv.requests[f"media/{name}"] == 8
+
+
+def test_html_sniffing():
+    assert looks_like_html(b"\n  <!DOCTYPE html><html>")
+    assert looks_like_html(b"<HTML><body>")
+    assert not looks_like_html(b"\x00\x00\x00\x18ftypmp42")
+    assert not looks_like_html(b"GIF89a")
