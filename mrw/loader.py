@@ -19,6 +19,7 @@ import math
 import os
 import random
 import re
+import sys
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -225,13 +226,61 @@ class SplitIndex:
             raise UsageError(f"{directory}: item {dup!r} appears in more than one row; "
                              f"run `mrw validate --dataset {dataset} --split {split}`")
         return cls(root=paths.resolve_root(root), dataset=dataset, split=split, modality=modality,
-                   directory=directory, columns=columns, catalog=catalog, shard_paths=shard_paths,
+                   directory=directory, columns=columns, catalog=catalog.combine_chunks(), shard_paths=shard_paths,
                    rows=rows, shard=shard[order], row_group=group[order],
                    row_in_group=within[order], shard_row=shard_row[order],
                    counts={"catalog": catalog.num_rows, "ok": int(n_ok),
                            "failed": int(status.num_rows - n_ok), "no_status": max(0, int(missing)),
                            "available": int(len(rows))},
                    manifest=read_manifest(directory))
+
+
+class _RowGroup:
+    """One row group read from a shard, its columns turned once into arrays that every row of
+    the group slices without a copy (the Python work per item stays small)."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+        self.ids = table.column("id").to_pylist()
+        self.binary = {}  # column -> (uint8 tensor over the data buffer, offsets)
+        self.lists = {}  # column -> (values, offsets)
+        for name in table.column_names:
+            type_ = table.schema.field(name).type
+            if name in ("features", "grid") and (pa.types.is_binary(type_) or pa.types.is_large_binary(type_)):
+                self.binary[name] = _binary_views(table.column(name).combine_chunks())
+            elif name == "timestamps" and pa.types.is_list(type_):
+                arr = table.column(name).combine_chunks()
+                self.lists[name] = (arr.flatten().to_numpy(zero_copy_only=False),
+                                    arr.offsets.to_numpy())
+        self.numbers = {name: table.column(name).to_numpy()
+                        for name in ("num_frames", "dim") if name in table.column_names}
+
+    def float16(self, name: str, row: int) -> torch.Tensor | None:
+        """The row's values as a flat float16 view (no copy), or None if no view could be made."""
+        data, offsets = self.binary[name]
+        if data is None:
+            return None
+        return data[int(offsets[row]) >> 1:int(offsets[row + 1]) >> 1]
+
+    def list_values(self, name: str, row: int) -> np.ndarray:
+        values, offsets = self.lists[name]
+        return values[offsets[row]:offsets[row + 1]]
+
+
+def _binary_views(arr: pa.Array):
+    """(float16 tensor over a binary array's data buffer, byte offsets per row); the tensor is
+    None if no view can be made (odd offsets, nulls), and rows are then read one by one."""
+    width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset: arr.offset + len(arr) + 1]
+    if (sys.byteorder != "little" or arr.null_count or np.any(offsets % 2)
+            or arr.buffers()[2] is None):
+        return None, offsets
+    with warnings.catch_warnings():  # a read-only view: items only ever get converted copies
+        warnings.simplefilter("ignore")
+        buf = arr.buffers()[2]
+        data = (torch.frombuffer(buf, dtype=torch.uint8, count=buf.size & ~1).view(torch.float16)
+                if buf.size > 1 else torch.zeros(0, dtype=torch.float16))
+    return data, offsets
 
 
 class _OpenFiles:
@@ -245,19 +294,19 @@ class _OpenFiles:
         self.max_open = max_open
         self.files: OrderedDict[str, pq.ParquetFile] = OrderedDict()
         self.last_key = None
-        self.last_table = None
+        self.last_group: _RowGroup | None = None
 
-    def row_group(self, path: str, group: int, columns: list[str]) -> pa.Table:
+    def row_group(self, path: str, group: int, columns: list[str]) -> _RowGroup:
         key = (path, group, tuple(columns))
         if key == self.last_key:
-            return self.last_table
+            return self.last_group
         pf = self.files.pop(path, None) or pq.ParquetFile(path)
         self.files[path] = pf
         while len(self.files) > self.max_open:
             self.files.popitem(last=False)[1].close()
         table = pf.read_row_group(group, columns=columns, use_threads=False)
-        self.last_key, self.last_table = key, table
-        return table
+        self.last_key, self.last_group = key, _RowGroup(table)
+        return self.last_group
 
 
 # -- the datasets ------------------------------------------------------------------------------
@@ -266,7 +315,7 @@ class _SplitBase:
 
     def __init__(self, parts: list[tuple[SplitIndex, np.ndarray]], *, name: str, spec: str,
                  modality: str, backbone: str, num_frames: int | None, sampling: str,
-                 transform: Callable | None):
+                 transform: Callable | None, dtype: torch.dtype = torch.float32):
         self.name = name
         self.split = spec
         self.modality = modality
@@ -274,6 +323,7 @@ class _SplitBase:
         self.num_frames = num_frames
         self.sampling = sampling
         self.transform = transform
+        self.dtype = dtype
         self._parts = parts  # (split index, positions into its available items)
         self._offsets = np.cumsum([0] + [len(p) for _, p in parts])
         self._files: _OpenFiles | None = None
@@ -343,63 +393,92 @@ class _SplitBase:
             return chosen[random.randrange(len(chosen))]
         return chosen[0]
 
-    def _make_item(self, index: SplitIndex, pos: int, table: pa.Table, row: int) -> dict:
+    def _make_item(self, index: SplitIndex, pos: int, group: _RowGroup, row: int) -> dict:
         cat_row = int(index.rows[pos])
         item_id = index.catalog.column("id")[cat_row].as_py()
-        got = table.column("id")[row].as_py()
-        if got != item_id:
+        if group.ids[row] != item_id:
             raise UsageError(f"{index.directory}: expected item {item_id!r} in a shard row but "
-                             f"found {got!r}; the shards changed after the split was opened")
+                             f"found {group.ids[row]!r}; the shards changed after the split was opened")
         sentences = index.catalog.column("sentences")[cat_row].as_py()
         n = self._sentence_choice(index.catalog.column("protocol_sentences")[cat_row].as_py()
                                   or [0])
         item = {"id": item_id, "sentences": sentences, "sentence": sentences[n],
                 "sentence_id": f"{item_id}#{n}"}
-        values = {c: table.column(c)[row] for c in table.column_names if c != "id"}
+        table = group.table
         if self.modality == "video":
-            item["video"] = values.pop("video").as_py()
-            item.update({k: v.as_py() for k, v in values.items()})
+            for c in table.column_names:
+                if c != "id":
+                    item[c] = table.column(c)[row].as_py()
             if self.transform is not None:
                 item["video"] = self.transform(item["video"])
             return item
-        total = values["num_frames"].as_py()
-        image = index.dataset == "coco"
-        idx = list(range(total)) if image else sample_frame_indices(
-            total, self.num_frames, self.sampling, EDGE_FRAMES[index.dataset])
-        stamps = values["timestamps"].as_py() or []
-        item["frame_indices"] = torch.tensor(idx, dtype=torch.long)
-        item["timestamps"] = torch.tensor([stamps[i] for i in idx] if len(stamps) == total else [],
-                                          dtype=torch.float64)
+        total = int(group.numbers["num_frames"][row])
+        if index.dataset == "coco" or self.num_frames is None:
+            idx = None  # every frame, in order
+        else:
+            idx = sample_frame_indices(total, self.num_frames, self.sampling,
+                                       EDGE_FRAMES[index.dataset])
+        stamps = group.list_values("timestamps", row)
+        if len(stamps) == total:
+            stamps = stamps.copy() if idx is None else stamps[idx]
+        else:
+            stamps = np.zeros(0)
+        if idx is not None:
+            item["frame_indices"] = torch.tensor(idx)
+        item["timestamps"] = torch.from_numpy(stamps)
         if self.modality == "features":
-            dim = values["dim"].as_py()
-            feats = _float16_matrix(values["features"], (total, dim), index, item_id, "features")
-            if "grid" in values:  # images: the 7x7 map, plus the pooled vector
-                grid = _float16_matrix(values["grid"], (49, dim), index, item_id, "grid")
-                item["features"] = torch.from_numpy(grid.astype(np.float32))
-                item["pooled"] = torch.from_numpy(feats[0].astype(np.float32))
+            dim = int(group.numbers["dim"][row])
+            feats = _float16_matrix(group, "features", row, (total, dim), index, item_id)
+            if "grid" in group.binary:  # images: the 7x7 map, plus the pooled vector
+                item["features"] = _convert(
+                    _float16_matrix(group, "grid", row, (49, dim), index, item_id), self.dtype)
+                item["pooled"] = _convert(feats[0], self.dtype)
             else:
-                item["features"] = torch.from_numpy(feats[idx].astype(np.float32))
+                item["features"] = _convert(
+                    feats if idx is None else feats.index_select(0, item["frame_indices"]),
+                    self.dtype)
             key = "features"
         else:
-            jpegs = values["frames"].values  # list<binary> scalar -> its binary array
-            item["frames"] = torch.from_numpy(np.stack([_decode_jpeg(jpegs[i].as_py(), index, item_id)
-                                                        for i in idx]) if idx else
-                                              np.zeros((0, values["height"].as_py(),
-                                                        values["width"].as_py(), 3), np.uint8))
+            jpegs = table.column("frames")[row].values  # list<binary> scalar -> its binary array
+            chosen = range(total) if idx is None else idx
+            item["frames"] = torch.from_numpy(
+                np.stack([_decode_jpeg(jpegs[i].as_py(), index, item_id) for i in chosen])
+                if total else np.zeros((0, int(table.column("height")[row].as_py()),
+                                        int(table.column("width")[row].as_py()), 3), np.uint8))
             key = "frames"
         if self.transform is not None:
             item[key] = self.transform(item[key])
         return item
 
 
-def _float16_matrix(scalar, shape, index, item_id, column) -> np.ndarray:
-    buf = scalar.as_buffer() if hasattr(scalar, "as_buffer") else scalar.as_py()
+#: torch converts fewer elements than this on the calling thread; larger conversions go to its
+#: thread pool, which stalls badly when the machine's cores are busy
+_SERIAL_ELEMENTS = 32767
+
+
+def _convert(half: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A new tensor of `dtype` from a float16 view, converted on this thread."""
+    if half.numel() <= _SERIAL_ELEMENTS:
+        return half.to(dtype, copy=True)
+    flat = half.reshape(-1)
+    out = torch.empty(flat.numel(), dtype=dtype)
+    for a in range(0, flat.numel(), _SERIAL_ELEMENTS):
+        out[a:a + _SERIAL_ELEMENTS].copy_(flat[a:a + _SERIAL_ELEMENTS])
+    return out.view(half.shape)
+
+
+def _float16_matrix(group: _RowGroup, column: str, row: int, shape, index, item_id) -> torch.Tensor:
+    """A row's float16 little-endian bytes as a [rows, dim] tensor view (no copy)."""
     expected = shape[0] * shape[1] * 2
+    view = group.float16(column, row)
+    if view is not None and view.numel() * 2 == expected:
+        return view.view(shape)
+    buf = group.table.column(column)[row].as_py()
     if buf is None or len(buf) != expected:
         raise UsageError(f"{index.directory}: item {item_id!r} has {column} of "
                          f"{0 if buf is None else len(buf)} bytes, expected {expected} for "
                          f"float16 {list(shape)}; run `mrw validate`")
-    return np.frombuffer(buf, dtype="<f2").reshape(shape)
+    return torch.from_numpy(np.frombuffer(buf, dtype="<f2").astype(np.float16).reshape(shape))
 
 
 def _decode_jpeg(data: bytes, index, item_id) -> np.ndarray:
@@ -429,9 +508,9 @@ class SplitDataset(_SplitBase, Dataset):
         p = bisect.bisect_right(self._offsets, i) - 1
         index, positions = self._parts[p]
         pos = int(positions[i - self._offsets[p]])
-        table = self._open_files().row_group(index.shard_paths[index.shard[pos]],
+        group = self._open_files().row_group(index.shard_paths[index.shard[pos]],
                                              int(index.row_group[pos]), index.columns)
-        return self._make_item(index, pos, table, int(index.row_in_group[pos]))
+        return self._make_item(index, pos, group, int(index.row_in_group[pos]))
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -497,9 +576,9 @@ class StreamingSplitDataset(_SplitBase, IterableDataset):
         for u in mine:
             p, s, g, chunk = self._units[u]
             index = self._parts[p][0]
-            table = files.row_group(index.shard_paths[s], g, index.columns)
+            group = files.row_group(index.shard_paths[s], g, index.columns)
             for pos in chunk:
-                item = self._make_item(index, int(pos), table, int(index.row_in_group[pos]))
+                item = self._make_item(index, int(pos), group, int(index.row_in_group[pos]))
                 if not self.shuffle_buffer:
                     yield item
                     continue
@@ -522,7 +601,8 @@ def load_dataset(name: str, split: str | None = None, root=None, modality: str =
                  backbone: str = "resnet152", num_frames: int | None = None,
                  sampling: str = "uniform", transform: Callable | None = None,
                  streaming: bool = False, seed: int = 0, shuffle_buffer: int = 0,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None,
+                 dtype: torch.dtype = torch.float32):
     """Load a split of MRW, TGIF or COCO from the shards under `root` (no copy is made).
 
     Args:
@@ -541,25 +621,29 @@ def load_dataset(name: str, split: str | None = None, root=None, modality: str =
             sentences (COCO's five captions); `uniform` takes the first one.
         transform: applied to the item's `features`, `frames` or `video` value; its result
             replaces that value.
+        dtype: of `features` (`torch.float32`; `torch.float16` is what the shards store, half
+            the memory and a little faster).
         streaming: an `IterableDataset` (see `StreamingSplitDataset`) instead of a map-style one;
             `seed`, `shuffle_buffer`, `rank` and `world_size` (default: torch.distributed's, if
             initialised) apply to it.
 
     Items are dicts: `id`, `sentences` (all, release order), `sentence` (the protocol's),
-    `sentence_id` (`<id>#<n>`), the modality's value, and for videos `frame_indices` and
-    `timestamps` of the frames taken.
+    `sentence_id` (`<id>#<n>`), the modality's value, `timestamps` (seconds) of the frames taken
+    and, with `num_frames`, their `frame_indices`.
     """
     name = paths.check_dataset(name)
     if modality not in MODALITIES:
         raise UsageError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
     if sampling not in SAMPLINGS:
         raise UsageError(f"unknown sampling {sampling!r}: expected uniform or random")
+    if dtype not in (torch.float32, torch.float16, torch.float64, torch.bfloat16):
+        raise UsageError(f"dtype must be a torch floating point type, got {dtype!r}")
     if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int)
                                    or num_frames < 1):
         raise UsageError(f"num_frames must be a positive integer or None, got {num_frames!r}")
     options = dict(root=root, modality=modality, backbone=backbone, num_frames=num_frames,
                    sampling=sampling, transform=transform, streaming=streaming, seed=seed,
-                   shuffle_buffer=shuffle_buffer, rank=rank, world_size=world_size)
+                   shuffle_buffer=shuffle_buffer, rank=rank, world_size=world_size, dtype=dtype)
     if split is None:
         present = [s for s in paths.SPLITS if paths.catalog_path(root, name, s).exists()]
         if not present:
@@ -575,7 +659,7 @@ def load_dataset(name: str, split: str | None = None, root=None, modality: str =
         index = indexes[sl.split]
         parts.append((index, np.arange(len(index), dtype=np.int64)[sl.bounds(len(index))]))
     common = dict(name=name, spec=str(split), modality=modality, backbone=backbone,
-                  num_frames=num_frames, sampling=sampling, transform=transform)
+                  num_frames=num_frames, sampling=sampling, transform=transform, dtype=dtype)
     if streaming:
         return StreamingSplitDataset(parts, seed=seed, shuffle_buffer=shuffle_buffer, rank=rank,
                                      world_size=world_size, **common)

@@ -103,14 +103,24 @@ def row_group_rows(table: pa.Table, target_bytes: int = ROW_GROUP_BYTES) -> int:
     return int(max(1, min(table.num_rows, target_bytes // per_row)))
 
 
+def _is_blob(type_: pa.DataType) -> bool:
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        type_ = type_.value_type
+    return pa.types.is_binary(type_) or pa.types.is_large_binary(type_)
+
+
 def write_shard(stage_dir: Path, index: int, data: pa.Table | None, status_rows: Sequence[dict],
                 **parquet_options) -> None:
     """Commit one shard: its data rows (if any succeeded) first, its status rows last.
 
-    Unless `row_group_size` is given, row groups hold about `ROW_GROUP_BYTES` each.
+    Unless `row_group_size` is given, row groups hold about `ROW_GROUP_BYTES` each; unless
+    `use_dictionary` is given, binary columns (media, features: every value unique) are written
+    without a dictionary, which makes them several times faster to read.
     """
     if data is not None and data.num_rows:
         parquet_options.setdefault("row_group_size", row_group_rows(data))
+        parquet_options.setdefault("use_dictionary",
+                                   [f.name for f in data.schema if not _is_blob(f.type)])
         write_table_atomic(data, data_path(stage_dir, index), **parquet_options)
     else:
         stale = data_path(stage_dir, index)

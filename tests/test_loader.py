@@ -229,7 +229,8 @@ def test_missing_stage_names_the_command(tmp_path):
         load_dataset("mrw", split="test", root=tmp_path, backbone="resnet50")
     with pytest.raises(UsageError, match="--catalog-only"):
         load_dataset("tgif", split="test", root=tmp_path)
-    for kwargs in ({"modality": "audio"}, {"sampling": "middle"}, {"num_frames": 0}):
+    for kwargs in ({"modality": "audio"}, {"sampling": "middle"}, {"num_frames": 0},
+                   {"dtype": torch.int8}):
         with pytest.raises(UsageError):
             load_dataset("mrw", split="test", root=tmp_path, **kwargs)
 
@@ -285,6 +286,13 @@ def test_num_frames_samples_feature_rows(tmp_path):
         idx = sample_frame_indices(row["num_frames"], 8)
         assert item["features"].shape == (8, DIM) and item["frame_indices"].tolist() == idx
         np.testing.assert_array_equal(item["features"].numpy(), full[idx])
+    half = load_dataset("mrw", split="test", root=tmp_path, dtype=torch.float16)
+    item = half[5]
+    assert item["features"].dtype == torch.float16 and "frame_indices" not in item
+    np.testing.assert_array_equal(item["features"].numpy(),
+                                  np.frombuffer(stored[item["id"]]["features"], "<f2").reshape(54, DIM))
+    item["features"] += 1  # a copy of its own, not a view into the shard's buffer
+    assert half[5]["features"].float().sub(item["features"].float()).abs().max() > 0.5
     rand = load_dataset("mrw", split="test", root=tmp_path, num_frames=8, sampling="random")
     random.seed(3)
     starts = {rand[5]["frame_indices"][0].item() for _ in range(30)}

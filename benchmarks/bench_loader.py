@@ -1,0 +1,221 @@
+"""How fast `load_dataset` reads a features split, against pyarrow reading the same shards.
+
+One run writes a synthetic features split of 5,000 items (MRW layout, shards of 1,000 items,
+ResNet-152 width D = 2048, 8 to 24 frames per item, float16, row groups as `mrw.shards` writes
+them) into a temporary root, then measures, in this one process:
+
+- raw: `pyarrow.parquet.read_table` of every shard (all columns), the reference;
+- map-style iteration `for item in ds` and streaming iteration, items/s and ratio to raw;
+- `ds[i]` at 1,000 random `i`: median and 95th percentile latency;
+- resident memory added by opening the split (psutil RSS; torch already imported), and after
+  iterating it.
+
+Prints the numbers and rewrites its own section of benchmarks/RESULTS.md.
+
+    .venv/bin/python benchmarks/bench_loader.py [--items 5000] [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mrw.loader  # noqa: E402,F401  - torch and the loader imported before measuring
+from mrw import load_dataset, paths  # noqa: E402
+from mrw.catalog import write_catalog  # noqa: E402
+from mrw.shards import shard_ranges, write_shard  # noqa: E402
+
+SECTION = "bench_loader"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+DIM = 2048
+SHARD_SIZE = 1000
+SCHEMA = pa.schema([("id", pa.string()), ("features", pa.binary()), ("num_frames", pa.int32()),
+                    ("dim", pa.int32()), ("timestamps", pa.list_(pa.float64()))])
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_features_split(root: Path, n: int) -> int:
+    """A catalog and feature shards of `n` items; returns the bytes of feature data written."""
+    rng = np.random.default_rng(0)
+    ids = [f"v{i:06d}" for i in range(n)]
+    write_catalog([{"id": i, "sentences": [f"my reaction when item {k} happens"], "url": None,
+                    "protocol_sentences": [0]} for k, i in enumerate(ids)], root, "mrw", "test")
+    folder = paths.features_dir(root, "mrw", "test")
+    total = 0
+    for k, (a, b) in enumerate(shard_ranges(n, SHARD_SIZE)):
+        rows = []
+        for i in range(a, b):
+            t = int(rng.integers(8, 25))
+            feats = rng.standard_normal((t, DIM), dtype=np.float32).astype("<f2").tobytes()
+            total += len(feats)
+            rows.append({"id": ids[i], "features": feats, "num_frames": t, "dim": DIM,
+                         "timestamps": [j / 8 for j in range(t)]})
+        write_shard(folder, k, pa.Table.from_pylist(rows, schema=SCHEMA),
+                    [{"id": r["id"], "url": None, "status": "ok", "error": None, "attempts": 1}
+                     for r in rows])
+    return total
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def raw_read(files):
+    for f in files:
+        pq.read_table(f)
+
+
+def iterate(ds):
+    n = 0
+    for item in ds:
+        n += item["features"].shape[0] > 0
+    return n
+
+
+def rss() -> int:
+    gc.collect()
+    return psutil.Process().memory_info().rss
+
+
+def run(n: int, root: Path, repeats: int = 3) -> dict:
+    t0 = time.perf_counter()
+    files = sorted(paths.features_dir(root, "mrw", "test").glob("shard-*.parquet"))
+    if files and sum(pq.ParquetFile(f).metadata.num_rows for f in files) == n:
+        data_bytes = sum(sum(len(b) for b in pq.read_table(f, columns=["features"]).column(0).to_pylist())
+                         for f in files)  # a split kept from an earlier run (--keep)
+    else:
+        data_bytes = write_features_split(root, n)
+        files = sorted(paths.features_dir(root, "mrw", "test").glob("shard-*.parquet"))
+    write_s = time.perf_counter() - t0
+    raw_read(files)  # warm the page cache: every measurement below reads from memory
+
+    before = rss()
+    t0 = time.perf_counter()
+    ds = load_dataset("mrw", split="test", root=root)
+    open_s = time.perf_counter() - t0
+    open_mb = (rss() - before) / 2**20
+    assert len(ds) == n
+
+    raw_s = best_of(lambda: raw_read(files), repeats)
+    map_s = best_of(lambda: iterate(ds), repeats)
+    after_iter_mb = (rss() - before) / 2**20
+    stream = load_dataset("mrw", split="test", root=root, streaming=True)
+    stream_s = best_of(lambda: iterate(stream), repeats)
+    half = load_dataset("mrw", split="test", root=root, dtype=torch.float16)
+    half_s = best_of(lambda: iterate(half), repeats)
+
+    rng = random.Random(0)
+    picks = [rng.randrange(n) for _ in range(1000)]
+    lat = []
+    for i in picks:
+        t = time.perf_counter()
+        ds[i]
+        lat.append(time.perf_counter() - t)
+    lat_ms = sorted(x * 1000 for x in lat)
+    return {
+        "items": n, "feature_mb": data_bytes / 2**20, "write_s": write_s,
+        "row_groups_per_shard": pq.ParquetFile(files[0]).num_row_groups,
+        "raw_items_s": n / raw_s, "raw_mb_s": data_bytes / 2**20 / raw_s,
+        "map_items_s": n / map_s, "stream_items_s": n / stream_s,
+        "map_ratio": raw_s / map_s, "stream_ratio": raw_s / stream_s,
+        "half_items_s": n / half_s, "half_ratio": raw_s / half_s,
+        "getitem_median_ms": statistics.median(lat_ms),
+        "getitem_p95_ms": lat_ms[int(0.95 * len(lat_ms))],
+        "open_s": open_s, "open_rss_mb": open_mb, "after_iteration_rss_mb": after_iter_mb,
+    }
+
+
+def report(r: dict) -> str:
+    ok = lambda cond: "yes" if cond else "**NO**"  # noqa: E731
+    return "\n".join([
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+        f"pyarrow {pa.__version__}, numpy {np.__version__}.",
+        f"Workload: a synthetic MRW features split of {r['items']:,} items in shards of "
+        f"{SHARD_SIZE} ({r['row_groups_per_shard']} row groups each), D = {DIM}, 8-24 frames per "
+        f"item, {r['feature_mb']:.0f} MiB of float16 features; page cache warm; best of 3.",
+        "",
+        "| measure | value | target | met |",
+        "|---|---|---|---|",
+        f"| raw pyarrow `read_table` of the shards (reference) | {r['raw_items_s']:,.0f} items/s "
+        f"({r['raw_mb_s']:,.0f} MiB/s) | | |",
+        f"| `for item in ds` (map-style, float32 tensors) | {r['map_items_s']:,.0f} items/s = "
+        f"{r['map_ratio']:.2f} x raw | >= 0.50 x raw | {ok(r['map_ratio'] >= 0.5)} |",
+        f"| streaming iteration | {r['stream_items_s']:,.0f} items/s = {r['stream_ratio']:.2f} x raw "
+        f"| >= 0.50 x raw | {ok(r['stream_ratio'] >= 0.5)} |",
+        f"| `for item in ds` with `dtype=torch.float16` (as stored) | {r['half_items_s']:,.0f} "
+        f"items/s = {r['half_ratio']:.2f} x raw | | |",
+        f"| `ds[i]` at 1,000 random i, median (p95) | {r['getitem_median_ms']:.2f} ms "
+        f"({r['getitem_p95_ms']:.2f} ms) | < 5 ms | {ok(r['getitem_median_ms'] < 5)} |",
+        f"| resident memory added by opening the split ({r['open_s']:.2f} s) | "
+        f"{r['open_rss_mb']:.1f} MiB | < 200 MB | {ok(r['open_rss_mb'] * 2**20 < 200e6)} |",
+        f"| resident memory added after iterating it 3 times | {r['after_iteration_rss_mb']:.1f} MiB "
+        f"| bounded | |",
+    ])
+
+
+def write_section(text: str, path: Path = RESULTS) -> None:
+    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
+    block = f"{start}\n## Loader (`benchmarks/bench_loader.py`)\n\n{text}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    if start in old and end in old:
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=5000)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="Write the split here and keep it, or reuse the one an earlier run kept there "
+                             "(default: a temporary folder).")
+    parser.add_argument("--no-write", action="store_true", help="Print only; leave RESULTS.md.")
+    args = parser.parse_args(argv)
+    root = args.keep or Path(tempfile.mkdtemp(prefix="mrw-bench-loader-"))
+    try:
+        r = run(args.items, root)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    text = report(r)
+    print(text)
+    if not args.no_write:
+        write_section(text)
+        print(f"\nwritten to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
