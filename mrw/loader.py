@@ -163,6 +163,8 @@ class SplitIndex:
     row_group: np.ndarray
     row_in_group: np.ndarray
     shard_row: np.ndarray  # row within the whole shard file
+    row_catalog: np.ndarray  # for every shard row, in file order: its catalog row, or -1
+    group_start: dict  # (shard, row group) -> where its rows start in row_catalog
     counts: dict = field(default_factory=dict)
     manifest: dict | None = None
 
@@ -221,6 +223,10 @@ class SplitIndex:
         keep = np.flatnonzero(cat_row >= 0)
         order = keep[np.argsort(cat_row[keep], kind="stable")]
         rows = cat_row[order]
+        group_start, at = {}, 0
+        for ids, k, g in locations:
+            group_start[(k, g)] = at
+            at += len(ids)
         if len(rows) > 1 and np.any(rows[1:] == rows[:-1]):
             dup = catalog.column("id")[int(rows[1:][rows[1:] == rows[:-1]][0])].as_py()
             raise UsageError(f"{directory}: item {dup!r} appears in more than one row; "
@@ -228,7 +234,8 @@ class SplitIndex:
         return cls(root=paths.resolve_root(root), dataset=dataset, split=split, modality=modality,
                    directory=directory, columns=columns, catalog=catalog.combine_chunks(), shard_paths=shard_paths,
                    rows=rows, shard=shard[order], row_group=group[order],
-                   row_in_group=within[order], shard_row=shard_row[order],
+                   row_in_group=within[order], shard_row=shard_row[order], row_catalog=cat_row,
+                   group_start=group_start,
                    counts={"catalog": catalog.num_rows, "ok": int(n_ok),
                            "failed": int(status.num_rows - n_ok), "no_status": max(0, int(missing)),
                            "available": int(len(rows))},
@@ -247,13 +254,25 @@ class _RowGroup:
         for name in table.column_names:
             type_ = table.schema.field(name).type
             if name in ("features", "grid") and (pa.types.is_binary(type_) or pa.types.is_large_binary(type_)):
-                self.binary[name] = _binary_views(table.column(name).combine_chunks())
+                self.binary[name] = _binary_views(_one_chunk(table.column(name)))
             elif name == "timestamps" and pa.types.is_list(type_):
-                arr = table.column(name).combine_chunks()
+                arr = _one_chunk(table.column(name))
                 self.lists[name] = (arr.flatten().to_numpy(zero_copy_only=False),
                                     arr.offsets.to_numpy())
         self.numbers = {name: table.column(name).to_numpy()
                         for name in ("num_frames", "dim") if name in table.column_names}
+        self.catalog = None  # (catalog ids, sentences, protocol sentences) of its rows, on first use
+
+    def catalog_rows(self, index: "SplitIndex", shard: int, group: int) -> tuple:
+        """The catalog's id, sentences and protocol sentences of every row, fetched once."""
+        if self.catalog is None:
+            start = index.group_start[(shard, group)]
+            rows = index.row_catalog[start:start + len(self.ids)]
+            taken = index.catalog.take(pa.array(np.maximum(rows, 0)))
+            self.catalog = (rows, taken.column("id").to_pylist(),
+                            taken.column("sentences").to_pylist(),
+                            taken.column("protocol_sentences").to_pylist())
+        return self.catalog
 
     def float16(self, name: str, row: int) -> torch.Tensor | None:
         """The row's values as a flat float16 view (no copy), or None if no view could be made."""
@@ -267,17 +286,20 @@ class _RowGroup:
         return values[offsets[row]:offsets[row + 1]]
 
 
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def _binary_views(arr: pa.Array):
     """(float16 tensor over a binary array's data buffer, byte offsets per row); the tensor is
     None if no view can be made (odd offsets, nulls), and rows are then read one by one."""
     width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
-    offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset: arr.offset + len(arr) + 1]
-    if (sys.byteorder != "little" or arr.null_count or np.any(offsets % 2)
-            or arr.buffers()[2] is None):
+    _, offsets_buf, buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=width)[arr.offset: arr.offset + len(arr) + 1]
+    if sys.byteorder != "little" or arr.null_count or buf is None or (offsets & 1).any():
         return None, offsets
     with warnings.catch_warnings():  # a read-only view: items only ever get converted copies
         warnings.simplefilter("ignore")
-        buf = arr.buffers()[2]
         data = (torch.frombuffer(buf, dtype=torch.uint8, count=buf.size & ~1).view(torch.float16)
                 if buf.size > 1 else torch.zeros(0, dtype=torch.float16))
     return data, offsets
@@ -394,14 +416,14 @@ class _SplitBase:
         return chosen[0]
 
     def _make_item(self, index: SplitIndex, pos: int, group: _RowGroup, row: int) -> dict:
-        cat_row = int(index.rows[pos])
-        item_id = index.catalog.column("id")[cat_row].as_py()
-        if group.ids[row] != item_id:
+        cat_rows, cat_ids, cat_sentences, cat_protocol = group.catalog_rows(
+            index, int(index.shard[pos]), int(index.row_group[pos]))
+        item_id = cat_ids[row]
+        if group.ids[row] != item_id or cat_rows[row] != index.rows[pos]:
             raise UsageError(f"{index.directory}: expected item {item_id!r} in a shard row but "
                              f"found {group.ids[row]!r}; the shards changed after the split was opened")
-        sentences = index.catalog.column("sentences")[cat_row].as_py()
-        n = self._sentence_choice(index.catalog.column("protocol_sentences")[cat_row].as_py()
-                                  or [0])
+        sentences = list(cat_sentences[row])
+        n = self._sentence_choice(cat_protocol[row] or [0])
         item = {"id": item_id, "sentences": sentences, "sentence": sentences[n],
                 "sentence_id": f"{item_id}#{n}"}
         table = group.table
@@ -457,14 +479,15 @@ _SERIAL_ELEMENTS = 32767
 
 
 def _convert(half: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A new tensor of `dtype` from a float16 view, converted on this thread."""
-    if half.numel() <= _SERIAL_ELEMENTS:
+    """A new tensor of `dtype` from a float16 view [N, ...], converted on this thread."""
+    n = half.numel()
+    if n <= _SERIAL_ELEMENTS:
         return half.to(dtype, copy=True)
-    flat = half.reshape(-1)
-    out = torch.empty(flat.numel(), dtype=dtype)
-    for a in range(0, flat.numel(), _SERIAL_ELEMENTS):
-        out[a:a + _SERIAL_ELEMENTS].copy_(flat[a:a + _SERIAL_ELEMENTS])
-    return out.view(half.shape)
+    out = torch.empty(half.shape, dtype=dtype)
+    step = max(1, _SERIAL_ELEMENTS // (n // half.shape[0]))  # rows per piece
+    for a in range(0, half.shape[0], step):
+        out[a:a + step].copy_(half[a:a + step])
+    return out
 
 
 def _float16_matrix(group: _RowGroup, column: str, row: int, shape, index, item_id) -> torch.Tensor:

@@ -388,3 +388,14 @@ def test_streaming_each_item_once_per_epoch_seeded_order(tmp_path):
     assert sorted(got) == sorted(ids[10:30]) and len(got) == 20
     with pytest.raises(UsageError):
         load_dataset("tgif", split="train", root=tmp_path, streaming=True, rank=2, world_size=2)
+
+
+def test_float16_conversion_in_pieces_equals_torch():
+    from mrw.loader import _convert
+
+    half = torch.randn(40, 2048).half()  # more elements than one piece
+    for dtype in (torch.float32, torch.float16):
+        out = _convert(half, dtype)
+        assert out.dtype == dtype and torch.equal(out, half.to(dtype))
+        assert out.data_ptr() != half.data_ptr()
+    assert torch.equal(_convert(half[:3], torch.float32), half[:3].float())
