@@ -439,7 +439,11 @@ def extract_features(root=None, dataset: str = "mrw", split: str = "test",
     decode = None if source == "frames" else FrameSettings(source_settings["fps"],
                                                            source_settings["size"])
     indices = [shards.shard_index(p) for p in shards.status_shards(source_dir)]
-    waiting = len({shards.shard_index(p) for p in shards.data_shards(source_dir)} - set(indices))
+    waiting = {shards.shard_index(p) for p in shards.data_shards(source_dir)}
+    if source == "frames":  # video shards that extract-frames has not reached yet
+        waiting |= {shards.shard_index(p)
+                    for p in shards.status_shards(paths.videos_dir(root, dataset, split))}
+    waiting = len(waiting - set(indices))
     report = FeaturesReport(stage_dir=stage_dir, source=source, batch_size=batch_size,
                             device=str(device), shards_total=len(indices), shards_waiting=waiting)
     todo = [i for i in indices if not shards.is_shard_complete(stage_dir, i)]

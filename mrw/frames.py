@@ -39,6 +39,11 @@ FRAMES_SCHEMA = pa.schema(
     ]
 )
 
+#: JPEG bytes are compressed already: no codec on them, snappy on the small columns
+PARQUET_OPTIONS = {"compression": {"id": "snappy", "frames.list.element": "none",
+                                   "timestamps.list.element": "snappy", "num_frames": "snappy",
+                                   "width": "snappy", "height": "snappy"}}
+
 
 @dataclass(frozen=True)
 class FrameSettings:
@@ -303,7 +308,7 @@ def extract_frames(root=None, dataset: str = "mrw", split: str = "test", fps: fl
             report.video_seconds += row.pop("_seconds")
             rows.append(row)
         table = pa.Table.from_pylist(rows, schema=FRAMES_SCHEMA) if rows else None
-        shards.write_shard(stage_dir, index, table, status)
+        shards.write_shard(stage_dir, index, table, status, **PARQUET_OPTIONS)
         report.shards_done += 1
         bar.update(1)
         bar.set_postfix(frames=report.frames)

@@ -94,6 +94,12 @@ def test_stored_features_equal_the_backbone_on_stored_frames(root, clips):
     assert np.abs(a[0] - a[-1]).max() > 1e-2
     status = {r["id"]: r["status"] for r in shards.read_status(stage).to_pylist()}
     assert status == {"a": "ok", "b": "ok", "c": "ok"}  # d never downloaded: no row
+    # a video shard that extract-frames has not reached: skipped, and the summary says so
+    shards.status_path(paths.frames_dir(root, "mrw", "test"), 1).unlink()
+    shards.status_path(stage, 1).unlink()
+    again = cli("extract-features", "--root", root, "--split", "test", *FAST)
+    assert again.exit_code == 0 and "0 shards written, 1 already complete" in again.output
+    assert "1 frames shards are not complete yet" in again.output
     manifest = json.loads((stage / "_stage.json").read_text())
     assert manifest["backbone"] == "resnet18" and manifest["source"] == "frames"
     assert manifest["weights"].startswith("none") and manifest["max_frames"] == 64

@@ -54,6 +54,8 @@ def test_frame_shards_follow_video_shards(root, video_stage):
                                                             "shard-00001.parquet"]
     s0 = pq.read_table(shards.data_path(stage, 0))
     assert s0.schema.equals(FRAMES_SCHEMA)
+    jpeg_column = pq.ParquetFile(shards.data_path(stage, 0)).metadata.row_group(0).column(1)
+    assert jpeg_column.compression == "UNCOMPRESSED"  # JPEG bytes: no second codec
     assert s0.column("id").to_pylist() == ["v0", "v2"]  # v1 failed to download: no row
     status = shards.read_status(stage).to_pylist()
     by_id = {r["id"]: r for r in status}
