@@ -106,7 +106,7 @@ class RankCounter:
         self.t2i_at_least = np.zeros(len(self.owner), dtype=np.int64)
 
     def add(self, rows: slice, cols: slice, block: np.ndarray) -> None:
-        """A block of scores `[rows, cols]`; entries set to -inf are skipped (counted elsewhere)."""
+        """A block of scores `[rows, cols]`."""
         self.i2t_at_least[rows] += np.count_nonzero(block >= self.best[rows, None], axis=1)
         self.t2i_at_least[cols] += np.count_nonzero(block >= self.right[None, cols], axis=0)
 
@@ -134,10 +134,11 @@ def _as_instances(emb: np.ndarray) -> np.ndarray:
 
 
 class _BlockScorer:
-    """Max-over-K x K dot products of a block of items against sentences, on the chosen device.
+    """Max-over-K x K dot products of a block of items against a range of sentences.
 
-    Sentences are laid out `[K, M, D]` so that the product `[b*Ka, K*M]` reduces to `[b, M]` by a
-    max over contiguous rows, which is memory-bound and cheap next to the product itself.
+    Sentences are kept as K slabs `[K, M, D]`, so any range of sentences is a contiguous slice of
+    each slab: one float32 product per slab (`[b*Ka, D] @ [D, m]`), reduced over the item's K
+    (contiguous rows) and then over the slabs, all cheap next to the products themselves.
     """
 
     def __init__(self, items: np.ndarray, sentences: np.ndarray, device: str = "cpu"):
@@ -146,37 +147,36 @@ class _BlockScorer:
         self.ka, self.ks = self.items.shape[1], sents.shape[1]
         self.num_sentences = sents.shape[0]
         self.device = device
-        sents_kmd = np.ascontiguousarray(sents.transpose(1, 0, 2))  # [Ks, M, D]
+        slabs = np.ascontiguousarray(sents.transpose(1, 0, 2))  # [Ks, M, D]
         if device == "cpu":
-            self.sents = sents_kmd.reshape(-1, sents.shape[2])
+            self.slabs = slabs
         else:
             import torch
 
             self.torch = torch
-            self.sents = torch.from_numpy(sents_kmd.reshape(-1, sents.shape[2])).to(device)
+            self.slabs = torch.from_numpy(slabs).to(device)
 
-    def scores(self, rows: slice, cols: slice | None = None) -> np.ndarray:
-        """float32 `[items in rows, sentences in cols]` (cols a contiguous range; None = all)."""
+    def scores(self, rows: slice, cols: slice) -> np.ndarray:
+        """float32 `[items in rows, sentences in cols]`."""
         a = self.items[rows]
-        b = a.shape[0]
+        b, m = a.shape[0], cols.stop - cols.start
         a2 = a.reshape(-1, a.shape[2])
-        if cols is None:
-            s = self.sents
-            m = self.num_sentences
-        else:
-            m = cols.stop - cols.start
-            idx = (np.arange(self.ks)[:, None] * self.num_sentences + np.arange(cols.start, cols.stop))
-            s = self.sents[idx.reshape(-1)] if self.device == "cpu" else \
-                self.sents[self.torch.from_numpy(idx.reshape(-1)).to(self.device)]
-        if self.device == "cpu":
-            prod = a2 @ s.T  # [b*Ka, Ks*m]
-            return prod.reshape(b, self.ka * self.ks, m).max(axis=1)
-        prod = self.torch.from_numpy(a2).to(self.device) @ s.T
-        return prod.view(b, self.ka * self.ks, m).amax(dim=1).cpu().numpy()
+        if self.device != "cpu":
+            a2 = self.torch.from_numpy(a2).to(self.device)
+        out = None
+        for k in range(self.ks):
+            prod = a2 @ self.slabs[k, cols].T  # [b*Ka, m]
+            if self.device == "cpu":
+                best = prod.reshape(b, self.ka, m).max(axis=1)
+                out = best if out is None else np.maximum(out, best, out=out)
+            else:
+                best = prod.view(b, self.ka, m).amax(dim=1)
+                out = best if out is None else self.torch.maximum(out, best, out=out)
+        return out if self.device == "cpu" else out.cpu().numpy()
 
 
-def _rows_per_block(ka: int, ks: int, num_sentences: int, block_bytes: int) -> int:
-    return max(1, block_bytes // max(1, ka * ks * num_sentences * 4))
+def _rows_per_block(ka: int, num_sentences: int, block_bytes: int) -> int:
+    return max(1, block_bytes // max(1, ka * num_sentences * 4))
 
 
 def ranks_from_embeddings(items: np.ndarray, sentences: np.ndarray, owner: np.ndarray,
@@ -184,16 +184,17 @@ def ranks_from_embeddings(items: np.ndarray, sentences: np.ndarray, owner: np.nd
                           progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(i2t, t2i) ranks from embeddings `[N(,K),D]`; `owner` must be sorted (catalog order).
 
-    One pass of float32 products in row blocks, shared by both directions. Each score is computed
-    once: first the small diagonal tiles (a block's items against their own sentences), which
-    give every right score, then each block's items against all other sentences.
+    One pass of float32 products in row blocks, shared by both directions, each score computed
+    exactly once: first the small diagonal tiles (a block's items against their own sentences),
+    which hold every right score, then each block's items against the sentences left and right
+    of its tile.
     """
     owner = np.asarray(owner, dtype=np.int64)
     if len(owner) and np.any(np.diff(owner) < 0):
         raise ValueError("ranks_from_embeddings needs the sentences grouped by item, in item order")
     scorer = _BlockScorer(items, sentences, device)
     n, m = scorer.items.shape[0], scorer.num_sentences
-    step = _rows_per_block(scorer.ka, scorer.ks, m, block_bytes)
+    step = _rows_per_block(scorer.ka, m, block_bytes)
     starts = np.searchsorted(owner, np.arange(n + 1))  # sentences of item i: starts[i]:starts[i+1]
     blocks = [(slice(a, min(a + step, n)), slice(int(starts[a]), int(starts[min(a + step, n)])))
               for a in range(0, n, step)]
@@ -202,28 +203,26 @@ def ranks_from_embeddings(items: np.ndarray, sentences: np.ndarray, owner: np.nd
     tiles = []
     for rows, cols in blocks:
         tile = scorer.scores(rows, cols)
-        _check_finite_scores(tile, rows, cols)
+        _check_finite_scores(tile)
         right[cols] = tile[owner[cols] - rows.start, np.arange(cols.stop - cols.start)]
-        tiles.append(tile)  # tiles are small: b x (sentences of b items)
+        tiles.append(tile)  # small: b x (sentences of b items)
     counter = RankCounter(right, owner, n)
     for (rows, cols), tile in zip(blocks, tiles):
         counter.add(rows, cols, tile)
     del tiles
     for rows, cols in blocks:
-        stripe = scorer.scores(rows)
-        stripe[:, cols] = -np.inf  # the diagonal tile was counted from its own computation
-        _check_finite_scores(stripe, rows, None, allow_neg_inf=True)
-        counter.add(rows, slice(None), stripe)
+        for others in (slice(0, cols.start), slice(cols.stop, m)):
+            if others.stop > others.start:
+                block = scorer.scores(rows, others)
+                _check_finite_scores(block)
+                counter.add(rows, others, block)
         if progress:
             progress(rows.stop - rows.start)
     return counter.ranks()
 
 
-def _check_finite_scores(block, rows, cols, allow_neg_inf=False):
-    bad = ~np.isfinite(block)
-    if allow_neg_inf:
-        bad &= ~np.isneginf(block)
-    if bad.any():
+def _check_finite_scores(block):
+    if not np.isfinite(block).all():
         raise UsageError("embeddings: a dot product overflows float32 (scores are not finite); "
                          "scale the embeddings down")
 
@@ -788,8 +787,7 @@ def format_leaderboard(results: dict, board: dict) -> str:
                      "i2t": proto["i2t"], "t2i": proto["t2i"], "rsum": proto["rsum"], "mine": True,
                      "source": {"short": "this run"}})
         rows.sort(key=lambda r: -(r["rsum"] if r["rsum"] is not None else -np.inf))
-        lines.append(f"leaderboard {results['dataset']} {name}, ranked by rsum "
-                     f"(published: {board.get('note', 'see metadata/leaderboards')})")
+        lines.append(f"leaderboard {results['dataset']} {name}, ranked by rsum")
         header = (f"{'#':>3}  {'model':<36}{'rsum':>8}  |" + "".join(f"{'i2t ' + m:>10}" for m in ("R@1", "R@5", "R@10", "MedR"))
                   + "  |" + "".join(f"{'t2i ' + m:>10}" for m in ("R@1", "R@5", "R@10", "MedR")) + "  source")
         lines += [header, "-" * len(header)]
@@ -800,6 +798,9 @@ def format_leaderboard(results: dict, board: dict) -> str:
             lines.append(f"{n:>3}{mark} {r['model'][:36]:<36}{_fmt(r['rsum'], 'rsum'):>8}  |{cells}  |{cells2}  "
                          f"{r['source'].get('short', '')}")
         lines.append("")
+    for key in ("note", "missing"):
+        if board.get(key):
+            lines.append(f"{key}: {board[key]}")
     return "\n".join(lines).rstrip()
 
 
