@@ -141,6 +141,15 @@ def stage_dir(root, dataset: str, split: str, modality: str, backbone: str = "re
     return paths.features_dir(root, dataset, split, backbone)
 
 
+def _source_dir(root, dataset: str, split: str, modality: str, manifest: dict | None) -> Path | None:
+    """The stage a stage was built from (videos for frames; frames or videos for features)."""
+    if modality == "video":
+        return None
+    if modality == "features" and (manifest or {}).get("source") == "frames":
+        return paths.frames_dir(root, dataset, split)
+    return paths.videos_dir(root, dataset, split)
+
+
 # -- one split's index -------------------------------------------------------------------------
 @dataclass
 class SplitIndex:
@@ -182,7 +191,15 @@ class SplitIndex:
                              f"run `{command}` first")
         status = read_status(directory)
         n_ok = pc.sum(pc.equal(status.column("status"), "ok")).as_py() or 0
-        missing = catalog.num_rows - status.num_rows
+        manifest = read_manifest(directory)
+        # items the stage should have a status row for: the ones its source stage got right
+        source = _source_dir(root, dataset, split, modality, manifest)
+        if source is None or not status_shards(source):  # no record of the source: all of it
+            due = catalog.column("id")
+        else:
+            up = read_status(source)
+            due = up.filter(pc.equal(up.column("status"), "ok")).column("id")
+        missing = int(pc.sum(pc.invert(pc.is_in(due, value_set=status.column("id")))).as_py() or 0)
         if missing > 0:
             warnings.warn(f"{missing} of {catalog.num_rows} items of {dataset}/{split} have no "
                           f"{modality} status yet (an unfinished run?): `{command}` finishes it",
@@ -239,7 +256,7 @@ class SplitIndex:
                    counts={"catalog": catalog.num_rows, "ok": int(n_ok),
                            "failed": int(status.num_rows - n_ok), "no_status": max(0, int(missing)),
                            "available": int(len(rows))},
-                   manifest=read_manifest(directory))
+                   manifest=manifest)
 
 
 class _RowGroup:
