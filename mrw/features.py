@@ -23,7 +23,8 @@ from torch import nn
 
 from mrw import paths, shards
 from mrw.errors import UsageError
-from mrw.frames import DecodeError, FrameSettings, decode_video, require_videos
+from mrw.frames import (DecodeError, FrameSettings, StageReport, complete_shards, decode_video,
+                        require_videos)
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 RESIZE, CROP = 256, 224
@@ -340,26 +341,14 @@ def largest_batch(trunk: ResNetTrunk, device: torch.device, grid: bool,
 
 # -- the stage --------------------------------------------------------------------------------
 @dataclass
-class FeaturesReport:
-    stage_dir: Path
+class FeaturesReport(StageReport):
     source: str = "frames"
     batch_size: int = 0
     device: str = "cpu"
-    shards_total: int = 0
-    shards_done: int = 0
-    shards_skipped: int = 0
-    shards_waiting: int = 0
-    items_ok: int = 0
-    items_failed: int = 0
-    frames: int = 0
-    elapsed_s: float = 0.0
 
     def summary(self) -> str:
-        rate = self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        text = (f"features: {self.shards_done} shards written, {self.shards_skipped} already "
-                f"complete; {self.items_ok} items ok, {self.items_failed} failed; {self.frames} "
-                f"frames from {self.source} in {self.elapsed_s:.1f}s ({rate:.0f} frames/s, "
-                f"{self.device}, batch {self.batch_size})")
+        text = (self.counts("features", "items")
+                + f", from {self.source}, {self.device}, batch {self.batch_size})")
         if self.shards_waiting:
             text += (f"; {self.shards_waiting} {self.source} shards are not complete yet "
                      "(finish that stage, then run this again)")
@@ -438,14 +427,12 @@ def extract_features(root=None, dataset: str = "mrw", split: str = "test",
     runner = FeatureRunner(trunk, device, batch_size, images)
     decode = None if source == "frames" else FrameSettings(source_settings["fps"],
                                                            source_settings["size"])
-    indices = [shards.shard_index(p) for p in shards.status_shards(source_dir)]
-    waiting = {shards.shard_index(p) for p in shards.data_shards(source_dir)}
+    indices, waiting = complete_shards(source_dir)
     if source == "frames":  # video shards that extract-frames has not reached yet
-        waiting |= {shards.shard_index(p)
-                    for p in shards.status_shards(paths.videos_dir(root, dataset, split))}
-    waiting = len(waiting - set(indices))
+        waiting |= set(complete_shards(paths.videos_dir(root, dataset, split))[0]) - set(indices)
     report = FeaturesReport(stage_dir=stage_dir, source=source, batch_size=batch_size,
-                            device=str(device), shards_total=len(indices), shards_waiting=waiting)
+                            device=str(device), shards_total=len(indices),
+                            shards_waiting=len(waiting))
     todo = [i for i in indices if not shards.is_shard_complete(stage_dir, i)]
     report.shards_skipped = len(indices) - len(todo)
     schema = IMAGE_FEATURES_SCHEMA if images else FEATURES_SCHEMA

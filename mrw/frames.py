@@ -191,23 +191,32 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 # -- the stage --------------------------------------------------------------------------------
 @dataclass
-class FramesReport:
+class StageReport:
+    """What one run of a shard-by-shard stage did (frames here, features after it)."""
+
     stage_dir: Path
     shards_total: int = 0
     shards_done: int = 0
     shards_skipped: int = 0
-    shards_waiting: int = 0  # video shards not complete yet
+    shards_waiting: int = 0  # source shards not complete yet
     items_ok: int = 0
     items_failed: int = 0
     frames: int = 0
-    video_seconds: float = 0.0
     elapsed_s: float = 0.0
 
-    def summary(self) -> str:
+    def counts(self, stage: str, items: str) -> str:
         rate = self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        text = (f"frames: {self.shards_done} shards written, {self.shards_skipped} already complete; "
-                f"{self.items_ok} videos ok, {self.items_failed} failed; {self.frames} frames "
-                f"in {self.elapsed_s:.1f}s ({rate:.0f} frames/s)")
+        return (f"{stage}: {self.shards_done} shards written, {self.shards_skipped} already "
+                f"complete; {self.items_ok} {items} ok, {self.items_failed} failed; {self.frames} "
+                f"frames in {self.elapsed_s:.1f}s ({rate:.0f} frames/s")
+
+
+@dataclass
+class FramesReport(StageReport):
+    video_seconds: float = 0.0
+
+    def summary(self) -> str:
+        text = self.counts("frames", "videos") + ")"
         if self.shards_waiting:
             text += (f"; {self.shards_waiting} video shards are not complete yet "
                      "(run `mrw download` to finish them, then run this again)")
@@ -229,11 +238,10 @@ def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def video_shard_indices(videos_dir: Path) -> tuple[list[int], int]:
-    """Indices of the complete video shards, and how many others are still being written."""
-    complete = [shards.shard_index(p) for p in shards.status_shards(videos_dir)]
-    incomplete = {shards.shard_index(p) for p in shards.data_shards(videos_dir)} - set(complete)
-    return complete, len(incomplete)
+def complete_shards(stage_dir: Path) -> tuple[list[int], set[int]]:
+    """Indices of a stage's complete shards, and of those with data but no status yet."""
+    complete = [shards.shard_index(p) for p in shards.status_shards(stage_dir)]
+    return complete, {shards.shard_index(p) for p in shards.data_shards(stage_dir)} - set(complete)
 
 
 def require_videos(root, dataset: str, split: str) -> Path:
@@ -284,8 +292,9 @@ def extract_frames(root=None, dataset: str = "mrw", split: str = "test", fps: fl
                                       "shard_size": video_manifest.get("shard_size")})
     shards.remove_temporaries(stage_dir)
 
-    indices, waiting = video_shard_indices(videos_dir)
-    report = FramesReport(stage_dir=stage_dir, shards_total=len(indices), shards_waiting=waiting)
+    indices, waiting = complete_shards(videos_dir)
+    report = FramesReport(stage_dir=stage_dir, shards_total=len(indices),
+                          shards_waiting=len(waiting))
     todo = [i for i in indices if not shards.is_shard_complete(stage_dir, i)]
     report.shards_skipped = len(indices) - len(todo)
     start = time.perf_counter()

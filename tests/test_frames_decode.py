@@ -11,13 +11,8 @@ import pyarrow as pa
 import pytest
 
 from mrw import catalog, paths, shards
+from mrw.download import VIDEO_SCHEMA
 from mrw.frames import DecodeError, decode_jpeg, decode_video, encode_jpeg
-
-VIDEO_SCHEMA = pa.schema([
-    ("id", pa.string()), ("video", pa.binary()), ("format", pa.string()), ("sha256", pa.string()),
-    ("num_frames", pa.int32()), ("fps", pa.float64()), ("width", pa.int32()),
-    ("height", pa.int32()), ("duration", pa.float64()),
-])
 
 
 def make_clip(path: Path, fmt: str, fps: float, duration: float, size=(320, 240),
