@@ -383,6 +383,8 @@ def read_preds(path) -> dict:
     except _DuplicateKey as e:
         raise UsageError(f"{path}: key {e.args[0]!r} appears twice in one JSON object "
                          "(a duplicated id?)") from None
+    except _BadConstant as e:
+        raise UsageError(f"{path}: {e.args[0]} is not valid JSON (write numbers, or null)") from None
     except UnicodeDecodeError as e:
         raise UsageError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
@@ -411,8 +413,12 @@ def read_preds(path) -> dict:
     return obj
 
 
+class _BadConstant(Exception):
+    pass
+
+
 def _reject_constant(name):
-    raise UsageError(f"JSON constant {name} is not allowed")
+    raise _BadConstant(name)
 
 
 def _id_order(preds: dict, key: str, expected: list[str], index: dict, where: str,

@@ -322,3 +322,14 @@ def test_truncated_rankings_null_the_median_when_it_lies_beyond_the_lists(root, 
         assert res[d]["R@10"] == want[d]["R@10"]
         assert res[d]["MedR"] is None and res[d]["nMR"] is None
         assert "median rank lies beyond" in res[d]["reasons"]["MedR"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_gpu_gives_the_cpu_ranks():
+    rng = np.random.default_rng(12)
+    items, sents, owner = related_pairs(rng, 3000, 2, 3, 16)
+    cpu = ranks_from_embeddings(items, sents, owner)
+    gpu = ranks_from_embeddings(items, sents, owner, device="cuda", block_bytes=2**22)
+    np.testing.assert_array_equal(cpu[0], gpu[0])
+    np.testing.assert_array_equal(cpu[1], gpu[1])

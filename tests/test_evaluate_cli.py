@@ -303,3 +303,8 @@ def test_all_sentences_needs_every_sentence(root, tmp_path, coco_split):
               {"i.npy": items, "s.npy": np.ones((5 * N, 4), np.float32)})
     assert run(root, p).exit_code == 0
     run_bad(root, tmp_path, p, "embeddings.sentences", f"expected [{5 * N + 1}, D]", extra=("--all-sentences",))
+
+
+def test_nan_literal_in_json(root, tmp_path, split):
+    p = write(tmp_path / "p", '{"dataset": "mrw", "split": "test", "model": NaN, "scores": "s.npy"}')
+    run_bad(root, tmp_path, p, "preds.json", "NaN is not valid JSON")
