@@ -214,7 +214,7 @@ class Fetcher:
                 raise FetchFailure("too_large", f"Content-Length {int(length)} is over the cap of {cap} bytes")
             buf = bytearray()
             try:
-                for chunk in resp.iter_content(chunk_size=64 * 1024):
+                for chunk in resp.iter_content(chunk_size=256 * 1024):
                     buf += chunk
                     if len(buf) > cap:
                         raise FetchFailure("too_large", f"more than {cap} bytes")

@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
+
 from mrw.fetch import looks_like_html
 
 
@@ -82,8 +84,49 @@ def _tmp_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def probe_media(data: bytes, limits: MediaLimits | None = None) -> MediaInfo:
-    """Probe and fully decode `data`; raise MediaError with a class when it is not a sane clip."""
+def _probe_fast(path: str, data: bytes, fmt: str) -> MediaInfo | None:
+    """In-process decode with OpenCV (no process to start: ~4x less CPU than ffprobe).
+
+    Returns None whenever anything looks off, so that ffprobe gives the verdict and the message:
+    an MP4 must deliver every frame its sample table lists; a JPEG must decode and end with its
+    end-of-image marker (a truncated JPEG decodes with only a warning)."""
+    # FFmpeg's own log lines would land on the user's terminal; ffprobe gives the messages we keep
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    import cv2
+
+    if fmt == "jpeg":
+        if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+            return None
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            return None
+        return MediaInfo("jpeg", 1, 0.0, int(img.shape[1]), int(img.shape[0]), 0.0)
+    if fmt not in ("mp4", "mov"):
+        return None
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    try:
+        if not cap.isOpened():
+            return None
+        listed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        frames = 0
+        while cap.grab():  # grab() decodes; only the colour conversion of retrieve() is skipped
+            frames += 1
+    finally:
+        cap.release()
+    if frames < 1 or frames != listed or fps <= 0:
+        return None
+    return MediaInfo(fmt, frames, round(fps, 6), width, height, round(frames / fps, 6))
+
+
+def probe_media(data: bytes, limits: MediaLimits | None = None, thorough: bool = False) -> MediaInfo:
+    """Probe and decode `data`; raise MediaError with a class when it is not a sane clip.
+
+    MP4 and JPEG are decoded in-process first (`_probe_fast`); everything else, anything that
+    looks off there, and every call with `thorough=True` goes through `ffprobe -count_frames`,
+    whose decoder also reports concealed errors inside frames."""
     limits = limits or MediaLimits()
     if len(data) > limits.max_bytes:
         raise MediaError("too_large", f"{len(data)} bytes is over the cap of {limits.max_bytes}")
@@ -96,6 +139,10 @@ def probe_media(data: bytes, limits: MediaLimits | None = None) -> MediaInfo:
     with tempfile.NamedTemporaryFile(prefix="mrw-probe-", suffix="." + fmt, dir=_tmp_dir()) as fh:
         fh.write(data)
         fh.flush()
+        if not thorough:
+            fast = _probe_fast(fh.name, data, fmt)
+            if fast is not None:
+                return _check_limits(fast, limits)
         cmd = ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
                "-show_entries", "stream=codec_name,width,height,avg_frame_rate,r_frame_rate,"
                "nb_read_frames,duration:format=format_name,duration", "-of", "json", fh.name]
@@ -121,18 +168,23 @@ def probe_media(data: bytes, limits: MediaLimits | None = None) -> MediaInfo:
     if frames < 1:
         raise MediaError("decode_error", f"{fmt} with no decodable frame")
     width, height = int(st.get("width") or 0), int(st.get("height") or 0)
-    if not (limits.min_side <= min(width, height) and max(width, height) <= limits.max_side):
-        raise MediaError("bad_size", f"{width}x{height} is outside {limits.min_side}..{limits.max_side}")
     if fmt in ("jpeg", "png"):
-        return MediaInfo(fmt, 1, 0.0, width, height, 0.0)
+        return _check_limits(MediaInfo(fmt, 1, 0.0, width, height, 0.0), limits)
     duration = _rate(st.get("duration")) or _rate((info.get("format") or {}).get("duration"))
     fps = _rate(st.get("avg_frame_rate")) or (frames / duration if duration > 0 else _rate(st.get("r_frame_rate")))
     if frames == 1 and duration == 0:
         fps = 0.0
-    if fps > limits.max_fps:
-        raise MediaError("bad_fps", f"{fps:.1f} frames per second is over {limits.max_fps:g}")
-    if duration > limits.max_duration:
-        raise MediaError("too_long", f"{duration:.0f} s is over {limits.max_duration:g} s")
     if fmt == "webm" and st.get("codec_name") not in ("vp8", "vp9", "av1"):
         fmt = "mkv"
-    return MediaInfo(fmt, frames, round(fps, 6), width, height, round(duration, 6))
+    return _check_limits(MediaInfo(fmt, frames, round(fps, 6), width, height, round(duration, 6)), limits)
+
+
+def _check_limits(info: MediaInfo, limits: MediaLimits) -> MediaInfo:
+    w, h = info.width, info.height
+    if not (limits.min_side <= min(w, h) and max(w, h) <= limits.max_side):
+        raise MediaError("bad_size", f"{w}x{h} is outside {limits.min_side}..{limits.max_side}")
+    if info.fps > limits.max_fps:
+        raise MediaError("bad_fps", f"{info.fps:.1f} frames per second is over {limits.max_fps:g}")
+    if info.duration > limits.max_duration:
+        raise MediaError("too_long", f"{info.duration:.0f} s is over {limits.max_duration:g} s")
+    return info

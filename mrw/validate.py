@@ -65,8 +65,8 @@ def _check_row(row: dict, limits: MediaLimits) -> list[tuple[str, str]]:
     if digest != row.get("sha256"):
         out.append(("checksum", f"id {row['id']!r}: sha256 of the bytes is {digest[:12]}..., "
                                 f"the row says {str(row.get('sha256'))[:12]}..."))
-    try:
-        info = probe_media(data, limits)
+    try:  # thorough: ffprobe decodes every frame and reports concealed errors too
+        info = probe_media(data, limits, thorough=True)
     except MediaError as e:
         out.append(("decode", f"id {row['id']!r}: {e}"))
         return out
