@@ -172,8 +172,9 @@ class SplitIndex:
     row_group: np.ndarray
     row_in_group: np.ndarray
     shard_row: np.ndarray  # row within the whole shard file
-    row_catalog: np.ndarray  # for every shard row, in file order: its catalog row, or -1
-    group_start: dict  # (shard, row group) -> where its rows start in row_catalog
+    row_catalog: np.ndarray  # for every shard row, shards in order: its catalog row, or -1
+    shard_start: np.ndarray  # where each shard's rows start in row_catalog
+    group_start: list  # per shard: where each row group's rows start within the shard
     counts: dict = field(default_factory=dict)
     manifest: dict | None = None
 
@@ -206,7 +207,7 @@ class SplitIndex:
                           stacklevel=3)
         needed = ["id"] + _STAGE_COLUMNS[modality]
         columns = list(needed)
-        shard_paths, locations = [], []
+        shard_paths, shard_ids, group_sizes = [], [], []
         for status_file in statuses:  # a shard counts once its status file exists
             path = data_path(directory, shard_index(status_file))
             if not path.exists():
@@ -218,32 +219,27 @@ class SplitIndex:
                                  f"remove it and run `{command}`")
             if modality == "features" and "grid" in pf.schema_arrow.names and "grid" not in columns:
                 columns.append("grid")  # images: the 7x7 map beside the pooled vector
-            k = len(shard_paths)
             shard_paths.append(str(path))
-            for g in range(pf.num_row_groups):
-                ids = pf.read_row_group(g, columns=["id"]).column("id")
-                locations.append((ids, k, g))
-        if locations:
-            all_ids = pa.chunked_array([ids for ids, _, _ in locations], type=pa.string())
-            shard = np.concatenate([np.full(len(ids), k, np.int32) for ids, k, _ in locations])
-            group = np.concatenate([np.full(len(ids), g, np.int32) for ids, _, g in locations])
-            within = np.concatenate([np.arange(len(ids), dtype=np.int32) for ids, _, _ in locations])
-            shard_row = np.concatenate([np.arange(int((shard == k).sum()), dtype=np.int64)
-                                        for k in range(len(shard_paths))])
-        else:
-            all_ids = pa.chunked_array([], type=pa.string())
-            shard = group = within = np.zeros(0, np.int32)
-            shard_row = np.zeros(0, np.int64)
+            shard_ids.append(pf.read(columns=["id"]).column("id"))
+            group_sizes.append(np.array([pf.metadata.row_group(g).num_rows
+                                         for g in range(pf.num_row_groups)], np.int64))
+        sizes = np.array([len(ids) for ids in shard_ids], np.int64)
+        shard_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        group_start = [np.concatenate([[0], np.cumsum(g)[:-1]]).astype(np.int64) for g in group_sizes]
+        shard = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+        shard_row = np.arange(int(shard_start[-1]), dtype=np.int64) - shard_start[shard]
+        group = np.concatenate([np.repeat(np.arange(len(g), dtype=np.int32), g) for g in group_sizes]
+                               or [np.zeros(0, np.int32)])
+        within = (shard_row - np.concatenate(
+            [np.repeat(gs, g) for gs, g in zip(group_start, group_sizes)] or [np.zeros(0, np.int64)])
+                  ).astype(np.int32)
+        all_ids = pa.chunked_array([c for ids in shard_ids for c in ids.chunks], type=pa.string())
         # the catalog row of each shard row; rows whose id the catalog lacks are ignored
         cat_row = pc.fill_null(pc.index_in(all_ids, value_set=catalog.column("id")), -1)
         cat_row = cat_row.to_numpy().astype(np.int64)
         keep = np.flatnonzero(cat_row >= 0)
         order = keep[np.argsort(cat_row[keep], kind="stable")]
         rows = cat_row[order]
-        group_start, at = {}, 0
-        for ids, k, g in locations:
-            group_start[(k, g)] = at
-            at += len(ids)
         if len(rows) > 1 and np.any(rows[1:] == rows[:-1]):
             dup = catalog.column("id")[int(rows[1:][rows[1:] == rows[:-1]][0])].as_py()
             raise UsageError(f"{directory}: item {dup!r} appears in more than one row; "
@@ -252,7 +248,7 @@ class SplitIndex:
                    directory=directory, columns=columns, catalog=catalog.combine_chunks(), shard_paths=shard_paths,
                    rows=rows, shard=shard[order], row_group=group[order],
                    row_in_group=within[order], shard_row=shard_row[order], row_catalog=cat_row,
-                   group_start=group_start,
+                   shard_start=shard_start, group_start=group_start,
                    counts={"catalog": catalog.num_rows, "ok": int(n_ok),
                            "failed": int(status.num_rows - n_ok), "no_status": max(0, int(missing)),
                            "available": int(len(rows))},
@@ -283,7 +279,7 @@ class _RowGroup:
     def catalog_rows(self, index: "SplitIndex", shard: int, group: int) -> tuple:
         """The catalog's id, sentences and protocol sentences of every row, fetched once."""
         if self.catalog is None:
-            start = index.group_start[(shard, group)]
+            start = int(index.shard_start[shard] + index.group_start[shard][group])
             rows = index.row_catalog[start:start + len(self.ids)]
             taken = index.catalog.take(pa.array(np.maximum(rows, 0)))
             self.catalog = (rows, taken.column("id").to_pylist(),
@@ -417,9 +413,7 @@ class _SplitBase:
             numbers = [c for c in _STAGE_COLUMNS[self.modality] if c in _PER_ITEM_NUMBERS]
             if len(pos):
                 stage = pa.concat_tables(pq.read_table(p, columns=numbers) for p in index.shard_paths)
-                sizes = [pq.ParquetFile(p).metadata.num_rows for p in index.shard_paths]
-                starts = np.cumsum([0] + sizes)[index.shard[pos]] + index.shard_row[pos]
-                stage = stage.take(pa.array(starts))
+                stage = stage.take(pa.array(index.shard_start[index.shard[pos]] + index.shard_row[pos]))
                 for c in numbers:
                     table = table.append_column(c, stage.column(c))
             frames.append(table.to_pandas())
@@ -463,7 +457,7 @@ class _SplitBase:
         else:
             stamps = np.zeros(0)
         if idx is not None:
-            item["frame_indices"] = torch.tensor(idx)
+            item["frame_indices"] = torch.tensor(idx, dtype=torch.long)
         item["timestamps"] = torch.from_numpy(stamps)
         if self.modality == "features":
             dim = int(group.numbers["dim"][row])
