@@ -331,6 +331,7 @@ def _load_ytdlp():
         for ie in gen_extractor_classes():
             try:  # private API of yt-dlp: a change there only costs time
                 ie.suitable("http://127.0.0.1/")
+                getattr(ie, "real_class", None)  # imports the extractor's module
             except Exception:
                 pass
         _YTDLP_READY = True

@@ -6,7 +6,7 @@ import pytest
 from mrw.fetch import FetchConfig, Fetcher, looks_like_html
 from mrw.sample import FAULTS, SampleServer, write_sample_release
 
-TIMEOUT = 2.0
+TIMEOUT = 3.0  # generous: the first yt-dlp page of a process costs about a second on a busy machine
 
 
 @pytest.fixture(scope="module")
