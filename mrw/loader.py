@@ -275,6 +275,8 @@ class _RowGroup:
         self.numbers = {name: table.column(name).to_numpy()
                         for name in ("num_frames", "dim") if name in table.column_names}
         self.catalog = None  # (catalog ids, sentences, protocol sentences) of its rows, on first use
+        self.uses = 0  # items made from this row group so far
+        self._whole: dict = {}  # (column, dtype) -> every row converted at once, or None
 
     def catalog_rows(self, index: "SplitIndex", shard: int, group: int) -> tuple:
         """The catalog's id, sentences and protocol sentences of every row, fetched once."""
@@ -297,6 +299,22 @@ class _RowGroup:
     def list_values(self, name: str, row: int) -> np.ndarray:
         values, offsets = self.lists[name]
         return values[offsets[row]:offsets[row + 1]]
+
+    def converted_rows(self, name: str, dtype: torch.dtype) -> tuple | None:
+        """Every row of a float16 column converted in one go and split into [rows, dim] views,
+        or None when the rows don't all have the shape their `num_frames` and `dim` say (then
+        each row is read on its own, which reports the bad one)."""
+        key = (name, dtype)
+        if key not in self._whole:
+            self._whole[key] = None
+            data, offsets = self.binary[name]
+            dims = self.numbers["dim"]
+            counts = np.full(len(self.ids), 49) if name == "grid" else self.numbers["num_frames"]
+            if (data is not None and len(dims) and (dims == dims[0]).all() and dims[0] > 0
+                    and np.array_equal(np.diff(offsets), 2 * counts.astype(np.int64) * dims)):
+                whole = _convert(data[int(offsets[0]) >> 1:int(offsets[-1]) >> 1], dtype)
+                self._whole[key] = torch.split(whole.view(-1, int(dims[0])), counts.tolist())
+        return self._whole[key]
 
 
 def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
@@ -420,6 +438,20 @@ class _SplitBase:
         return pd.concat(frames, ignore_index=True)
 
     # -- making one item
+    def _features(self, group: "_RowGroup", column: str, row: int, shape, index, item_id,
+                  select: torch.Tensor | None = None) -> torch.Tensor:
+        """A row's float16 matrix as `self.dtype` (only the `select` rows, if given).
+
+        The first item of a row group converts its own rows; from the second on (sequential
+        reading) the whole row group is converted at once and items are views into it.
+        """
+        whole = group.converted_rows(column, self.dtype) if group.uses > 1 else None
+        if whole is not None:
+            rows = whole[row]
+            return rows if select is None else rows.index_select(0, select)
+        half = _float16_matrix(group, column, row, shape, index, item_id)
+        return _convert(half if select is None else half.index_select(0, select), self.dtype)
+
     def _sentence_choice(self, chosen: list[int]) -> int:
         """The protocol's first sentence; with `sampling="random"` a random protocol sentence."""
         if self.sampling == "random" and len(chosen) > 1:
@@ -461,15 +493,14 @@ class _SplitBase:
         item["timestamps"] = torch.from_numpy(stamps)
         if self.modality == "features":
             dim = int(group.numbers["dim"][row])
-            feats = _float16_matrix(group, "features", row, (total, dim), index, item_id)
+            group.uses += 1
             if "grid" in group.binary:  # images: the 7x7 map, plus the pooled vector
-                item["features"] = _convert(
-                    _float16_matrix(group, "grid", row, (49, dim), index, item_id), self.dtype)
-                item["pooled"] = _convert(feats[0], self.dtype)
+                item["features"] = self._features(group, "grid", row, (49, dim), index, item_id)
+                item["pooled"] = self._features(group, "features", row, (total, dim), index,
+                                                item_id)[0]
             else:
-                item["features"] = _convert(
-                    feats if idx is None else feats.index_select(0, item["frame_indices"]),
-                    self.dtype)
+                item["features"] = self._features(group, "features", row, (total, dim), index,
+                                                  item_id, item.get("frame_indices"))
             key = "features"
         else:
             jpegs = table.column("frames")[row].values  # list<binary> scalar -> its binary array
