@@ -277,7 +277,10 @@ class FeatureRunner:
 
         def launch():
             nonlocal fill, turn, spans, pending
-            x = self.buffers[turn][:fill].to(self.device, non_blocking=True)
+            # CUDA: a shard's last, partial batch is rounded up to a power of two (rows past
+            # `fill` are stale and ignored), so cuDNN tunes a few shapes, not one per shard
+            rows = min(self.batch_size, 1 << (fill - 1).bit_length()) if self.cuda else fill
+            x = self.buffers[turn][:rows].to(self.device, non_blocking=True)
             pooled, grid = encode_batch(self.trunk, x, self.grid)
             if self.cuda:
                 done = torch.cuda.Event()

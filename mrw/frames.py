@@ -69,8 +69,10 @@ class DecodeError(Exception):
 
 @dataclass
 class DecodedVideo:
-    frames: list  # RGB uint8 arrays, H x W x 3, shorter side = size
+    frames: list  # RGB uint8 arrays, H x W x 3, shorter side = size (or what `convert` made)
     timestamps: list  # seconds from the first decoded frame
+    width: int = 0
+    height: int = 0
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -116,8 +118,11 @@ def _read_ppm_stream(stream) -> Iterator[np.ndarray]:
 
 
 def decode_video(data: bytes, fmt: str | None, fps: float = 8.0, size: int = 256,
-                 scratch_dir: Path | None = None) -> DecodedVideo:
+                 scratch_dir: Path | None = None, convert: Callable | None = None) -> DecodedVideo:
     """Decode once with ffmpeg: sample at `fps` (every frame of a slower clip), shorter side `size`.
+
+    `convert` (e.g. JPEG encoding) runs on each frame as it arrives, while ffmpeg decodes the
+    next ones, so a long clip never sits in memory as raw pixels.
 
     MP4 needs seeking (its index may sit at the end), so the bytes go to a scratch file named like
     the stage's temporaries, which `shards.remove_temporaries` clears after a killed run.
@@ -142,8 +147,11 @@ def decode_video(data: bytes, fmt: str | None, fps: float = 8.0, size: int = 256
         log: list[bytes] = []
         reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
         reader.start()
+        frames, dims = [], (0, 0)
         try:
-            frames = [f.copy() for f in _read_ppm_stream(proc.stdout)]
+            for frame in _read_ppm_stream(proc.stdout):
+                dims = frame.shape[:2]
+                frames.append(convert(frame) if convert else frame)
         except BaseException:
             proc.kill()
             raise
@@ -162,7 +170,7 @@ def decode_video(data: bytes, fmt: str | None, fps: float = 8.0, size: int = 256
             raise DecodeError(f"ffmpeg reported {len(pts)} timestamps for {len(frames)} frames")
         base = Fraction(int(tb.group(1)), int(tb.group(2)))
         timestamps = [float((p - pts[0]) * base) for p in pts]
-        return DecodedVideo(frames=frames, timestamps=timestamps)
+        return DecodedVideo(frames=frames, timestamps=timestamps, width=dims[1], height=dims[0])
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -259,13 +267,12 @@ def _frames_row(item: dict, settings: FrameSettings, scratch: Path) -> tuple[dic
     status = {"id": item["id"], "url": item.get("url"), "attempts": 1}
     try:
         decoded = decode_video(item["video"], item.get("format"), settings.fps, settings.size,
-                               scratch)
-        jpegs = [encode_jpeg(f, settings.quality) for f in decoded.frames]
+                               scratch, convert=lambda f: encode_jpeg(f, settings.quality))
     except DecodeError as e:
         return None, {**status, "status": "failed", "error": f"decode_error: {e}"}
-    h, w = decoded.frames[0].shape[:2]
+    jpegs = decoded.frames
     row = {"id": item["id"], "frames": jpegs, "timestamps": decoded.timestamps,
-           "num_frames": len(jpegs), "width": w, "height": h}
+           "num_frames": len(jpegs), "width": decoded.width, "height": decoded.height}
     duration = decoded.timestamps[-1] + 1.0 / settings.fps if len(jpegs) > 1 else 0.0
     row["_seconds"] = float(item.get("duration") or duration or 0.0)
     return row, {**status, "status": "ok", "error": None}

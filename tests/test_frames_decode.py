@@ -99,7 +99,7 @@ def test_frame_count_is_fps_times_duration(tmp_path, fmt, fps, duration, size):
     assert ts[0] == 0.0 and np.all(np.diff(ts) >= 1.0 / fps - 1e-6)
     assert ts[-1] <= duration
     h, w = video.frames[0].shape[:2]
-    assert min(h, w) == 256
+    assert (video.width, video.height) == (w, h) and min(h, w) == 256
     assert abs(max(h, w) / 256 - max(size) / min(size)) < 0.01
     assert not list(tmp_path.glob(".tmp-*")), "the scratch copy is removed"
 
