@@ -277,6 +277,7 @@ class _RowGroup:
         self.catalog = None  # (catalog ids, sentences, protocol sentences) of its rows, on first use
         self.uses = 0  # items made from this row group so far
         self._whole: dict = {}  # (column, dtype) -> every row converted at once, or None
+        self.handed_out: set = set()  # (column, row) whose converted view an item holds
 
     def catalog_rows(self, index: "SplitIndex", shard: int, group: int) -> tuple:
         """The catalog's id, sentences and protocol sentences of every row, fetched once."""
@@ -443,12 +444,16 @@ class _SplitBase:
         """A row's float16 matrix as `self.dtype` (only the `select` rows, if given).
 
         The first item of a row group converts its own rows; from the second on (sequential
-        reading) the whole row group is converted at once and items are views into it.
+        reading) the whole row group is converted at once and items are views into it, each
+        view handed out once (a second read of the row converts it again), so that no two items
+        share memory and an in-place transform never sees its own output.
         """
         whole = group.converted_rows(column, self.dtype) if group.uses > 1 else None
-        if whole is not None:
-            rows = whole[row]
-            return rows if select is None else rows.index_select(0, select)
+        if whole is not None and (column, row) not in group.handed_out:
+            if select is not None:
+                return whole[row].index_select(0, select)
+            group.handed_out.add((column, row))
+            return whole[row]
         half = _float16_matrix(group, column, row, shape, index, item_id)
         return _convert(half if select is None else half.index_select(0, select), self.dtype)
 

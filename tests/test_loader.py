@@ -399,3 +399,14 @@ def test_float16_conversion_in_pieces_equals_torch():
         assert out.dtype == dtype and torch.equal(out, half.to(dtype))
         assert out.data_ptr() != half.data_ptr()
     assert torch.equal(_convert(half[:3], torch.float32), half[:3].float())
+
+
+def test_items_never_share_memory_with_later_reads(tmp_path):
+    write_split(tmp_path, "mrw", "test", 6, shard_size=6)
+    ds = load_dataset("mrw", split="test", root=tmp_path,
+                      transform=lambda x: x.sub_(1.0))  # an in-place transform
+    stored = shard_rows(paths.features_dir(tmp_path, "mrw", "test"))
+    for _ in range(3):  # the row group stays cached: every read must start from the shard again
+        for i in (0, 1, 2, 2, 1):
+            want = f16(stored[ds.ids[i]]["features"], (3 + i % 9, DIM)) - 1.0
+            np.testing.assert_array_equal(ds[i]["features"].numpy(), want)
