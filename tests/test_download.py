@@ -104,7 +104,7 @@ def test_kill_and_resume_gives_byte_identical_shards(tmp_path):
     rel.mkdir()
     # only stateless faults: a fault that answers differently the second time would change `attempts`
     faults = ["404", "garbage", "corrupt", "redirect", "wrong-type", "too-large", "404", "garbage"]
-    with SampleServer(rel, latency=0.03) as srv:
+    with SampleServer(rel, latency=0.1) as srv:
         write_sample_release(rel, "mrw", srv.url, counts={"train": 0, "val": 0, "test": 56}, faults=faults, seed=5)
         args = ["download", "--dataset", "mrw", "--split", "test", "--metadata", rel, "--workers", 2,
                 "--shard-size", 8, "--timeout", 10, "--max-bytes", 1 << 20]
@@ -117,19 +117,19 @@ def test_kill_and_resume_gives_byte_identical_shards(tmp_path):
         def status_count():
             return len(list((stage / "status").glob("shard-*.parquet"))) if stage.exists() else 0
 
-        def temp_data_exists():
-            return any(stage.glob(".tmp-shard-*")) if stage.exists() else False
-
-        moments = [lambda: status_count() >= 1,                    # right after the first shard
-                   temp_data_exists,                               # mid-shard, a temporary file open
-                   lambda: status_count() >= 5]                    # most of the way through
         kills = 0
-        for moment in moments:
+        for step in range(3):
+            start = status_count()
             proc = subprocess.Popen([sys.executable, "-m", "mrw.cli", *map(str, args), "--root", str(root)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 120
-            while proc.poll() is None and not moment() and time.monotonic() < deadline:
-                time.sleep(0.02)
+            # 1: right after the first shard; 2: in the middle of the shard after the next one;
+            # 3: two shards further on
+            target = 1 if step == 0 else start + (1 if step == 1 else 2)
+            while proc.poll() is None and status_count() < target and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if step == 1:
+                time.sleep(0.2)  # a shard takes about a second here: this lands inside it
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 kills += 1
