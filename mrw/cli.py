@@ -210,5 +210,25 @@ def evaluate(root, dataset, preds, json_out, leaderboard, plot, gpu, all_sentenc
                  echo=click.echo)
 
 
+# -- build-vocab ------------------------------------------------------------------------------
+@main.command("build-vocab")
+@common_options
+@click.option("--split", default="train", show_default=True, help="The split whose sentences count.")
+@click.option("--out", default=None, metavar="FILE.json",
+              help="Where to write it (default: <root>/<dataset>/vocab-<split>.json).")
+@click.option("--min-count", type=int, default=1, show_default=True,
+              help="Keep words seen at least this many times.")
+@click.option("--protocol-only", is_flag=True,
+              help="Count only the protocol's sentences, not every sentence of the split.")
+@handle_errors
+def build_vocab(root, dataset, split, out, min_count, protocol_only):
+    """The vocabulary of a split's sentences (Treebank tokens, lower-cased) as JSON."""
+    from mrw.text import build_vocabulary
+
+    path, vocab = build_vocabulary(root=root, dataset=dataset, split=split, out=out,
+                                   min_count=min_count, all_sentences=not protocol_only)
+    click.echo(f"vocabulary: {len(vocab)} entries -> {path}")
+
+
 if __name__ == "__main__":
     main()

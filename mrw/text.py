@@ -223,6 +223,20 @@ class Vocabulary:
         return cls.from_json(obj, where=str(path))
 
 
+def build_vocabulary(root=None, dataset: str = "mrw", split: str = "train", out=None,
+                     min_count: int = 1, all_sentences: bool = True) -> tuple[Path, Vocabulary]:
+    """`mrw build-vocab`: a split's vocabulary written as JSON (default `<root>/<ds>/vocab-<split>.json`)."""
+    from mrw import paths
+
+    if min_count < 1:
+        raise UsageError(f"--min-count must be at least 1, got {min_count}")
+    vocab = Vocabulary.from_split(dataset, split, root=root, min_count=min_count,
+                                  all_sentences=all_sentences)
+    path = Path(out) if out else (paths.dataset_dir(root, dataset)
+                                  / f"vocab-{paths.normalize_split(split)}.json")
+    return vocab.save(path), vocab
+
+
 # -- collate -----------------------------------------------------------------------------------
 def pad_sequences(seqs: Sequence, pad_value=0, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack sequences of different lengths along a new dim 0, padding at the end of dim 0.

@@ -135,3 +135,28 @@ def test_collate_features_batch():
     assert out["feature_lengths"].tolist() == [49, 49, 49] and "tokens" not in out
     with pytest.raises(UsageError):
         collate_features([])
+
+
+def test_build_vocab_command(tmp_path):
+    from click.testing import CliRunner
+
+    from mrw.cli import main
+
+    rows = [{"id": "a", "sentences": ["MRW a cat sits", "a dog"], "url": None, "protocol_sentences": [0]},
+            {"id": "b", "sentences": ["a cat runs"], "url": None, "protocol_sentences": [0]}]
+    write_catalog(rows, tmp_path, "tgif", "train")
+    runner = CliRunner()
+    result = runner.invoke(main, ["build-vocab", "--root", str(tmp_path), "--dataset", "tgif",
+                                  "--min-count", "2"])
+    assert result.exit_code == 0, result.output
+    written = Vocabulary.load(tmp_path / "tgif" / "vocab-train.json")
+    assert written.idx2word == ["<pad>", "<start>", "<end>", "<unk>", "a", "cat"]
+    out = tmp_path / "v.json"
+    result = runner.invoke(main, ["build-vocab", "--root", str(tmp_path), "--dataset", "tgif",
+                                  "--protocol-only", "--out", str(out)])
+    assert result.exit_code == 0 and "dog" not in Vocabulary.load(out)
+    result = runner.invoke(main, ["build-vocab", "--root", str(tmp_path), "--split", "test"])
+    assert result.exit_code == 2 and "mrw download --dataset mrw --split test" in result.output
+    result = runner.invoke(main, ["build-vocab", "--root", str(tmp_path), "--dataset", "tgif",
+                                  "--min-count", "0"])
+    assert result.exit_code == 2 and "--min-count" in result.output
