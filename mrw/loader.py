@@ -563,7 +563,10 @@ def _decode_jpeg(data: bytes, index, item_id) -> np.ndarray:
 
 
 class SplitDataset(_SplitBase, Dataset):
-    """Map-style: `len(ds)`, `ds[i]` (O(1): one row group read), `.ids`, `.info`, `to_pandas()`."""
+    """Map-style: `len(ds)`, `ds[i]` (O(1): one row group read), `.ids`, `.info`, `to_pandas()`.
+
+    Works in `DataLoader(num_workers=N)` with any start method: each process opens its own files.
+    """
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -594,7 +597,9 @@ class StreamingSplitDataset(_SplitBase, IterableDataset):
     """Streaming: reads row groups in shard order and deals them, round robin, to every
     (distributed rank, DataLoader worker) pair, so each item comes once per epoch. With
     `shuffle_buffer > 0` the row groups are dealt in a permuted order and items pass through a
-    shuffle buffer, both seeded by `seed + epoch`: call `set_epoch(e)` before each epoch."""
+    shuffle buffer, both seeded by `seed + epoch`: call `set_epoch(e)` before each epoch (before
+    the DataLoader starts its workers, so not with `persistent_workers=True`). Ranks and workers
+    may get a few items more or fewer than each other (whole row groups are dealt)."""
 
     def __init__(self, parts, *, seed: int = 0, shuffle_buffer: int = 0, rank: int | None = None,
                  world_size: int | None = None, **kwargs):
@@ -682,7 +687,8 @@ def load_dataset(name: str, split: str | None = None, root=None, modality: str =
             catalog order. `None`: a dict of every split that has a catalog under `root`.
         root: the data root (default `$MRW_HOME`, else `~/.cache/mrw`).
         modality: `features` (float32 `[T, D]`; COCO: the 7x7 grid `[49, D]` plus `pooled` `[D]`),
-            `frames` (uint8 `[T, H, W, 3]`) or `video` (`video` bytes, `format`, and the probe).
+            `frames` (uint8 `[T, H, W, 3]`; COCO: T = 1) or `video` (`video` bytes, `format`,
+            and the probe: `sha256`, `num_frames`, `fps`, `width`, `height`, `duration`).
         backbone: which feature shards (`features/<backbone>/`).
         num_frames: frames (or feature rows) per video item, like the reference's
             `max_video_length`; `None` keeps all. Short clips repeat their last frame.

@@ -410,3 +410,19 @@ def test_items_never_share_memory_with_later_reads(tmp_path):
         for i in (0, 1, 2, 2, 1):
             want = f16(stored[ds.ids[i]]["features"], (3 + i % 9, DIM)) - 1.0
             np.testing.assert_array_equal(ds[i]["features"].numpy(), want)
+
+
+def test_streaming_takes_rank_and_world_size_from_torch_distributed(tmp_path, monkeypatch):
+    write_split(tmp_path, "mrw", "train", 24, shard_size=6, row_group_size=2)
+    ids = load_dataset("mrw", split="train", root=tmp_path).ids
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 3)
+    seen = []
+    for rank in range(3):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        ds = load_dataset("mrw", split="train", root=tmp_path, streaming=True, shuffle_buffer=4)
+        part = [item["id"] for item in ds]
+        assert 0 < len(part) < len(ids)
+        seen += part
+    assert sorted(seen) == sorted(ids) and len(seen) == len(ids)
