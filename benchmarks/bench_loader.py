@@ -118,6 +118,7 @@ def rss() -> int:
 
 
 def run(n: int, root: Path, repeats: int = 5) -> dict:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     t0 = time.perf_counter()
     files = sorted(paths.features_dir(root, "mrw", "test").glob("shard-*.parquet"))
     if files and sum(pq.ParquetFile(f).metadata.num_rows for f in files) == n:
@@ -155,7 +156,7 @@ def run(n: int, root: Path, repeats: int = 5) -> dict:
         lat.append(time.perf_counter() - t)
     lat_ms = sorted(x * 1000 for x in lat)
     return {
-        "items": n, "feature_mb": data_bytes / 2**20, "write_s": write_s,
+        "load": load, "items": n, "feature_mb": data_bytes / 2**20, "write_s": write_s,
         "row_groups_per_shard": pq.ParquetFile(files[0]).num_row_groups,
         "raw_items_s": n / raw_s, "raw_mb_s": data_bytes / 2**20 / raw_s,
         "map_items_s": n / map_s, "stream_items_s": n / stream_s,
@@ -170,8 +171,9 @@ def run(n: int, root: Path, repeats: int = 5) -> dict:
 def report(r: dict) -> str:
     ok = lambda cond: "yes" if cond else "**NO**"  # noqa: E731
     return "\n".join([
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
-        f"pyarrow {pa.__version__}, numpy {np.__version__}.",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores (load average {r['load']:.1f} when the "
+        f"run started); Python {platform.python_version()}, pyarrow {pa.__version__}, "
+        f"numpy {np.__version__}, torch {torch.__version__}.",
         f"Workload: a synthetic MRW features split of {r['items']:,} items in shards of "
         f"{SHARD_SIZE} ({r['row_groups_per_shard']} row groups each), D = {DIM}, 8-24 frames per "
         f"item, {r['feature_mb']:.0f} MiB of float16 features; page cache warm; best of 5 turns.",

@@ -692,7 +692,8 @@ def load_dataset(name: str, split: str | None = None, root=None, modality: str =
         backbone: which feature shards (`features/<backbone>/`).
         num_frames: frames (or feature rows) per video item, like the reference's
             `max_video_length`; `None` keeps all. Short clips repeat their last frame.
-        sampling: `uniform` (equal intervals; evaluation) or `random` (a random run with a random
+        sampling: `uniform` (equal intervals; evaluation; TGIF leaves out 6 frames at each end
+            of clips long enough, as the reference did) or `random` (a random run with a random
             skip of 1-3; training). `random` also picks `sentence` at random among the protocol's
             sentences (COCO's five captions); `uniform` takes the first one.
         transform: applied to the item's `features`, `frames` or `video` value; its result
