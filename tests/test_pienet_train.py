@@ -71,6 +71,15 @@ def write_split(root, dataset, split, n, rng, prototypes, failed=()):
                 status)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a busy shared CPU, spinning OpenMP threads slow training ~20x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
@@ -186,3 +195,10 @@ def test_cli_reports_bad_input_in_one_line(data_root, tmp_path):
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
     r = runner.invoke(pienet_cli, ["train", "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "--config" in r.output
+
+
+def test_features_of_another_size_are_refused(data_root, tmp_path):
+    with pytest.raises(UsageError, match="feature_dim 64"):
+        train(small_config(tmp_path, feature_dim=64), tmp_path / "r", root=data_root, progress=False,
+              log=lambda m: None)
+    assert not (tmp_path / "r").exists()

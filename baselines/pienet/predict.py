@@ -47,11 +47,17 @@ def autocast(device: torch.device):
 
 
 def open_split(config: Config, split: str, root, sampling: str):
-    """The split's items with features, from the shared loader."""
+    """The split's items with features, from the shared loader; their size must be the config's."""
     from mrw.loader import load_dataset
 
-    return load_dataset(config.dataset, split=split, root=root, modality="features",
-                        backbone=config.backbone, num_frames=config.num_frames, sampling=sampling)
+    dataset = load_dataset(config.dataset, split=split, root=root, modality="features",
+                           backbone=config.backbone, num_frames=config.num_frames, sampling=sampling)
+    if len(dataset):
+        dim = dataset[0]["features"].shape[-1]
+        if dim != config.feature_dim:
+            raise UsageError(f"{config.dataset}/{split}: the {config.backbone} features are {dim}-d but "
+                             f"the config says feature_dim {config.feature_dim} (--set feature_dim={dim})")
+    return dataset
 
 
 def visual_inputs(batch: dict, device: torch.device) -> dict:
