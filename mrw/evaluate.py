@@ -147,6 +147,7 @@ class _BlockScorer:
         self.ka, self.ks = self.items.shape[1], sents.shape[1]
         self.num_sentences = sents.shape[0]
         self.device = device
+        self._products = np.empty(0, dtype=np.float32)
         slabs = np.ascontiguousarray(sents.transpose(1, 0, 2))  # [Ks, M, D]
         if device == "cpu":
             self.slabs = slabs
@@ -155,6 +156,11 @@ class _BlockScorer:
 
             self.torch = torch
             self.slabs = torch.from_numpy(slabs).to(device)
+
+    def _buffer(self, size: int) -> np.ndarray:
+        if self._products.size < size:
+            self._products = np.empty(size, dtype=np.float32)
+        return self._products[:size]
 
     def scores(self, rows: slice, cols: slice) -> np.ndarray:
         """float32 `[items in rows, sentences in cols]`."""
@@ -165,10 +171,13 @@ class _BlockScorer:
             a2 = self.torch.from_numpy(a2).to(self.device)
         out = None
         for k in range(self.ks):
-            prod = a2 @ self.slabs[k, cols].T  # [b*Ka, m]
             if self.device == "cpu":
-                best = prod.reshape(b, self.ka, m).max(axis=1)
-                out = best if out is None else np.maximum(out, best, out=out)
+                # one reused buffer for the products: fresh 10-100 MB arrays cost page faults
+                prod = np.matmul(a2, self.slabs[k, cols].T, out=self._buffer(b * self.ka * m).reshape(-1, m))
+                if out is None:
+                    out = prod.reshape(b, self.ka, m).max(axis=1)
+                else:
+                    np.maximum(out, prod.reshape(b, self.ka, m).max(axis=1), out=out)
             else:
                 best = prod.view(b, self.ka, m).amax(dim=1)
                 out = best if out is None else self.torch.maximum(out, best, out=out)
