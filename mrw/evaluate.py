@@ -519,26 +519,23 @@ class ScoreSubmission(Submission):
         sents = gt.sentence_range(items)
         rows, cols = self.item_rows[items], self.sentence_cols[sents]
         owner = gt.owner[sents] - items.start
-        identity_cols = bool(np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))) if len(cols) else True
-        col_sel = slice(int(cols[0]), int(cols[0]) + len(cols)) if identity_cols else cols
-
-        def block(r):
-            rr = rows[r]
-            if len(rr) and np.array_equal(rr, np.arange(rr[0], rr[0] + len(rr))):
-                b = self.scores[int(rr[0]):int(rr[0]) + len(rr)]
-            else:
-                b = self.scores[rr]
-            return self._real(b[:, col_sel])
-
+        col_sel = _as_slice(cols)
         n = items.stop - items.start
         right = self._real(self.scores[rows[owner], cols])
         counter = RankCounter(right, owner, n)
         step = max(1, DEFAULT_BLOCK_BYTES // max(1, len(cols) * self.scores.itemsize))
         for a in range(0, n, step):
             r = slice(a, min(a + step, n))
-            counter.add(r, slice(None), block(r))
+            counter.add(r, slice(None), self._real(self.scores[_as_slice(rows[r])][:, col_sel]))
         i2t, t2i = counter.ranks()
         return Ranks.exact(i2t, len(cols)), Ranks.exact(t2i, n)
+
+
+def _as_slice(index: np.ndarray):
+    """A run of consecutive indices as a slice (a cheap view of a memory map), else the indices."""
+    if len(index) and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+        return slice(int(index[0]), int(index[0]) + len(index))
+    return index
 
 
 class EmbeddingSubmission(Submission):
