@@ -251,7 +251,7 @@ def encode_batch(trunk: ResNetTrunk, x: torch.Tensor, grid: bool):
         fmap = trunk(x)
     fmap = fmap.float()
     pooled = fmap.mean(dim=(2, 3)).half()
-    return pooled, (fmap.flatten(2).transpose(1, 2).half() if grid else None)
+    return pooled, (fmap.flatten(2).transpose(1, 2).contiguous().half() if grid else None)
 
 
 class FeatureRunner:
