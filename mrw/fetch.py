@@ -212,28 +212,29 @@ class Fetcher:
             length = resp.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > cap:
                 raise FetchFailure("too_large", f"Content-Length {int(length)} is over the cap of {cap} bytes")
-            buf = bytearray()
+            chunks, got = [], 0
             try:
-                for chunk in resp.iter_content(chunk_size=256 * 1024):
-                    buf += chunk
-                    if len(buf) > cap:
+                for chunk in resp.iter_content(chunk_size=1 << 20):
+                    chunks.append(chunk)
+                    got += len(chunk)
+                    if got > cap:
                         raise FetchFailure("too_large", f"more than {cap} bytes")
                     if fired.is_set() or time.monotonic() > deadline:
                         break
             except (requests.exceptions.RequestException, OSError) as e:
                 if not fired.is_set():
                     if "IncompleteRead" in repr(e) or "incomplete" in str(e).lower():
-                        raise FetchFailure("truncated", f"connection closed after {len(buf)} bytes "
+                        raise FetchFailure("truncated", f"connection closed after {got} bytes "
                                            f"of {length or 'unknown'}", retryable=True)
                     raise FetchFailure("connection_error", _short(e), retryable=True)
             if fired.is_set() or time.monotonic() > deadline:
                 raise FetchFailure("timeout", f"response not complete within {self.config.timeout:g} s "
-                                   f"({len(buf)} bytes read)", retryable=True)
-            if length and length.isdigit() and len(buf) != int(length):
-                raise FetchFailure("truncated", f"got {len(buf)} of {length} bytes", retryable=True)
-            if not buf:
+                                   f"({got} bytes read)", retryable=True)
+            if length and length.isdigit() and got != int(length):
+                raise FetchFailure("truncated", f"got {got} of {length} bytes", retryable=True)
+            if not got:
                 raise FetchFailure("empty", "empty body", retryable=True)
-            return bytes(buf), resp.headers.get("Content-Type")
+            return b"".join(chunks), resp.headers.get("Content-Type")
         finally:
             if timer is not None:
                 timer.cancel()

@@ -45,11 +45,11 @@ def faulty(tmp_path_factory):
         build_catalog("mrw", "test", root=root, source=str(rel))
         report = download_split(root=root, dataset="mrw", split="test", workers=16, shard_size=64,
                                 timeout=2.0, retries=1, max_bytes=1 << 20, backoff=0.05, progress=False)
-        yield rel, root, report
+        yield rel, root, report, srv
 
 
 def test_every_fault_is_classified_and_every_ok_row_is_the_served_file(faulty):
-    rel, root, report = faulty
+    rel, root, report, _ = faulty
     status = _status(root)
     assert len(status) == 200 and report.items == 200
     plan = json.loads((rel / "faults.json").read_text())
@@ -78,18 +78,19 @@ def test_every_fault_is_classified_and_every_ok_row_is_the_served_file(faulty):
 
 
 def test_rerun_skips_complete_shards_and_changes_nothing(faulty):
-    rel, root, _ = faulty
+    rel, root, _, srv = faulty
     stage = paths.videos_dir(root, "mrw", "test")
     before = {p.name: p.read_bytes() for p in stage.rglob("*.parquet")}
-    # the module's server is gone: a re-fetch would fail and change the status files
+    requests_before = sum(srv.requests.values())
     report = download_split(root=root, dataset="mrw", split="test", shard_size=64, max_bytes=1 << 20,
                             progress=False)
     assert report.skipped_shards == report.shards == 4 and report.ok + report.failed == 200
     assert {p.name: p.read_bytes() for p in stage.rglob("*.parquet")} == before
+    assert sum(srv.requests.values()) == requests_before, "a complete shard was fetched again"
 
 
 def test_other_settings_are_refused(faulty):
-    _, root, _ = faulty
+    _, root, _, _ = faulty
     with pytest.raises(UsageError, match="shard_size"):
         download_split(root=root, dataset="mrw", split="test", shard_size=10, max_bytes=1 << 20, progress=False)
 
