@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import threading
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
