@@ -21,8 +21,6 @@ from mrw.evaluate import evaluate_submission
 from mrw.sample import SampleServer, write_sample_release
 
 REPO = Path(__file__).resolve().parents[1]
-#: the sample config on a smaller joint space and a larger step, so a few CPU minutes suffice
-QUICK = dict(embed_size=256, lr=1e-3, epochs=12)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,7 +63,7 @@ def evaluate(run, root, out):
 @pytest.mark.slow
 def test_short_cpu_training_beats_chance_and_the_untrained_model(sample_root, tmp_path):
     quiet = dict(root=sample_root, progress=False, log=lambda m: None)
-    config = load_config("sample", **QUICK)
+    config = load_config("sample")
     train(config, tmp_path / "untrained", epochs=0, **quiet)
     train(config, tmp_path / "trained", **quiet)
 
