@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -10,12 +11,13 @@ from mrw import paths
 
 
 def metadata_dir() -> Path:
-    """`$MRW_METADATA`, else the repository's `metadata/` beside the package."""
+    """`$MRW_METADATA`, else the repository's `metadata/` beside the package (a source or
+    editable install), else `<prefix>/share/mrw/metadata` (a wheel's data files)."""
     env = os.environ.get("MRW_METADATA")
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "metadata", here / "metadata"):
+    for candidate in (here.parent / "metadata", Path(sys.prefix) / "share" / "mrw" / "metadata"):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("the metadata/ folder of the mrw package is missing")

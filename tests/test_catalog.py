@@ -193,6 +193,16 @@ def test_coco_restval_joins_train_with_five_protocol_captions(tmp_path, root):
     assert table.column("url").to_pylist()[1] == "http://images.cocodataset.org/val2014/COCO_x_000000000001.jpg"
     res = run("download", "--root", root, "--dataset", "coco", "--split", "test", "--metadata", rel, "--catalog-only")
     assert read_catalog(root, "coco", "test").column("id").to_pylist() == ["103", "104"]
+    # an image that names its own URL (COCO's `coco_url`) keeps it
+    data = json.loads((rel / "dataset_coco.json").read_text())
+    data["images"][3]["coco_url"] = "https://mirror.example.org/103.jpg"
+    (rel / "dataset_coco.json").write_text(json.dumps(data))
+    run("download", "--root", root, "--dataset", "coco", "--split", "test", "--metadata", rel, "--catalog-only")
+    assert read_catalog(root, "coco", "test").column("url").to_pylist()[0] == "https://mirror.example.org/103.jpg"
+    data["images"][3]["coco_url"] = "javascript:alert(1)"
+    (rel / "dataset_coco.json").write_text(json.dumps(data))
+    res = run("download", "--root", root, "--dataset", "coco", "--split", "test", "--metadata", rel, "--catalog-only")
+    assert res.exit_code == 2 and "not an http(s) URL" in res.output
 
 
 # -- malformed releases: exit 2, one line naming file/id/problem, no catalog -------------------

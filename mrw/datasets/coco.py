@@ -34,8 +34,10 @@ def read_split(release_dir: Path, split: str, desc: dict, report: IngestReport) 
             sentences.append(check_sentence(raw, item_id, where))
         if not sentences:
             raise UsageError(f"{where}: id {item_id!r}: image has no caption")
-        url = check_url(rel["image_url_template"].format(filepath=img["filepath"], filename=img["filename"]),
-                        item_id, where)
+        # Karpathy's file names no URL; COCO's own annotations call it `coco_url`: use it when given
+        url = img.get("coco_url") or rel["image_url_template"].format(filepath=img["filepath"],
+                                                                     filename=img["filename"])
+        url = check_url(url, item_id, where)
         row = {"id": item_id, "sentences": sentences, "url": url,
                "protocol_sentences": list(range(min(CAPTIONS_PER_IMAGE, len(sentences)))),
                "cocoid": int(img["cocoid"]), "filepath": img["filepath"], "filename": img["filename"]}
