@@ -16,7 +16,6 @@ Typical use with `mrw.load_dataset(..., modality="features")`::
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path

@@ -3,7 +3,6 @@ import http.server
 import io
 import json
 import os
-import shutil
 import tarfile
 import threading
 from pathlib import Path

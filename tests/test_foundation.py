@@ -1,6 +1,5 @@
 """The package's frame: CLI help, the citation file, the descriptors the code reads, mrw info."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -7,7 +7,6 @@ dot products, as the reference `eval.py` did.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
