@@ -34,6 +34,8 @@ from mrw.catalog import write_catalog  # noqa: E402
 from mrw.download import download_split  # noqa: E402
 from mrw.fetch import FetchConfig, Fetcher  # noqa: E402
 
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "bench_download"
 SERVERS = 8
@@ -42,14 +44,7 @@ LATENCY = 0.05
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = _results.cpu_name()
     return f"{model}, {os.cpu_count()} cores visible, Python {platform.python_version()}"
 
 
@@ -146,16 +141,7 @@ def rss_child(work: Path, urls: list[str]) -> tuple[float, float]:
 
 
 def write_section(body: str) -> None:
-    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = RESULTS.with_name(f".tmp-{os.getpid()}-{RESULTS.name}")
-    tmp.write_text(text)
-    os.replace(tmp, RESULTS)
+    _results.write_section(SECTION, body)
 
 
 def main(argv=None) -> None:

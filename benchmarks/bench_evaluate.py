@@ -22,17 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import subprocess
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
 
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-START, END = "<!-- bench_evaluate:start -->", "<!-- bench_evaluate:end -->"
+SECTION = "bench_evaluate"
 N, K, D = 5000, 5, 1024
 
 
@@ -116,14 +116,7 @@ LOOP = """
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = _results.cpu_name()
     import numpy as np
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -131,13 +124,7 @@ def machine() -> str:
 
 
 def write_section(body: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = f"{START}\n{body.rstrip()}\n{END}"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    _results.write_section(SECTION, body)
 
 
 def main() -> None:

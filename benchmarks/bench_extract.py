@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from mrw.download import download_split  # noqa: E402
 from mrw.features import CROP, build_backbone, extract_features, largest_batch, place_trunk  # noqa: E402
 from mrw.frames import extract_frames  # noqa: E402
 
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "bench_extract"
 # (format, fps, seconds, width, height): the mix of a GIF-and-short-clip dataset
@@ -42,14 +43,7 @@ CLIP_KINDS = [("mp4", 30, 4.0, 480, 360), ("gif", 10, 3.0, 320, 240), ("mp4", 24
               ("gif", 15, 2.0, 400, 300)]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+cpu_name = _results.cpu_name
 
 
 def make_split(root: Path, media: Path, clips: int) -> float:
@@ -190,17 +184,8 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if start in old and end in old:
-        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = RESULTS.with_name(f".tmp-{os.getpid()}-{RESULTS.name}")
-    tmp.write_text(new)
-    os.replace(tmp, RESULTS)
+def write_section(body: str) -> None:
+    _results.write_section(SECTION, body)
 
 
 def main(argv=None) -> None:

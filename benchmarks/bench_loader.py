@@ -41,6 +41,8 @@ from mrw import load_dataset, paths  # noqa: E402
 from mrw.catalog import write_catalog  # noqa: E402
 from mrw.shards import shard_ranges, write_shard  # noqa: E402
 
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+
 SECTION = "bench_loader"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 DIM = 2048
@@ -49,14 +51,7 @@ SCHEMA = pa.schema([("id", pa.string()), ("features", pa.binary()), ("num_frames
                     ("dim", pa.int32()), ("timestamps", pa.list_(pa.float64()))])
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+cpu_name = _results.cpu_name
 
 
 def write_features_split(root: Path, n: int) -> int:
@@ -197,17 +192,8 @@ def report(r: dict) -> str:
     ])
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
-    block = f"{start}\n## Loader (`benchmarks/bench_loader.py`)\n\n{text}\n{end}"
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if start in old and end in old:
-        new = old[: old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+def write_section(text: str) -> None:
+    _results.write_section(SECTION, f"## Loader (`benchmarks/bench_loader.py`)\n\n{text}")
 
 
 def main(argv=None) -> None:

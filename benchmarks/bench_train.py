@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,20 +29,15 @@ from baselines.pienet.loss import pvse_loss  # noqa: E402
 from baselines.pienet.model import PVSE  # noqa: E402
 from baselines.pienet.predict import autocast  # noqa: E402
 
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "bench_train"
 MRW_VOCAB = 34835      # yalesong/pvse README: MRW's word vocabulary
 SENTENCE_TOKENS = 13   # 11.36 words on average (MRW train), plus <start> and <end>
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+cpu_name = _results.cpu_name
 
 
 def make_batch(config, device, generator):
@@ -88,17 +82,8 @@ def pairs_per_second(config_name: str, device: torch.device, steps: int, mixed: 
     return config.batch_size * steps / (time.perf_counter() - start)
 
 
-def write_section(text: str) -> None:
-    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if start in old and end in old:
-        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = RESULTS.with_name(f".tmp-{os.getpid()}-{RESULTS.name}")
-    tmp.write_text(new)
-    os.replace(tmp, RESULTS)
+def write_section(body: str) -> None:
+    _results.write_section(SECTION, body)
 
 
 def main(argv=None) -> None:

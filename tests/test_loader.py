@@ -426,3 +426,22 @@ def test_streaming_takes_rank_and_world_size_from_torch_distributed(tmp_path, mo
         assert 0 < len(part) < len(ids)
         seen += part
     assert sorted(seen) == sorted(ids) and len(seen) == len(ids)
+
+
+def test_sequential_iteration_equals_indexing_across_row_groups_and_shards(tmp_path):
+    """`for item in ds` reads many row groups at once; it must give exactly `ds[i]` for each i,
+    whatever the slice, the failed items and the row-group boundaries."""
+    write_split(tmp_path, "mrw", "test", 70, shard_size=30, failed={3, 31, 32, 69}, row_group_size=4)
+    for spec in ("test", "test[5:47]", "test[40:]+test[:7]"):
+        ds = load_dataset("mrw", split=spec, root=tmp_path)
+        seq = list(ds)
+        assert [item["id"] for item in seq] == ds.ids
+        for i, item in enumerate(seq):
+            direct = ds[i]
+            assert item["id"] == direct["id"] and item["sentence"] == direct["sentence"]
+            assert torch.equal(item["features"], direct["features"])
+            assert torch.equal(item["timestamps"], direct["timestamps"])
+        stream = load_dataset("mrw", split=spec, root=tmp_path, streaming=True)
+        got = {item["id"]: item["features"] for item in stream}
+        assert sorted(got) == sorted(ds.ids)
+        assert all(torch.equal(got[item["id"]], item["features"]) for item in seq)
