@@ -606,8 +606,9 @@ class SampleServer:
 
 
 # -- command line -----------------------------------------------------------------------------
-def _serve_forever(directory, port_file, latency) -> None:
-    server = SampleServer(directory, latency=latency).start()
+def _serve_forever(server: SampleServer, port_file) -> None:
+    """Announce a started server (its port in `port_file`, written atomically; its URL on
+    stdout), then serve until killed."""
     if port_file:
         tmp = Path(str(port_file) + ".tmp")
         tmp.write_text(f"{server.port}\n")
@@ -656,24 +657,13 @@ def main(argv=None) -> int:
         elif args.cmd == "serve":
             if not Path(args.directory).is_dir():
                 raise UsageError(f"no such folder to serve: {args.directory}")
-            _serve_forever(args.directory, args.port_file, args.latency)
+            _serve_forever(SampleServer(args.directory, latency=args.latency).start(), args.port_file)
         else:
             # the release's URLs need the port, so listen first, then write, then announce
             server = SampleServer(args.out).start()
             Path(args.out).mkdir(parents=True, exist_ok=True)
             write_sample_release(args.out, args.dataset, server.url, seed=args.seed)
-            if args.port_file:
-                tmp = Path(str(args.port_file) + ".tmp")
-                tmp.write_text(f"{server.port}\n")
-                os.replace(tmp, args.port_file)
-            print(server.url, flush=True)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
-            finally:
-                server.stop()
+            _serve_forever(server, args.port_file)
     except (UsageError, ValueError) as e:
         print(f"mrw.sample: error: {e}", file=sys.stderr)
         return 2
