@@ -18,3 +18,14 @@ def root(tmp_path):
     path = tmp_path / "root"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a busy shared CPU, spinning OpenMP threads slow training ~20x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from baselines.pienet.config import load_config
 from baselines.pienet.predict import predict
@@ -23,13 +22,7 @@ from mrw.sample import SampleServer, write_sample_release
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy shared CPU, spinning OpenMP threads slow training ~20x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mrw_cli(root, *args):

@@ -71,13 +71,7 @@ def write_split(root, dataset, split, n, rng, prototypes, failed=()):
                 status)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy shared CPU, spinning OpenMP threads slow training ~20x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

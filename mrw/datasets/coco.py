@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mrw.datasets.mrw import load_json_array
-from mrw.datasets.release import IngestReport, check_id, check_sentence, check_url, find_file
+from mrw.datasets.release import (IngestReport, check_id, check_sentence, check_url, find_file,
+                                  keep_first)
 from mrw.errors import UsageError
 
 CAPTIONS_PER_IMAGE = 5
@@ -41,12 +42,8 @@ def read_split(release_dir: Path, split: str, desc: dict, report: IngestReport) 
         row = {"id": item_id, "sentences": sentences, "url": url,
                "protocol_sentences": list(range(min(CAPTIONS_PER_IMAGE, len(sentences)))),
                "cocoid": int(img["cocoid"]), "filepath": img["filepath"], "filename": img["filename"]}
-        if item_id in seen:
-            if seen[item_id] != row:
-                raise UsageError(f"{where}: id {item_id!r}: duplicate id with different content")
-            report.duplicates_collapsed += 1
+        if not keep_first(seen, item_id, row, where, report):
             continue
-        seen[item_id] = row
         short += len(sentences) < CAPTIONS_PER_IMAGE
         rows.append(row)
     if short:

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from mrw.datasets.release import (IngestReport, check_id, check_sentence, check_url, find_file,
-                                  read_id_list)
+                                  keep_first, read_id_list)
 from mrw.errors import UsageError
 
 
@@ -43,13 +43,7 @@ def read_entries(meta_path: Path, url_fields, report: IngestReport) -> dict:
         url = next((u for u in (_lookup(obj, f) for f in url_fields) if u is not None), None)
         if url is None:
             raise UsageError(f"{where}: id {item_id!r}: no video URL ({', '.join(url_fields)})")
-        record = (sentence, check_url(url, item_id, where))
-        if item_id in entries:
-            if entries[item_id] != record:
-                raise UsageError(f"{where}: id {item_id!r}: duplicate id with a different sentence or URL")
-            report.duplicates_collapsed += 1
-            continue
-        entries[item_id] = record
+        keep_first(entries, item_id, (sentence, check_url(url, item_id, where)), where, report)
     return entries
 
 

@@ -90,6 +90,18 @@ def check_sentence(sentence, item_id, where: str) -> str:
     return sentence.strip()
 
 
+def keep_first(seen: dict, item_id: str, record, where: str, report: IngestReport) -> bool:
+    """Record `item_id` once: True when it is new; an identical repeat is collapsed (counted in
+    the report), a repeat with other content is a hard error."""
+    if item_id in seen:
+        if seen[item_id] != record:
+            raise UsageError(f"{where}: id {item_id!r}: duplicate id with different content")
+        report.duplicates_collapsed += 1
+        return False
+    seen[item_id] = record
+    return True
+
+
 def read_id_list(path: Path, to_id=lambda line: line) -> list[str]:
     """One id (or URL) per line; blank lines skipped; duplicates are a hard error."""
     ids, seen = [], {}
