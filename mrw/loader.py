@@ -279,6 +279,15 @@ class _RowGroup:
         self.uses = 0  # items made from this row group so far
         self._whole: dict = {}  # (column, dtype) -> every row converted at once, or None
         self.handed_out: set = set()  # (column, row) whose converted view an item holds
+        self.prepared = False  # every float16 column converted already (sequential reading)
+
+    def prepare(self, dtype: torch.dtype, spare: "_Spare") -> "_RowGroup":
+        """Convert every float16 column now, in one call each, so that items are views from
+        the first one on (sequential reading)."""
+        for name in self.binary:
+            self.converted_rows(name, dtype, spare)
+        self.prepared = True
+        return self
 
     def catalog_rows(self, index: "SplitIndex", shard: int, group: int) -> tuple:
         """The catalog's id, sentences and protocol sentences of every row, fetched once."""
@@ -293,14 +302,6 @@ class _RowGroup:
                             taken.column("protocol_sentences").to_pylist())
         return self.catalog
 
-    def row_of(self, index: "SplitIndex", pos: int) -> int:
-        """Where item `pos` of the index sits in this table."""
-        row = int(index.row_in_group[pos])
-        if self.first_group is None:
-            return row
-        shard_groups = index.group_start[int(index.shard[pos])]
-        return int(shard_groups[int(index.row_group[pos])] - shard_groups[self.first_group]) + row
-
     def float16(self, name: str, row: int) -> torch.Tensor | None:
         """The row's values as a flat float16 view (no copy), or None if no view could be made."""
         data, offsets = self.binary[name]
@@ -312,7 +313,7 @@ class _RowGroup:
         values, offsets = self.lists[name]
         return values[offsets[row]:offsets[row + 1]]
 
-    def converted_rows(self, name: str, dtype: torch.dtype) -> tuple | None:
+    def converted_rows(self, name: str, dtype: torch.dtype, spare: "_Spare | None" = None) -> tuple | None:
         """Every row of a float16 column converted in one go and split into [rows, dim] views,
         or None when the rows don't all have the shape their `num_frames` and `dim` say (then
         each row is read on its own, which reports the bad one)."""
@@ -324,9 +325,44 @@ class _RowGroup:
             counts = np.full(len(self.ids), 49) if name == "grid" else self.numbers["num_frames"]
             if (data is not None and len(dims) and (dims == dims[0]).all() and dims[0] > 0
                     and np.array_equal(np.diff(offsets), 2 * counts.astype(np.int64) * dims)):
-                whole = data[int(offsets[0]) >> 1:int(offsets[-1]) >> 1].to(dtype, copy=True)
+                whole = _new_tensor(data[int(offsets[0]) >> 1:int(offsets[-1]) >> 1], dtype,
+                                    spare)
                 self._whole[key] = torch.split(whole.view(-1, int(dims[0])), counts.tolist())
         return self._whole[key]
+
+
+class _Spare:
+    """Conversion buffers that sequential reading hands out again once every item made from
+    them is gone (a fresh tensor of a few MiB is new memory each time, and its page faults cost
+    more than the conversion itself). At most `keep` buffers are kept; a buffer is reused only
+    when nothing but this list refers to it, so no item ever shares memory with a later one."""
+
+    def __init__(self, keep: int = 3):
+        self.keep = keep
+        self.buffers: list[pa.Buffer] = []
+
+    def tensor(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+        free = [b for b in self.buffers if sys.getrefcount(b) <= 3]  # this list, `free`, the call
+        fits = [b for b in free if b.size >= nbytes]
+        if fits:
+            buf = min(fits, key=lambda b: b.size)
+        else:
+            buf = pa.allocate_buffer(nbytes + nbytes // 8)  # room for the next run's few rows more
+            if free:
+                self.buffers.remove(min(free, key=lambda b: b.size))
+            if len(self.buffers) < self.keep:
+                self.buffers.append(buf)
+        return torch.frombuffer(buf, dtype=dtype, count=numel)  # holds the buffer while alive
+
+
+def _new_tensor(source: torch.Tensor, dtype: torch.dtype, spare: _Spare | None) -> torch.Tensor:
+    """A copy of a flat tensor as `dtype`, in a spare buffer when one is free."""
+    if spare is None or not source.numel():
+        return source.to(dtype, copy=True)
+    out = spare.tensor(source.numel(), dtype)
+    out.copy_(source)
+    return out
 
 
 def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
@@ -360,27 +396,28 @@ class _OpenFiles:
         self.files: OrderedDict[str, pq.ParquetFile] = OrderedDict()
         self.last_key = None
         self.last_group: _RowGroup | None = None
+        self.spare = _Spare()  # conversion buffers for sequential reading
+
+    def _file(self, path: str) -> pq.ParquetFile:
+        pf = self.files.pop(path, None) or pq.ParquetFile(path, memory_map=True)
+        self.files[path] = pf
+        while len(self.files) > self.max_open:
+            self.files.popitem(last=False)[1].close()
+        return pf
 
     def row_group(self, path: str, group: int, columns: list[str]) -> _RowGroup:
         key = (path, group, tuple(columns))
         if key == self.last_key:
             return self.last_group
-        pf = self.files.pop(path, None) or pq.ParquetFile(path, memory_map=True)
-        self.files[path] = pf
-        while len(self.files) > self.max_open:
-            self.files.popitem(last=False)[1].close()
-        table = pf.read_row_group(group, columns=columns, use_threads=False)
+        table = self._file(path).read_row_group(group, columns=columns, use_threads=False)
         self.last_key, self.last_group = key, _RowGroup(table)
         return self.last_group
 
     def row_groups(self, path: str, first: int, last: int, columns: list[str]) -> _RowGroup:
         """Row groups `first..last` of one file read at once (sequential reading: one call and
         one conversion for many items; memory-mapped, one thread: faster here than several)."""
-        pf = self.files.pop(path, None) or pq.ParquetFile(path, memory_map=True)
-        self.files[path] = pf
-        while len(self.files) > self.max_open:
-            self.files.popitem(last=False)[1].close()
-        table = pf.read_row_groups(list(range(first, last + 1)), columns=columns, use_threads=False)
+        table = self._file(path).read_row_groups(list(range(first, last + 1)), columns=columns,
+                                                 use_threads=False)
         return _RowGroup(table, first_group=first)
 
 
@@ -401,6 +438,14 @@ def sequential_runs(index: "SplitIndex", positions: np.ndarray):
             j += 1
         yield int(s), int(g0), int(groups[i:j].max()), positions[i:j]
         i = j
+
+
+def _rows_of(index: "SplitIndex", first: int, positions: np.ndarray) -> list[int]:
+    """Where items `positions` (all in one shard, in row groups from `first` on) sit in the table
+    that `_OpenFiles.row_groups` reads for them."""
+    starts = np.asarray(index.group_start[int(index.shard[positions[0]])])
+    return (starts[index.row_group[positions]] - starts[first]
+            + index.row_in_group[positions]).tolist()
 
 
 # -- the datasets ------------------------------------------------------------------------------
@@ -478,6 +523,16 @@ class _SplitBase:
             frames.append(table.to_pandas())
         return pd.concat(frames, ignore_index=True)
 
+    def _read_run(self, job) -> tuple["_RowGroup", list[int]]:
+        """Sequential reading: row groups `first..last` of shard `s` of `index`, converted, and
+        where each of `positions` sits in them."""
+        index, s, first, last, positions = job
+        files = self._open_files()
+        group = files.row_groups(index.shard_paths[s], first, last, index.columns)
+        if self.modality == "features" and len(positions) > 1:
+            group.prepare(self.dtype, files.spare)
+        return group, _rows_of(index, first, positions)
+
     # -- making one item
     def _features(self, group: "_RowGroup", column: str, row: int, shape, index, item_id,
                   select: torch.Tensor | None = None) -> torch.Tensor:
@@ -488,7 +543,8 @@ class _SplitBase:
         view handed out once (a second read of the row converts it again), so that no two items
         share memory and an in-place transform never sees its own output.
         """
-        whole = group.converted_rows(column, self.dtype) if group.uses > 1 else None
+        whole = (group.converted_rows(column, self.dtype) if group.prepared or group.uses > 1
+                 else None)
         if whole is not None and (column, row) not in group.handed_out:
             if select is not None:
                 return whole[row].index_select(0, select)
@@ -627,12 +683,12 @@ class SplitDataset(_SplitBase, Dataset):
 
     def __iter__(self):
         """In order, like `ds[i]` for every i, but reading many row groups at a time."""
-        files = self._open_files()
-        for index, positions in self._parts:
-            for s, first, last, run in sequential_runs(index, positions):
-                group = files.row_groups(index.shard_paths[s], first, last, index.columns)
-                for pos in run:
-                    yield self._make_item(index, int(pos), group, group.row_of(index, int(pos)))
+        jobs = ((index, s, first, last, run) for index, positions in self._parts
+                for s, first, last, run in sequential_runs(index, positions))
+        for job in jobs:
+            group, rows = self._read_run(job)
+            for pos, row in zip(job[4].tolist(), rows):
+                yield self._make_item(job[0], pos, group, row)
 
     def __repr__(self) -> str:
         return (f"SplitDataset({self.name!r}, split={self.split!r}, modality={self.modality!r}, "
@@ -702,13 +758,12 @@ class StreamingSplitDataset(_SplitBase, IterableDataset):
         mine = units[slot::slots]
         rng = random.Random(f"{self.seed}/{self.epoch}/{slot}")
         buffer: list[dict] = []
-        files = self._open_files()
-        for u in mine:
-            p, s, first, last, chunk = self._units[u]
-            index = self._parts[p][0]
-            group = files.row_groups(index.shard_paths[s], first, last, index.columns)
-            for pos in chunk:
-                item = self._make_item(index, int(pos), group, group.row_of(index, int(pos)))
+        jobs = ((self._parts[p][0], s, first, last, chunk)
+                for p, s, first, last, chunk in (self._units[u] for u in mine))
+        for job in jobs:
+            group, rows = self._read_run(job)
+            for pos, row in zip(job[4].tolist(), rows):
+                item = self._make_item(job[0], pos, group, row)
                 if not self.shuffle_buffer:
                     yield item
                     continue

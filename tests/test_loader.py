@@ -445,3 +445,44 @@ def test_sequential_iteration_equals_indexing_across_row_groups_and_shards(tmp_p
         got = {item["id"]: item["features"] for item in stream}
         assert sorted(got) == sorted(ds.ids)
         assert all(torch.equal(got[item["id"]], item["features"]) for item in seq)
+
+
+def test_sequential_items_own_their_values_across_workers_and_in_place_transforms(tmp_path):
+    """Sequential reading converts many rows at once into memory from pyarrow's pool: each item
+    must still hold only its own values, survive later reads, and cross a DataLoader worker."""
+    write_split(tmp_path, "mrw", "test", 40, shard_size=20, row_group_size=3)
+    stored = shard_rows(paths.features_dir(tmp_path, "mrw", "test"))
+    ds = load_dataset("mrw", split="test", root=tmp_path, transform=lambda x: x.mul_(2.0))
+    kept = list(ds)  # every item kept while later runs are read and converted
+    for epoch in range(2):
+        for item in (kept if epoch == 0 else ds):
+            n = stored[item["id"]]["num_frames"]
+            want = f16(stored[item["id"]]["features"], (n, DIM)) * 2.0
+            np.testing.assert_array_equal(item["features"].numpy(), want)
+    stream = load_dataset("mrw", split="test", root=tmp_path, streaming=True)
+    got = {}
+    for item in DataLoader(stream, batch_size=None, num_workers=2):
+        got[item["id"]] = item["features"]
+    assert sorted(got) == sorted(ds.ids)
+    for item_id, feats in got.items():
+        want = f16(stored[item_id]["features"], (stored[item_id]["num_frames"], DIM))
+        np.testing.assert_array_equal(feats.numpy(), want)
+
+
+def test_spare_buffers_come_back_only_when_no_item_holds_them():
+    from mrw.loader import _Spare
+
+    spare = _Spare(keep=2)
+    a = spare.tensor(1000, torch.float32)
+    a.fill_(1.0)
+    views = torch.split(a, [400, 600])
+    del a
+    b = spare.tensor(1000, torch.float32)  # `views` still hold the first buffer
+    assert b.data_ptr() != views[0].data_ptr()
+    b_ptr = b.data_ptr()
+    del b
+    c = spare.tensor(900, torch.float32)  # the second buffer is free again: reused
+    assert c.data_ptr() == b_ptr and torch.equal(views[0], torch.ones(400))
+    del views
+    d = spare.tensor(1000, torch.float16)
+    assert d.dtype == torch.float16 and d.numel() == 1000 and len(spare.buffers) <= 2
