@@ -127,6 +127,39 @@ def write_section(body: str) -> None:
     _results.write_section(SECTION, body)
 
 
+def gpu_only(repeats: int) -> None:
+    """`mrw evaluate --gpu` end to end against the CPU evaluator on the same machine."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu-only given but CUDA is not available")
+    with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as root:
+        child(PREPARE, root, N, K, D)
+        runs = {"cpu": [], "gpu": []}
+        for r in range(repeats):
+            for key in runs:
+                runs[key].append(child(EVALUATE, root, int(key == "gpu")))
+            print(f"run {r + 1}: CPU {runs['cpu'][-1]['wall']:.2f} s, --gpu {runs['gpu'][-1]['wall']:.2f} s",
+                  flush=True)
+    best = {key: min(v, key=lambda x: x["wall"]) for key, v in runs.items()}
+    same = all(x["rsum"] == best["cpu"]["rsum"] for v in runs.values() for x in v)
+    body = "\n".join([
+        "## Evaluation at MRW scale on a GPU (`benchmarks/bench_evaluate.py --gpu-only`)", "",
+        f"Machine: {machine()}; GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", "",
+        f"Workload: as in the CPU section, {N:,} items x K={K} and {N:,} sentences x K={K}, D={D:,}; "
+        f"each evaluation in its own process, end to end from `preds.json` (the CUDA start-up "
+        f"included); fastest of {repeats}.", "",
+        "| what | wall (s) | speed vs the CPU evaluator on this machine |", "|---|---:|---:|",
+        f"| evaluator on this machine's CPUs | {best['cpu']['wall']:.2f} | 1.00x |",
+        f"| evaluator with `--gpu` | {best['gpu']['wall']:.2f} | "
+        f"{best['cpu']['wall'] / best['gpu']['wall']:.2f}x |", "",
+        f"Same rsum on both devices in every run: {'yes' if same else '**no**'} "
+        f"({best['cpu']['rsum']:.4f}).",
+    ])
+    print(body)
+    _results.write_section(SECTION + "_gpu", body)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--loop-queries", type=int, default=40,
@@ -134,7 +167,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2,
                     help="evaluator and matmul runs, interleaved; the fastest of each is reported")
     ap.add_argument("--gpu", action="store_true", help="also time the evaluator with --gpu")
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="the evaluator with --gpu against itself on this machine's CPUs, into its "
+                         "own section, bench_evaluate_gpu")
     args = ap.parse_args()
+    if args.gpu_only:
+        return gpu_only(args.repeats)
     load = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as root:

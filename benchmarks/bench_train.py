@@ -82,24 +82,22 @@ def pairs_per_second(config_name: str, device: torch.device, steps: int, mixed: 
     return config.batch_size * steps / (time.perf_counter() - start)
 
 
-def write_section(body: str) -> None:
-    _results.write_section(SECTION, body)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
     parser.add_argument("--gpu", action="store_true", help="also time CUDA (default: when present)")
     parser.add_argument("--cpu", action="store_true", help="CPU only, even when CUDA is present")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="CUDA rows only, into their own section, bench_train_gpu")
     args = parser.parse_args(argv)
 
     rows = []  # (device, precision, config, pairs/s)
     cpu = torch.device("cpu")
-    for name in ("mrw", "mrw_k1"):
+    for name in () if args.gpu_only else ("mrw", "mrw_k1"):
         rows.append(("cpu", "float32", name, pairs_per_second(name, cpu, args.steps, mixed=False)))
         print(f"cpu  float32  {name:7s} {rows[-1][3]:9.1f} pairs/s", flush=True)
     gpu_name = None
-    if not args.cpu and (args.gpu or torch.cuda.is_available()):
+    if args.gpu_only or (not args.cpu and (args.gpu or torch.cuda.is_available())):
         if not torch.cuda.is_available():
             raise SystemExit("--gpu given but CUDA is not available")
         cuda = torch.device("cuda")
@@ -113,7 +111,8 @@ def main(argv=None) -> None:
 
     value = {(d, p, n): v for d, p, n, v in rows}
     lines = [
-        "## Training throughput of the PIE-Net baseline (`benchmarks/bench_train.py`)",
+        "## Training throughput of the PIE-Net baseline" + (" on a GPU" if args.gpu_only else "")
+        + " (`benchmarks/bench_train.py`)",
         "",
         f"CPU: {cpu_name()}, {os.cpu_count()} cores visible, torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads" + (f"; GPU: {gpu_name}" if gpu_name else "; no GPU"),
@@ -130,12 +129,13 @@ def main(argv=None) -> None:
         lines.append(f"| {d} | {p} | {n} (K = {load_config(n).num_embeds}) | {v:.1f} | {ratio:.2f}x |")
     if gpu_name:
         lines += ["", f"CUDA autocast vs float32, MRW config: "
-                      f"{value[('cuda', 'autocast fp16', 'mrw')] / value[('cuda', 'float32', 'mrw')]:.2f}x; "
-                      f"CUDA autocast vs this CPU: "
-                      f"{value[('cuda', 'autocast fp16', 'mrw')] / value[('cpu', 'float32', 'mrw')]:.1f}x"]
+                      f"{value[('cuda', 'autocast fp16', 'mrw')] / value[('cuda', 'float32', 'mrw')]:.2f}x"
+                  + ("" if args.gpu_only else
+                     f"; CUDA autocast vs this CPU: "
+                     f"{value[('cuda', 'autocast fp16', 'mrw')] / value[('cpu', 'float32', 'mrw')]:.1f}x")]
     text = "\n".join(lines)
     print(text)
-    write_section(text)
+    _results.write_section(SECTION + "_gpu" if args.gpu_only else SECTION, text)
 
 
 if __name__ == "__main__":

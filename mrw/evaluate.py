@@ -141,15 +141,18 @@ class _BlockScorer:
     (contiguous rows) and then over the slabs, all cheap next to the products themselves.
     """
 
-    def __init__(self, items: np.ndarray, sentences: np.ndarray, device: str = "cpu"):
+    def __init__(self, items: np.ndarray, sentences: np.ndarray, device: str = "cpu",
+                 use_torch: bool | None = None):
         self.items = _as_instances(items)
         sents = _as_instances(sentences)
         self.ka, self.ks = self.items.shape[1], sents.shape[1]
         self.num_sentences = sents.shape[0]
         self.device = device
+        # numpy on the CPU; torch on any other device (and on the CPU when asked, for tests)
+        self.use_torch = device != "cpu" if use_torch is None else use_torch
         self._products = np.empty(0, dtype=np.float32)
         slabs = np.ascontiguousarray(sents.transpose(1, 0, 2))  # [Ks, M, D]
-        if device == "cpu":
+        if not self.use_torch:
             self.slabs = slabs
         else:
             import torch
@@ -167,11 +170,11 @@ class _BlockScorer:
         a = self.items[rows]
         b, m = a.shape[0], cols.stop - cols.start
         a2 = a.reshape(-1, a.shape[2])
-        if self.device != "cpu":
-            a2 = self.torch.from_numpy(a2).to(self.device)
+        if self.use_torch:  # a copy: the items may be a read-only memory map
+            a2 = self.torch.tensor(a2, device=self.device)
         out = None
         for k in range(self.ks):
-            if self.device == "cpu":
+            if not self.use_torch:
                 # one reused buffer for the products: fresh 10-100 MB arrays cost page faults
                 prod = np.matmul(a2, self.slabs[k, cols].T, out=self._buffer(b * self.ka * m).reshape(-1, m))
                 if out is None:
@@ -179,9 +182,10 @@ class _BlockScorer:
                 else:
                     np.maximum(out, prod.reshape(b, self.ka, m).max(axis=1), out=out)
             else:
+                prod = a2 @ self.slabs[k, cols].T
                 best = prod.view(b, self.ka, m).amax(dim=1)
                 out = best if out is None else self.torch.maximum(out, best, out=out)
-        return out if self.device == "cpu" else out.cpu().numpy()
+        return out.cpu().numpy() if self.use_torch else out
 
 
 def _rows_per_block(ka: int, num_sentences: int, block_bytes: int) -> int:

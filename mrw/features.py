@@ -267,6 +267,11 @@ class FeatureRunner:
         # two pinned staging buffers: fill one while the GPU still reads the other
         self.buffers = [torch.empty((batch_size, 3, CROP, CROP), dtype=torch.uint8,
                                     pin_memory=self.cuda) for _ in range(2 if self.cuda else 1)]
+        # and two pinned buffers for the results: a copy into pageable memory would make the
+        # host wait for the GPU, so that filling the next batch could not overlap the forward
+        self.results = [(torch.empty((batch_size, self.dim), dtype=torch.float16, pin_memory=True),
+                         torch.empty((batch_size, 49, self.dim), dtype=torch.float16, pin_memory=True)
+                         if grid else None) for _ in range(2)] if self.cuda else []
 
     def run(self, loader, outputs: dict) -> list[tuple[int, str]]:
         """Fill `outputs[pos] = (pooled, grid, stamps)` for every item; returns the failures."""
@@ -283,9 +288,10 @@ class FeatureRunner:
             x = self.buffers[turn][:rows].to(self.device, non_blocking=True)
             pooled, grid = encode_batch(self.trunk, x, self.grid)
             if self.cuda:
+                host_pooled, host_grid = self.results[turn]
+                pooled = host_pooled[:rows].copy_(pooled, non_blocking=True)
+                grid = host_grid[:rows].copy_(grid, non_blocking=True) if grid is not None else None
                 done = torch.cuda.Event()
-                pooled = pooled.to("cpu", non_blocking=True)
-                grid = grid.to("cpu", non_blocking=True) if grid is not None else None
                 done.record()
             else:
                 done = None
@@ -441,37 +447,43 @@ def extract_features(root=None, dataset: str = "mrw", split: str = "test",
     schema = IMAGE_FEATURES_SCHEMA if images else FEATURES_SCHEMA
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="shard", desc="extract-features", disable=not progress)
-    for index in todo:
-        table, urls = _source_shard(source, source_dir, index)
-        parallel = workers if table.num_rows > 1 else 0
-        loader = torch.utils.data.DataLoader(
-            ItemFrames(table, max_frames, decode, stage_dir), batch_size=None, shuffle=False,
-            num_workers=parallel, prefetch_factor=4 if parallel else None)
-        outputs: dict = {}
-        failures = dict(runner.run(loader, outputs))
-        rows, status = [], []
-        for pos, item_id in enumerate(table.column("id").to_pylist()):
-            st = {"id": item_id, "url": urls.get(item_id), "attempts": 1}
-            if pos in failures:
-                status.append({**st, "status": "failed", "error": failures[pos]})
-                report.items_failed += 1
-                continue
-            pooled, grid, stamps = outputs[pos]
-            row = {"id": item_id, "features": pooled.astype("<f2").tobytes(),
-                   "num_frames": pooled.shape[0], "dim": pooled.shape[1],
-                   "timestamps": [float(t) for t in stamps]}
-            if images:
-                row["grid"] = grid[0].astype("<f2").tobytes()
-            rows.append(row)
-            status.append({**st, "status": "ok", "error": None})
-            report.items_ok += 1
-            report.frames += pooled.shape[0]
-        table = pa.Table.from_pylist(rows, schema=schema) if rows else None
-        shards.write_shard(stage_dir, index, table, status)
-        report.shards_done += 1
-        bar.update(1)
-        bar.set_postfix(frames=report.frames)
-    bar.close()
+    threads = torch.get_num_threads()
+    if gpu:  # the CPUs belong to the DataLoader workers: idle OpenMP threads here would spin on them
+        torch.set_num_threads(1)
+    try:
+        for index in todo:
+            table, urls = _source_shard(source, source_dir, index)
+            parallel = workers if table.num_rows > 1 else 0
+            loader = torch.utils.data.DataLoader(
+                ItemFrames(table, max_frames, decode, stage_dir), batch_size=None, shuffle=False,
+                num_workers=parallel, prefetch_factor=4 if parallel else None)
+            outputs: dict = {}
+            failures = dict(runner.run(loader, outputs))
+            rows, status = [], []
+            for pos, item_id in enumerate(table.column("id").to_pylist()):
+                st = {"id": item_id, "url": urls.get(item_id), "attempts": 1}
+                if pos in failures:
+                    status.append({**st, "status": "failed", "error": failures[pos]})
+                    report.items_failed += 1
+                    continue
+                pooled, grid, stamps = outputs[pos]
+                row = {"id": item_id, "features": pooled.astype("<f2").tobytes(),
+                       "num_frames": pooled.shape[0], "dim": pooled.shape[1],
+                       "timestamps": [float(t) for t in stamps]}
+                if images:
+                    row["grid"] = grid[0].astype("<f2").tobytes()
+                rows.append(row)
+                status.append({**st, "status": "ok", "error": None})
+                report.items_ok += 1
+                report.frames += pooled.shape[0]
+            table = pa.Table.from_pylist(rows, schema=schema) if rows else None
+            shards.write_shard(stage_dir, index, table, status)
+            report.shards_done += 1
+            bar.update(1)
+            bar.set_postfix(frames=report.frames)
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
     report.elapsed_s = time.perf_counter() - start
     return report
 

@@ -333,3 +333,15 @@ def test_gpu_gives_the_cpu_ranks():
     gpu = ranks_from_embeddings(items, sents, owner, device="cuda", block_bytes=2**22)
     np.testing.assert_array_equal(cpu[0], gpu[0])
     np.testing.assert_array_equal(cpu[1], gpu[1])
+
+
+def test_the_torch_scorer_gives_the_numpy_scores():
+    """The `--gpu` scorer's code path, run through torch on the CPU (CUDA is seldom here)."""
+    from mrw.evaluate import _BlockScorer
+
+    rng = np.random.default_rng(5)
+    items, sents, _ = related_pairs(rng, 50, 3, 2, 16)
+    plain, torched = _BlockScorer(items, sents), _BlockScorer(items, sents, use_torch=True)
+    assert torched.use_torch and not plain.use_torch
+    for rows, cols in ((slice(0, 50), slice(0, 50)), (slice(7, 19), slice(30, 45))):
+        np.testing.assert_allclose(torched.scores(rows, cols), plain.scores(rows, cols), rtol=1e-5, atol=1e-5)

@@ -196,3 +196,14 @@ def test_features_of_another_size_are_refused(data_root, tmp_path):
         train(small_config(tmp_path, feature_dim=64), tmp_path / "r", root=data_root, progress=False,
               log=lambda m: None)
     assert not (tmp_path / "r").exists()
+
+
+def test_float32_by_default_and_mixed_precision_only_on_cuda_when_asked():
+    from baselines.pienet.predict import autocast
+
+    assert load_config("mrw").mixed_precision is False
+    assert load_config("mrw", mixed_precision=True).mixed_precision is True
+    with pytest.raises(UsageError):
+        load_config("mrw", mixed_precision="yes")
+    with autocast(torch.device("cpu"), True):  # never on the CPU
+        assert not torch.is_autocast_enabled("cpu")

@@ -58,7 +58,7 @@ def summary(config_name, vocab_size, settings):
               help="GloVe-format text file to initialise the word embeddings.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any setting.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
-@click.option("--gpu", is_flag=True, help="Train on CUDA with autocast.")
+@click.option("--gpu", is_flag=True, help="Train on CUDA (float32; `--set mixed_precision=true` for float16 autocast).")
 @click.option("--workers", type=int, default=0, show_default=True, help="Data loader processes.")
 @handle_errors
 def train(config_name, run_dir, root, epochs, batch_size, seed, word_vectors, settings, resume, gpu,
@@ -82,7 +82,7 @@ def train(config_name, run_dir, root, epochs, batch_size, seed, word_vectors, se
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Data root (default: $MRW_HOME, else ~/.cache/mrw).")
 @click.option("--name", default=None, help="A label added to the model's name in preds.json.")
-@click.option("--gpu", is_flag=True, help="Embed on CUDA with autocast.")
+@click.option("--gpu", is_flag=True, help="Embed on CUDA, in the precision the model trained in.")
 @click.option("--batch-size", type=int, default=None, help="Items per batch (default: the config's).")
 @click.option("--workers", type=int, default=0, show_default=True, help="Data loader processes.")
 @handle_errors

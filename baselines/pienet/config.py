@@ -48,6 +48,9 @@ class Config:
     min_lr: float = 1e-10
     eval_batch_size: int = 64
     seed: int = 0
+    # float16 autocast on CUDA; off by default: on an H200 it trained this model ~25% slower than
+    # float32 (benchmarks/RESULTS.md, bench_train_gpu), and the reference trained in float32
+    mixed_precision: bool = False
 
     def __post_init__(self):
         checks = [

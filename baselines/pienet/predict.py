@@ -40,9 +40,10 @@ def choose_device(gpu: bool) -> torch.device:
     return torch.device("cuda")
 
 
-def autocast(device: torch.device):
-    """Mixed precision on CUDA; a no-op context on CPU."""
-    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda")
+def autocast(device: torch.device, enabled: bool = True):
+    """float16 mixed precision on CUDA when `enabled`; a no-op context on CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.float16,
+                          enabled=enabled and device.type == "cuda")
 
 
 def open_split(config: Config, split: str, root, sampling: str):
@@ -86,7 +87,7 @@ def embed_split(model: PVSE, vocab, split: str, root, device: torch.device,
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_features)
     for batch in loader:
-        with autocast(device):
+        with autocast(device, config.mixed_precision):
             out = model.embed_items(**visual_inputs(batch, device))
         item_embeds.append(out.embeds.float().cpu())
         item_ids.extend(str(i) for i in batch["id"])
@@ -100,7 +101,7 @@ def embed_split(model: PVSE, vocab, split: str, root, device: torch.device,
     sentence_embeds = []
     for start in range(0, len(texts), batch_size):
         tokens, lengths = collate_sentences(texts[start:start + batch_size], vocab)
-        with autocast(device):
+        with autocast(device, config.mixed_precision):
             out = model.embed_sentences(tokens.to(device), lengths.to(device))
         sentence_embeds.append(out.embeds.float().cpu())
     model.train(was_training)

@@ -89,7 +89,7 @@ def train_epoch(model, loader, optimizer, scaler, config: Config, device, progre
         n = len(batch["id"])
         if n < 2:  # no negatives to rank against
             continue
-        with autocast(device):
+        with autocast(device, config.mixed_precision):
             visual = model.embed_items(**visual_inputs(batch, device))
             text = model.embed_sentences(batch["tokens"].to(device), batch["token_lengths"].to(device))
         loss, parts = pvse_loss(visual, text, config)
@@ -161,7 +161,7 @@ def train(config: Config | None, run_dir, root=None, gpu: bool = False, resume: 
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, amsgrad=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and config.mixed_precision)
 
     start_epoch, best = 0, None
     if resume:
