@@ -4,7 +4,8 @@
 #   - the GPU sections of the benchmarks (bench_extract, bench_train, bench_evaluate --gpu-only),
 #     written into benchmarks/RESULTS.md (each its own `_gpu` section) and copied to OUTDIR.
 #
-#   bash scripts/gpu_check.sh [OUTDIR]          (PYTHON=... to pick the interpreter)
+#   bash scripts/gpu_check.sh [OUTDIR]     (PYTHON=... picks the interpreter; STEPS="tests" or
+#                                           "tests bench-extract ..." runs only those steps)
 #
 # Uses the project's own interpreter when the machine has one (`make` made .venv), else
 # `python3` with the repository on PYTHONPATH. Wheels in .whl/ (packages that machine lacks) are
@@ -37,9 +38,11 @@ fi
 } 2>&1 | tee "$out/environment.txt"
 
 failed=0
+steps=${STEPS:-tests-gpu bench-extract bench-train bench-evaluate}
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2
     shift 2
+    case " $steps " in *" $name "*|*" ${name%-gpu} "*) ;; *) return 0 ;; esac
     echo "== $name (at most ${limit} s)"
     local start=$SECONDS
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
@@ -49,7 +52,8 @@ step() {  # step NAME SECONDS COMMAND...
     [ "$rc" -eq 0 ] || failed=1
 }
 
-step tests-gpu 120 "$py" -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_features.py tests/test_evaluate.py
+step tests-gpu 150 "$py" -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_features.py \
+    tests/test_evaluate.py tests/test_pienet_train.py
 step bench-extract 220 "$py" benchmarks/bench_extract.py --gpu-only
 step bench-train 90 "$py" benchmarks/bench_train.py --gpu-only
 step bench-evaluate 90 "$py" benchmarks/bench_evaluate.py --gpu-only

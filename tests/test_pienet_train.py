@@ -207,3 +207,24 @@ def test_float32_by_default_and_mixed_precision_only_on_cuda_when_asked():
         load_config("mrw", mixed_precision="yes")
     with autocast(torch.device("cpu"), True):  # never on the CPU
         assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mixed", [False, True])
+def test_training_and_predicting_on_cuda(data_root, tmp_path, mixed):
+    """--gpu: training learns as on the CPU (float32, or float16 autocast when asked), and the
+    embeddings made on CUDA evaluate like the same checkpoint's on the CPU."""
+    from mrw.evaluate import evaluate_submission
+
+    run = tmp_path / "run"
+    best = train(small_config(tmp_path, mixed_precision=mixed), run, root=data_root, gpu=True,
+                 progress=False, log=lambda m: None)
+    log = read_log(run)
+    assert best["rsum"] > log[0]["val"]["rsum"]
+    scores = {}
+    for device in ("cpu", "cuda"):
+        out = predict(run, "test", tmp_path / device / "preds.json", root=data_root,
+                      gpu=device == "cuda")
+        scores[device] = evaluate_submission(out, root=data_root)[0]["protocols"]["full"]["rsum"]
+    assert scores["cuda"] == pytest.approx(scores["cpu"], abs=20.0 if mixed else 7.0)
