@@ -331,6 +331,10 @@ class _RowGroup:
         return self._whole[key]
 
 
+def _reference_counts(objects: list) -> list[int]:
+    return list(map(sys.getrefcount, objects))
+
+
 class _Spare:
     """Conversion buffers that sequential reading hands out again once every item made from
     them is gone (a fresh tensor of a few MiB is new memory each time, and its page faults cost
@@ -340,10 +344,13 @@ class _Spare:
     def __init__(self, keep: int = 3):
         self.keep = keep
         self.buffers: list[pa.Buffer] = []
+        # what a buffer that only a list holds counts, measured the way `tensor` counts (the
+        # number differs between interpreters; a tensor over a buffer adds one)
+        self.idle = _reference_counts([pa.allocate_buffer(1)])[0]
 
     def tensor(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
         nbytes = numel * torch.empty(0, dtype=dtype).element_size()
-        free = [b for b in self.buffers if sys.getrefcount(b) <= 3]  # this list, `free`, the call
+        free = [b for b, n in zip(self.buffers, _reference_counts(self.buffers)) if n <= self.idle]
         fits = [b for b in free if b.size >= nbytes]
         if fits:
             buf = min(fits, key=lambda b: b.size)
