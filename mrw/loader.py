@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import itertools
 import math
 import os
 import random
@@ -263,18 +264,20 @@ class _RowGroup:
         self.table = table
         self.first_group = first_group  # when the table holds several row groups from this one on
         self.ids = table.column("id").to_pylist()
-        self.binary = {}  # column -> (uint8 tensor over the data buffer, offsets)
+        self.chunks = {}  # float16 column -> [(float16 tensor over a chunk's data, byte offsets)]
+        self._binary = {}  # float16 column -> the same over one chunk, made on first use
         self.lists = {}  # column -> (values, offsets)
         for name in table.column_names:
             type_ = table.schema.field(name).type
             if name in ("features", "grid") and (pa.types.is_binary(type_) or pa.types.is_large_binary(type_)):
-                self.binary[name] = _binary_views(_one_chunk(table.column(name)))
+                self.chunks[name] = [_binary_views(c) for c in table.column(name).chunks]
             elif name == "timestamps" and pa.types.is_list(type_):
                 arr = _one_chunk(table.column(name))
                 self.lists[name] = (arr.flatten().to_numpy(zero_copy_only=False),
                                     arr.offsets.to_numpy())
         self.numbers = {name: table.column(name).to_numpy()
                         for name in ("num_frames", "dim") if name in table.column_names}
+        self.counts = {name: values.tolist() for name, values in self.numbers.items()}
         self.catalog = None  # (catalog ids, sentences, protocol sentences) of its rows, on first use
         self.uses = 0  # items made from this row group so far
         self._whole: dict = {}  # (column, dtype) -> every row converted at once, or None
@@ -284,7 +287,7 @@ class _RowGroup:
     def prepare(self, dtype: torch.dtype, spare: "_Spare") -> "_RowGroup":
         """Convert every float16 column now, in one call each, so that items are views from
         the first one on (sequential reading)."""
-        for name in self.binary:
+        for name in self.chunks:
             self.converted_rows(name, dtype, spare)
         self.prepared = True
         return self
@@ -297,14 +300,18 @@ class _RowGroup:
             start = int(index.shard_start[shard] + index.group_start[shard][group])
             rows = index.row_catalog[start:start + len(self.ids)]
             taken = index.catalog.take(pa.array(np.maximum(rows, 0)))
-            self.catalog = (rows, taken.column("id").to_pylist(),
+            self.catalog = (rows.tolist(), taken.column("id").to_pylist(),
                             taken.column("sentences").to_pylist(),
                             taken.column("protocol_sentences").to_pylist())
         return self.catalog
 
     def float16(self, name: str, row: int) -> torch.Tensor | None:
         """The row's values as a flat float16 view (no copy), or None if no view could be made."""
-        data, offsets = self.binary[name]
+        if name not in self._binary:
+            chunks = self.chunks[name]
+            self._binary[name] = (chunks[0] if len(chunks) == 1 else
+                                  _binary_views(_one_chunk(self.table.column(name))))
+        data, offsets = self._binary[name]
         if data is None:
             return None
         return data[int(offsets[row]) >> 1:int(offsets[row + 1]) >> 1]
@@ -320,13 +327,15 @@ class _RowGroup:
         key = (name, dtype)
         if key not in self._whole:
             self._whole[key] = None
-            data, offsets = self.binary[name]
+            chunks = self.chunks[name]
             dims = self.numbers["dim"]
             counts = np.full(len(self.ids), 49) if name == "grid" else self.numbers["num_frames"]
-            if (data is not None and len(dims) and (dims == dims[0]).all() and dims[0] > 0
-                    and np.array_equal(np.diff(offsets), 2 * counts.astype(np.int64) * dims)):
-                whole = _new_tensor(data[int(offsets[0]) >> 1:int(offsets[-1]) >> 1], dtype,
-                                    spare)
+            sizes = np.concatenate([np.diff(offsets) for _, offsets in chunks] or [np.zeros(0)])
+            if (all(data is not None for data, _ in chunks) and len(dims)
+                    and (dims == dims[0]).all() and dims[0] > 0
+                    and np.array_equal(sizes, 2 * counts.astype(np.int64) * dims)):
+                whole = _converted([data[int(offsets[0]) >> 1:int(offsets[-1]) >> 1]
+                                    for data, offsets in chunks], dtype, spare)
                 self._whole[key] = torch.split(whole.view(-1, int(dims[0])), counts.tolist())
         return self._whole[key]
 
@@ -363,12 +372,24 @@ class _Spare:
         return torch.frombuffer(buf, dtype=dtype, count=numel)  # holds the buffer while alive
 
 
-def _new_tensor(source: torch.Tensor, dtype: torch.dtype, spare: _Spare | None) -> torch.Tensor:
-    """A copy of a flat tensor as `dtype`, in a spare buffer when one is free."""
-    if spare is None or not source.numel():
-        return source.to(dtype, copy=True)
-    out = spare.tensor(source.numel(), dtype)
-    out.copy_(source)
+def _converted(pieces: list[torch.Tensor], dtype: torch.dtype, spare: _Spare | None) -> torch.Tensor:
+    """The flat tensors `pieces`, one after the other, as one new tensor of `dtype` (in a spare
+    buffer when one is free), converted on this thread alone: torch's thread pool would fight
+    pyarrow's read-ahead threads for the cores (OpenMP keeps the thread count per thread, so
+    setting it here for the copy touches no other thread)."""
+    total = sum(p.numel() for p in pieces)
+    out = spare.tensor(total, dtype) if spare is not None and total else torch.empty(total, dtype=dtype)
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        at = 0
+        for piece in pieces:
+            out[at:at + piece.numel()].copy_(piece)
+            at += piece.numel()
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
     return out
 
 
@@ -420,16 +441,10 @@ class _OpenFiles:
         self.last_key, self.last_group = key, _RowGroup(table)
         return self.last_group
 
-    def row_groups(self, path: str, first: int, last: int, columns: list[str]) -> _RowGroup:
-        """Row groups `first..last` of one file read at once (sequential reading: one call and
-        one conversion for many items; memory-mapped, one thread: faster here than several)."""
-        table = self._file(path).read_row_groups(list(range(first, last + 1)), columns=columns,
-                                                 use_threads=False)
-        return _RowGroup(table, first_group=first)
 
-
-#: sequential reading takes this many row groups (of about 1 MiB, `mrw.shards.ROW_GROUP_BYTES`)
-#: in one read: fewer calls and conversions per item, memory still bounded
+#: sequential reading makes items from this many row groups (of about 1 MiB,
+#: `mrw.shards.ROW_GROUP_BYTES`) at a time, converted in one call, while pyarrow reads as many
+#: ahead: fewer calls per item, memory still bounded
 SEQUENTIAL_GROUPS = 16
 
 
@@ -445,6 +460,41 @@ def sequential_runs(index: "SplitIndex", positions: np.ndarray):
             j += 1
         yield int(s), int(g0), int(groups[i:j].max()), positions[i:j]
         i = j
+
+
+def _scan(jobs: list):
+    """`(job, table)` for each job `(index, shard, first, last, positions)`, in order: row groups
+    `first..last` of that shard, with the index's columns. pyarrow's dataset scanner reads them
+    on its own threads, SEQUENTIAL_GROUPS row groups ahead, without the GIL, while the caller
+    makes items from the last table (memory-mapped; read ahead is bounded)."""
+    import pyarrow.dataset as pads
+    from pyarrow import fs as pafs
+
+    filesystem, fmt = pafs.LocalFileSystem(use_mmap=True), pads.ParquetFileFormat()
+    for _, part in itertools.groupby(jobs, key=lambda job: id(job[0])):
+        part = list(part)
+        index = part[0][0]
+        fragments = [fmt.make_fragment(index.shard_paths[s], filesystem=filesystem,
+                                       row_groups=list(range(first, last + 1)))
+                     for _, s, first, last, _ in part]
+        dataset = pads.FileSystemDataset(fragments, schema=fragments[0].physical_schema,
+                                         format=fmt, filesystem=filesystem)
+        batches = dataset.to_batches(columns=index.columns, batch_size=1 << 24,
+                                     batch_readahead=SEQUENTIAL_GROUPS, fragment_readahead=2,
+                                     use_threads=True)
+        for job in part:
+            _, s, first, last, _ = job
+            ends = np.append(index.group_start[s][1:], index.shard_start[s + 1] - index.shard_start[s])
+            want, got = int(ends[last] - index.group_start[s][first]), []
+            while want > 0:
+                batch = next(batches)
+                if batch.num_rows:
+                    got.append(batch)
+                    want -= batch.num_rows
+            if want < 0:
+                raise UsageError(f"{index.shard_paths[s]}: more rows than its metadata says; "
+                                 "the shards changed after the split was opened")
+            yield job, pa.Table.from_batches(got)
 
 
 def _rows_of(index: "SplitIndex", first: int, positions: np.ndarray) -> list[int]:
@@ -530,15 +580,17 @@ class _SplitBase:
             frames.append(table.to_pandas())
         return pd.concat(frames, ignore_index=True)
 
-    def _read_run(self, job) -> tuple["_RowGroup", list[int]]:
-        """Sequential reading: row groups `first..last` of shard `s` of `index`, converted, and
-        where each of `positions` sits in them."""
-        index, s, first, last, positions = job
-        files = self._open_files()
-        group = files.row_groups(index.shard_paths[s], first, last, index.columns)
-        if self.modality == "features" and len(positions) > 1:
-            group.prepare(self.dtype, files.spare)
-        return group, _rows_of(index, first, positions)
+    def _read_runs(self, jobs):
+        """Sequential reading: for each job `(index, shard, first, last, positions)` in turn,
+        row groups `first..last` of the shard (converted) and where each of `positions` sits
+        in them. pyarrow's scanner reads the next row groups on its own threads meanwhile."""
+        spare = self._open_files().spare
+        for job, table in _scan(jobs):
+            index, _, first, _, positions = job
+            group = _RowGroup(table, first_group=first)
+            if self.modality == "features" and len(positions) > 1:
+                group.prepare(self.dtype, spare)
+            yield job, group, _rows_of(index, first, positions)
 
     # -- making one item
     def _features(self, group: "_RowGroup", column: str, row: int, shape, index, item_id,
@@ -567,7 +619,7 @@ class _SplitBase:
         return chosen[0]
 
     def _make_item(self, index: SplitIndex, pos: int, group: _RowGroup, row: int) -> dict:
-        cat_rows, cat_ids, cat_sentences, cat_protocol = group.catalog_rows(
+        cat_rows, cat_ids, cat_sentences, cat_protocol = group.catalog or group.catalog_rows(
             index, int(index.shard[pos]), int(index.row_group[pos]))
         item_id = cat_ids[row]
         if group.ids[row] != item_id or cat_rows[row] != index.rows[pos]:
@@ -585,7 +637,7 @@ class _SplitBase:
             if self.transform is not None:
                 item["video"] = self.transform(item["video"])
             return item
-        total = int(group.numbers["num_frames"][row])
+        total = group.counts["num_frames"][row]
         if index.dataset == "coco" or self.num_frames is None:
             idx = None  # every frame, in order
         else:
@@ -600,9 +652,9 @@ class _SplitBase:
             item["frame_indices"] = torch.tensor(idx, dtype=torch.long)
         item["timestamps"] = torch.from_numpy(stamps)
         if self.modality == "features":
-            dim = int(group.numbers["dim"][row])
+            dim = group.counts["dim"][row]
             group.uses += 1
-            if "grid" in group.binary:  # images: the 7x7 map, plus the pooled vector
+            if "grid" in group.chunks:  # images: the 7x7 map, plus the pooled vector
                 item["features"] = self._features(group, "grid", row, (49, dim), index, item_id)
                 item["pooled"] = self._features(group, "features", row, (total, dim), index,
                                                 item_id)[0]
@@ -623,21 +675,9 @@ class _SplitBase:
         return item
 
 
-#: torch converts fewer elements than this on the calling thread; larger conversions go to its
-#: thread pool, which stalls badly when the machine's cores are busy
-_SERIAL_ELEMENTS = 32767
-
-
 def _convert(half: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A new tensor of `dtype` from a float16 view [N, ...], converted on this thread."""
-    n = half.numel()
-    if n <= _SERIAL_ELEMENTS:
-        return half.to(dtype, copy=True)
-    out = torch.empty(half.shape, dtype=dtype)
-    step = max(1, _SERIAL_ELEMENTS // (n // half.shape[0]))  # rows per piece
-    for a in range(0, half.shape[0], step):
-        out[a:a + step].copy_(half[a:a + step])
-    return out
+    """A new tensor of `dtype` from a float16 tensor, converted on this thread."""
+    return _converted([half.reshape(-1)], dtype, None).view(half.shape)
 
 
 def _float16_matrix(group: _RowGroup, column: str, row: int, shape, index, item_id) -> torch.Tensor:
@@ -690,10 +730,9 @@ class SplitDataset(_SplitBase, Dataset):
 
     def __iter__(self):
         """In order, like `ds[i]` for every i, but reading many row groups at a time."""
-        jobs = ((index, s, first, last, run) for index, positions in self._parts
-                for s, first, last, run in sequential_runs(index, positions))
-        for job in jobs:
-            group, rows = self._read_run(job)
+        jobs = [(index, s, first, last, run) for index, positions in self._parts
+                for s, first, last, run in sequential_runs(index, positions)]
+        for job, group, rows in self._read_runs(jobs):
             for pos, row in zip(job[4].tolist(), rows):
                 yield self._make_item(job[0], pos, group, row)
 
@@ -765,10 +804,9 @@ class StreamingSplitDataset(_SplitBase, IterableDataset):
         mine = units[slot::slots]
         rng = random.Random(f"{self.seed}/{self.epoch}/{slot}")
         buffer: list[dict] = []
-        jobs = ((self._parts[p][0], s, first, last, chunk)
-                for p, s, first, last, chunk in (self._units[u] for u in mine))
-        for job in jobs:
-            group, rows = self._read_run(job)
+        jobs = [(self._parts[p][0], s, first, last, chunk)
+                for p, s, first, last, chunk in (self._units[u] for u in mine)]
+        for job, group, rows in self._read_runs(jobs):
             for pos, row in zip(job[4].tolist(), rows):
                 item = self._make_item(job[0], pos, group, row)
                 if not self.shuffle_buffer:

@@ -390,15 +390,17 @@ def test_streaming_each_item_once_per_epoch_seeded_order(tmp_path):
         load_dataset("tgif", split="train", root=tmp_path, streaming=True, rank=2, world_size=2)
 
 
-def test_float16_conversion_in_pieces_equals_torch():
+def test_float16_conversion_on_one_thread_equals_torch():
     from mrw.loader import _convert
 
-    half = torch.randn(40, 2048).half()  # more elements than one piece
+    half = torch.randn(40, 2048).half()  # more elements than torch converts without its pool
+    threads = torch.get_num_threads()
     for dtype in (torch.float32, torch.float16):
         out = _convert(half, dtype)
         assert out.dtype == dtype and torch.equal(out, half.to(dtype))
         assert out.data_ptr() != half.data_ptr()
     assert torch.equal(_convert(half[:3], torch.float32), half[:3].float())
+    assert torch.get_num_threads() == threads  # left as it was
 
 
 def test_items_never_share_memory_with_later_reads(tmp_path):
