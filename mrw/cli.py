@@ -99,9 +99,11 @@ def info(root, dataset, as_json):
               help="Retries on timeouts, connection errors, 5xx and 429.")
 @click.option("--max-bytes", type=int, default=64 * 1024 * 1024, show_default=True,
               help="Largest media file accepted, in bytes.")
+@click.option("--per-host", type=int, default=4, show_default=True,
+              help="Requests in flight to one host at a time (be polite to the media hosts).")
 @handle_errors
 def download(root, dataset, split, source, catalog_only, from_dir, limit, workers, shard_size,
-             timeout, retries, max_bytes):
+             timeout, retries, max_bytes, per_host):
     """Build the split's catalog from the official release, then fetch its media into shards."""
     from mrw.datasets import build_catalog
 
@@ -114,7 +116,7 @@ def download(root, dataset, split, source, catalog_only, from_dir, limit, worker
 
     download_split(root=root, dataset=dataset, split=split, from_dir=from_dir, limit=limit,
                    workers=workers, shard_size=shard_size, timeout=timeout, retries=retries,
-                   max_bytes=max_bytes)
+                   max_bytes=max_bytes, per_host=per_host)
 
 
 # -- commands added by later stages go below, one block each -----------------------------------

@@ -185,7 +185,7 @@ def _check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_
                             ("--retries", retries, isinstance(retries, int) and retries >= 0),
                             ("--max-bytes", max_bytes, isinstance(max_bytes, int) and max_bytes >= 1),
                             ("--limit", limit, limit is None or (isinstance(limit, int) and limit >= 0)),
-                            ("per_host", per_host, isinstance(per_host, int) and per_host >= 1)):
+                            ("--per-host", per_host, isinstance(per_host, int) and per_host >= 1)):
         if not ok:
             raise UsageError(f"{name} must be a positive number, got {value!r}")
 

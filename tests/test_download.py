@@ -217,7 +217,8 @@ def test_bad_input_exits_2(tmp_path):
     res = _mrw("download", "--root", root, "--split", "test", "--metadata", rel, "--shard-size", 0)
     assert res.returncode == 2 and "--shard-size" in res.stderr
     assert not paths.videos_dir(root, "mrw", "test").exists()
-    for opt, value in (("--workers", 0), ("--timeout", 0), ("--max-bytes", -1), ("--retries", -1)):
+    for opt, value in (("--workers", 0), ("--timeout", 0), ("--max-bytes", -1), ("--retries", -1),
+                       ("--per-host", 0)):
         res = _mrw("download", "--root", root, "--split", "test", "--metadata", rel, opt, value)
         assert res.returncode == 2 and opt in res.stderr, (opt, res.stderr)
     # an unwritable place for the shards: a file where the videos folder should be

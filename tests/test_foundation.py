@@ -40,7 +40,7 @@ def test_every_command_and_option_is_described(name):
 def test_download_help_names_every_contract_option():
     out = CliRunner().invoke(main, ["download", "--help"]).output
     for opt in ["--root", "--dataset", "--split", "--metadata", "--catalog-only", "--from-dir", "--limit",
-                "--workers", "--shard-size", "--timeout", "--retries", "--max-bytes"]:
+                "--workers", "--shard-size", "--timeout", "--retries", "--max-bytes", "--per-host"]:
         assert opt in out
 
 
