@@ -200,8 +200,11 @@ def extract_features(root, dataset, split, backbone, weights, gpu, batch_size, m
 @click.option("--gpu", is_flag=True, help="Score embeddings on CUDA (exit 2 if none).")
 @click.option("--all-sentences", is_flag=True,
               help="Evaluate on every sentence of the split, not only the protocol's.")
+@click.option("--allow-missing", is_flag=True,
+              help="Evaluate the submitted items alone when some of the split's are missing "
+                   "(items the pipeline failed on are left out without it).")
 @handle_errors
-def evaluate(root, dataset, preds, json_out, leaderboard, plot, gpu, all_sentences):
+def evaluate(root, dataset, preds, json_out, leaderboard, plot, gpu, all_sentences, allow_missing):
     """The standard retrieval evaluation of PREDS (a preds.json; dataset and split inside)."""
     from mrw.evaluate import run_evaluate
 
@@ -209,7 +212,7 @@ def evaluate(root, dataset, preds, json_out, leaderboard, plot, gpu, all_sentenc
     typed = click.get_current_context().get_parameter_source("dataset").name != "DEFAULT"
     run_evaluate(preds, root=root, dataset=dataset if typed else None, json_out=json_out,
                  leaderboard=leaderboard, plot=plot, gpu=gpu, all_sentences=all_sentences,
-                 echo=click.echo)
+                 allow_missing=allow_missing, echo=click.echo)
 
 
 # -- build-vocab ------------------------------------------------------------------------------

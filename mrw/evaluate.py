@@ -343,6 +343,15 @@ class GroundTruth:
         lo, hi = np.searchsorted(self.owner, [items.start, items.stop])
         return slice(int(lo), int(hi))
 
+    def subset(self, keep: np.ndarray) -> "GroundTruth":
+        """Only the items where `keep` (bool, catalog order) holds, with their sentences."""
+        new_index = np.cumsum(keep) - 1
+        kept_sentences = keep[self.owner]
+        return GroundTruth(self.dataset, self.split,
+                           [i for i, k in zip(self.item_ids, keep) if k],
+                           [s for s, k in zip(self.sentence_ids, kept_sentences) if k],
+                           new_index[self.owner[kept_sentences]].astype(np.int64), self.all_sentences)
+
     def protocols(self) -> dict[str, list[slice]]:
         """Protocol name -> folds of consecutive items."""
         everything = [slice(0, self.num_items)]
@@ -633,8 +642,14 @@ def _parse_rankings(rankings, gt: GroundTruth, where: str) -> RankingSubmission:
     return RankingSubmission(out["i2t"], out["t2i"])
 
 
-def load_submission(preds: dict, base: Path, gt: GroundTruth, device: str, where: str) -> Submission:
-    """Check the submission against the ground truth and return it ready to rank."""
+def load_submission(preds: dict, base: Path, gt: GroundTruth, device: str, where: str,
+                    sentence_rows: np.ndarray | None = None,
+                    sentences_given: int | None = None) -> Submission:
+    """Check the submission against the ground truth and return it ready to rank.
+
+    `sentence_rows`: when items were left out (`evaluate_submission`), the rows of the
+    submission's sentence arrays that belong to the items kept, in the order of its
+    `sentence_ids` (which then lists only those), out of `sentences_given` rows."""
     if "rankings" in preds:
         for key in ("item_ids", "sentence_ids"):
             if key in preds:
@@ -644,12 +659,15 @@ def load_submission(preds: dict, base: Path, gt: GroundTruth, device: str, where
     item_order = _id_order(preds, "item_ids", gt.item_ids, gt.item_index, where)
     sent_order = _id_order(preds, "sentence_ids", gt.sentence_ids, gt.sentence_index, where, hint)
     n, m = gt.num_items, gt.num_sentences
+    m_given = m if sentence_rows is None else int(sentences_given)
     if "scores" in preds:
         p = _resolve(base, preds["scores"], f"{where}: scores")
         scores = _load_npy(p, f"{where}: scores")
-        if scores.shape != (n, m):
+        if scores.shape != (n, m_given):
             raise UsageError(f"{where}: scores: {p.name} has shape {list(scores.shape)}, expected "
-                             f"[{n}, {m}] (items x sentences of {gt.dataset}/{gt.split})")
+                             f"[{n}, {m_given}] (items x sentences of {gt.dataset}/{gt.split})")
+        if sentence_rows is not None:
+            scores = scores[:, sentence_rows]
         _check_finite(scores, f"{where}: scores: {p.name}", lambda pos: (
             f"item {gt.item_ids[item_order[pos[0]]]!r}, sentence {gt.sentence_ids[sent_order[pos[1]]]!r}"))
         rows = np.empty(n, dtype=np.int64)
@@ -666,9 +684,12 @@ def load_submission(preds: dict, base: Path, gt: GroundTruth, device: str, where
         here = f"{where}: embeddings.{key}"
         p = _resolve(base, emb[key], here)
         arr = _load_npy(p, here)
-        if arr.ndim not in (2, 3) or arr.shape[0] != count or min(arr.shape) == 0:
-            raise UsageError(f"{here}: {p.name} has shape {list(arr.shape)}, expected [{count}, D] "
-                             f"or [{count}, K, D] ({key} of {gt.dataset}/{gt.split})")
+        given = m_given if key == "sentences" else count
+        if arr.ndim not in (2, 3) or arr.shape[0] != given or min(arr.shape) == 0:
+            raise UsageError(f"{here}: {p.name} has shape {list(arr.shape)}, expected [{given}, D] "
+                             f"or [{given}, K, D] ({key} of {gt.dataset}/{gt.split})")
+        if key == "sentences" and sentence_rows is not None:
+            arr = arr[sentence_rows]
         _check_finite(arr, f"{here}: {p.name}", lambda pos, o=order, i=ids: f"id {i[o[pos[0]]]!r}")
         # rows into catalog order (a copy: the arrays are read once, float32)
         inverse = np.empty(count, dtype=np.int64)
@@ -691,11 +712,92 @@ def choose_device(gpu: bool) -> str:
     return "cuda"
 
 
+def failed_items(root, dataset: str, split: str) -> set[str]:
+    """Ids that a stage of the split recorded as failed (download, frames or any features)."""
+    from mrw.shards import read_status, status_shards
+
+    stages = [paths.videos_dir(root, dataset, split), paths.frames_dir(root, dataset, split)]
+    features = paths.dataset_dir(root, dataset) / "features"
+    if features.is_dir():
+        stages += [d / split for d in sorted(features.iterdir()) if (d / split).is_dir()]
+    failed: set[str] = set()
+    for stage in stages:
+        if status_shards(stage):
+            status = read_status(stage)
+            failed.update(i for i, st in zip(status.column("id").to_pylist(),
+                                             status.column("status").to_pylist()) if st == "failed")
+    return failed
+
+
+def _item_of(sentence_id) -> str | None:
+    return sentence_id.rsplit("#", 1)[0] if isinstance(sentence_id, str) else None
+
+
+def _submitted_items(preds: dict) -> list | None:
+    """The item ids the submission names, when it names them (None: every item, in order)."""
+    if "rankings" in preds:
+        rankings = preds["rankings"]
+        table = rankings.get("i2t") if isinstance(rankings, dict) else None
+        return list(table) if isinstance(table, dict) else None
+    ids = preds.get("item_ids")
+    return ids if isinstance(ids, list) and all(isinstance(i, str) for i in ids) else None
+
+
+def _leave_out_missing(preds: dict, gt: GroundTruth, root, allow_missing: bool, where: str):
+    """Items of the split that the submission lacks are left out of the evaluation when the
+    pipeline failed on them (a dead link, a clip that does not decode: no method could rank
+    them), or anyway with `allow_missing`; any other gap is an error.
+
+    Returns (ground truth of the items evaluated, preds without the left-out items' sentences,
+    coverage or None, rows of the submission's sentence arrays kept or None, their count)."""
+    ids = _submitted_items(preds)
+    if ids is None:
+        return gt, preds, None, None, None
+    given = set(ids)
+    keep = np.fromiter((i in given for i in gt.item_ids), dtype=bool, count=gt.num_items)
+    if keep.all() or not keep.any() or any(i not in gt.item_index for i in given):
+        return gt, preds, None, None, None  # complete, or ids amiss: the checks will say which
+    missing = [i for i, k in zip(gt.item_ids, keep) if not k]
+    if not allow_missing:
+        failed = failed_items(root, gt.dataset, gt.split)
+        unexplained = [i for i in missing if i not in failed]
+        if unexplained:
+            label = "rankings.i2t keys" if "rankings" in preds else "item_ids"
+            raise UsageError(
+                f"{where}: {label}: {len(missing)} id(s) of the split missing, e.g. {unexplained[0]!r}; "
+                f"{len(unexplained)} of them did not fail in any stage under this root "
+                "(--allow-missing evaluates the submitted items alone)")
+    gone = set(missing)
+    coverage = {"catalog_items": gt.num_items, "evaluated_items": int(keep.sum()),
+                "left_out": len(missing), "left_out_ids": missing[:20],
+                "why": "allowed (--allow-missing)" if allow_missing else
+                       "failed in the pipeline (their status rows say so)"}
+    preds = dict(preds)
+    rows = count = None
+    if "rankings" in preds and isinstance(preds["rankings"], dict):
+        rankings = dict(preds["rankings"])
+        if isinstance(rankings.get("t2i"), dict):
+            rankings["t2i"] = {q: [c for c in lst if c not in gone] if isinstance(lst, list) else lst
+                               for q, lst in rankings["t2i"].items() if _item_of(q) not in gone}
+        if isinstance(rankings.get("i2t"), dict):
+            rankings["i2t"] = {q: [c for c in lst if _item_of(c) not in gone] if isinstance(lst, list)
+                               else lst for q, lst in rankings["i2t"].items()}
+        preds["rankings"] = rankings
+    elif isinstance(preds.get("sentence_ids"), list):
+        sids = preds["sentence_ids"]
+        rows = np.array([n for n, sid in enumerate(sids) if _item_of(sid) not in gone], dtype=np.int64)
+        count = len(sids)
+        preds["sentence_ids"] = [sids[n] for n in rows]
+    return gt.subset(keep), preds, coverage, rows, count
+
+
 def evaluate_submission(preds_path, root=None, dataset: str | None = None, gpu: bool = False,
-                        all_sentences: bool = False) -> tuple[dict, dict]:
+                        all_sentences: bool = False, allow_missing: bool = False) -> tuple[dict, dict]:
     """(results JSON, curves) for a `preds.json`; raises UsageError on any bad input.
 
-    `curves` maps protocol -> direction -> `Ranks` of the whole set, for plots.
+    `curves` maps protocol -> direction -> `Ranks` of the whole set, for plots. Items the
+    submission lacks are left out when the pipeline failed on them (or with `allow_missing`),
+    and `results["coverage"]` says how many.
     """
     preds_path = Path(preds_path)
     preds = read_preds(preds_path)
@@ -705,12 +807,15 @@ def evaluate_submission(preds_path, root=None, dataset: str | None = None, gpu: 
                          f"but --dataset {dataset} was given")
     device = choose_device(gpu)
     gt = load_ground_truth(root, preds["dataset"], preds["split"], all_sentences)
-    submission = load_submission(preds, preds_path.parent, gt, device, where)
+    gt, preds, coverage, rows, count = _leave_out_missing(preds, gt, root, allow_missing, where)
+    submission = load_submission(preds, preds_path.parent, gt, device, where, rows, count)
     results = {"dataset": gt.dataset, "split": gt.split,
                "model": preds.get("model", preds_path.stem),
                "sentences": "all" if all_sentences else "protocol",
                "num_items": gt.num_items, "num_sentences": gt.num_sentences,
                "input": next(k for k in KINDS if k in preds), "protocols": {}}
+    if coverage is not None:
+        results["coverage"] = coverage
     curves = {}
     for name, folds in gt.protocols().items():
         ranked = [submission.ranks(f, gt) for f in folds]
@@ -730,13 +835,14 @@ def check_output_path(path, suffixes: Sequence[str], option: str) -> Path:
 
 
 def run_evaluate(preds_path, root=None, dataset=None, json_out=None, leaderboard=False,
-                 plot=None, gpu=False, all_sentences=False, echo: Callable[[str], None] = print) -> dict:
+                 plot=None, gpu=False, all_sentences=False, allow_missing=False,
+                 echo: Callable[[str], None] = print) -> dict:
     """What `mrw evaluate` does: evaluate, print the table, then write the asked outputs."""
     if json_out is not None:
         json_out = check_output_path(json_out, (".json",), "--json")
     if plot is not None:
         plot = check_output_path(plot, (".png",), "--plot")
-    results, curves = evaluate_submission(preds_path, root, dataset, gpu, all_sentences)
+    results, curves = evaluate_submission(preds_path, root, dataset, gpu, all_sentences, allow_missing)
     board = load_leaderboard(results["dataset"]) if (leaderboard or plot) else None
     echo(format_results(results))
     if leaderboard:
@@ -777,6 +883,11 @@ def format_results(results: dict) -> str:
             for m, why in proto[d].get("reasons", {}).items():
                 notes.append(f"{name} {d} {m} is null: {why}")
         lines.append(f"{'':<9}{'rsum':<10}{_fmt(proto['rsum'], 'rsum'):>10}")
+    cov = results.get("coverage")
+    if cov:
+        notes.append(f"evaluated on {cov['evaluated_items']} of the split's {cov['catalog_items']} "
+                     f"items: {cov['left_out']} left out, {cov['why']}; scores on a smaller set "
+                     "are not strictly comparable with published ones")
     return "\n".join(lines + notes)
 
 

@@ -122,7 +122,8 @@ def test_missing_id(root, tmp_path, split):
     ids = split[:-1]
     p = write(tmp_path / "p", {"dataset": "mrw", "split": "test", "scores": "s.npy", "item_ids": ids},
               {"s.npy": np.zeros((N - 1, N), np.float32)})
-    run_bad(root, tmp_path, p, "item_ids", "1 id(s) of the split missing", repr(split[-1]))
+    run_bad(root, tmp_path, p, "item_ids", "1 id(s) of the split missing", repr(split[-1]),
+            "--allow-missing")
 
 
 def test_unknown_id(root, tmp_path, split):
@@ -308,3 +309,78 @@ def test_all_sentences_needs_every_sentence(root, tmp_path, coco_split):
 def test_nan_literal_in_json(root, tmp_path, split):
     p = write(tmp_path / "p", '{"dataset": "mrw", "split": "test", "model": NaN, "scores": "s.npy"}')
     run_bad(root, tmp_path, p, "preds.json", "NaN is not valid JSON")
+
+
+# -- items the pipeline failed on ------------------------------------------------------------
+def _fail_downloads(root, ids, failed):
+    from mrw import paths
+    from mrw.shards import write_shard
+
+    write_shard(paths.videos_dir(root, "mrw", "test"), 0, None,
+                [{"id": i, "url": None, "status": "failed" if i in failed else "ok",
+                  "error": "http_404: gone" if i in failed else None, "attempts": 1} for i in ids])
+
+
+@pytest.mark.parametrize("kind", ["embeddings", "scores", "rankings"])
+def test_failed_items_are_left_out_and_said(root, tmp_path, split, kind):
+    """A submission without the items whose download failed is evaluated on the rest, exactly as
+    if the catalog held only those, and the results say how many were left out."""
+    failed = {split[3], split[17], split[39]}
+    _fail_downloads(root, split, failed)
+    kept = [i for i in split if i not in failed]
+    rows = [n for n, i in enumerate(split) if i not in failed]
+    items, sents = embeddings()
+    sids = [f"{i}#0" for i in split]  # every sentence, as `predict` writes them
+    scores = np.einsum("ikd,jld->ijkl", items[rows], sents).max(axis=(2, 3)).astype(np.float32)
+    if kind == "embeddings":
+        obj = {"embeddings": {"items": "i.npy", "sentences": "s.npy"}, "item_ids": kept,
+               "sentence_ids": sids}
+        arrays = {"i.npy": items[rows], "s.npy": sents}
+    elif kind == "scores":
+        obj, arrays = {"scores": "x.npy", "item_ids": kept, "sentence_ids": sids}, {"x.npy": scores}
+    else:
+        order = lambda v: list(np.argsort(-v, kind="stable"))  # noqa: E731
+        obj = {"rankings": {"i2t": {i: [sids[j] for j in order(scores[r])] for r, i in enumerate(kept)},
+                            "t2i": {s: [kept[r] for r in order(scores[:, j])] for j, s in enumerate(sids)}}}
+        arrays = {}
+    p = write(tmp_path / "p", {"dataset": "mrw", "split": "test", **obj}, arrays)
+    result = run(root, p)
+    assert result.exit_code == 0, result.output
+    assert "evaluated on 37 of the split's 40 items: 3 left out, failed in the pipeline" in result.output
+    got, _ = evaluate_submission(p, root=root)
+    assert got["coverage"]["left_out"] == 3 and sorted(got["coverage"]["left_out_ids"]) == sorted(failed)
+    assert got["num_items"] == got["num_sentences"] == 37
+
+    # the same submission against a catalog that holds only the items kept
+    small = tmp_path / "small"
+    write_catalog([{"id": i, "sentences": [f"mrw when {i}"], "url": None, "protocol_sentences": [0]}
+                   for i in kept], small, "mrw", "test")
+    kept_sids = [f"{i}#0" for i in kept]
+    if kind == "embeddings":
+        ref = {**obj, "sentence_ids": kept_sids}
+        ref_arrays = {"i.npy": items[rows], "s.npy": sents[rows]}
+    elif kind == "scores":
+        ref, ref_arrays = {**obj, "sentence_ids": kept_sids}, {"x.npy": scores[:, rows]}
+    else:
+        sub = scores[:, rows]
+        ref = {"rankings": {"i2t": {i: [kept_sids[j] for j in order(sub[r])] for r, i in enumerate(kept)},
+                            "t2i": {s: [kept[r] for r in order(sub[:, j])] for j, s in enumerate(kept_sids)}}}
+        ref_arrays = {}
+    q = write(tmp_path / "q", {"dataset": "mrw", "split": "test", **ref}, ref_arrays)
+    want, _ = evaluate_submission(q, root=small)
+    assert got["protocols"] == want["protocols"] and "coverage" not in want
+
+
+def test_items_missing_for_no_recorded_reason_need_allow_missing(root, tmp_path, split):
+    _fail_downloads(root, split, {split[0]})
+    items, sents = embeddings()
+    kept = split[1:-1]  # the first failed; the last has no reason to be missing
+    p = write(tmp_path / "p", {"dataset": "mrw", "split": "test", "item_ids": kept,
+                               "embeddings": {"items": "i.npy", "sentences": "s.npy"},
+                               "sentence_ids": [f"{i}#0" for i in split]},
+              {"i.npy": items[1:-1], "s.npy": sents})
+    run_bad(root, tmp_path, p, "2 id(s) of the split missing", repr(split[-1]), "1 of them",
+            "--allow-missing")
+    result = run(root, p, "--allow-missing")
+    assert result.exit_code == 0, result.output
+    assert "38 of the split's 40 items: 2 left out, allowed (--allow-missing)" in result.output

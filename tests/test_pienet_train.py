@@ -158,6 +158,12 @@ def test_predict_writes_embeddings_that_mrw_evaluate_reads(data_root, tmp_path):
     assert metrics["rsum"] == pytest.approx(ours["rsum"])
     assert metrics["i2t"]["R@1"] == pytest.approx(ours["i2t"]["R@1"])
 
+    # val lost an item in the pipeline: its predictions lack it, and evaluation leaves it out
+    out = predict(run, "val", tmp_path / "out" / "val.json", root=data_root)
+    assert "val005" not in json.loads(out.read_text())["item_ids"]
+    results, _ = evaluate_submission(out, root=data_root)
+    assert results["coverage"]["left_out_ids"] == ["val005"] and results["num_items"] == 23
+
 
 def test_images_train_on_the_grid_and_pooled_vector(data_root, tmp_path):
     run = tmp_path / "coco"
