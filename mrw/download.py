@@ -25,7 +25,7 @@ from mrw import paths, shards
 from mrw.catalog import read_catalog
 from mrw.errors import FatalError, UsageError
 from mrw.fetch import FetchConfig, Fetcher
-from mrw.media import MediaError, MediaLimits, probe_media
+from mrw.media import MediaError, MediaLimits, probe_media, require_ffprobe
 
 VIDEO_SCHEMA = pa.schema([
     ("id", pa.string()), ("video", pa.binary()), ("format", pa.string()), ("sha256", pa.string()),
@@ -225,6 +225,7 @@ def download_split(root=None, dataset: str = "mrw", split: str = "test", from_di
         if not from_dir.is_dir():
             raise UsageError(f"--from-dir {from_dir}: no such folder")
     catalog = read_catalog(root, dataset, split)
+    require_ffprobe()
     items = catalog.select([c for c in ("id", "url", "filepath", "filename")
                             if c in catalog.column_names]).to_pylist()
     if limit is not None:
@@ -273,6 +274,8 @@ def download_split(root=None, dataset: str = "mrw", split: str = "test", from_di
                     current, writer, status_rows = index, VideoShardWriter(stage_dir, index), []
                 try:
                     res = futures.pop(pos).result()
+                except FatalError:
+                    raise  # nothing can succeed (a missing tool): stop, keeping finished shards
                 except Exception as e:  # a bug or an OS error in one item must not lose the run
                     res = ItemResult(it["id"], it.get("url"), None, f"internal_error: {type(e).__name__}: {e}", 0)
                 if res.row is not None:

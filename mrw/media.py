@@ -18,6 +18,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from mrw.errors import FatalError
 from mrw.fetch import looks_like_html
 
 
@@ -121,6 +122,17 @@ def _probe_fast(path: str, data: bytes, fmt: str) -> MediaInfo | None:
     return MediaInfo(fmt, frames, round(fps, 6), width, height, round(frames / fps, 6))
 
 
+FFPROBE_MISSING = "ffprobe not found on PATH: install ffmpeg (5.x or newer), which brings it"
+
+
+def require_ffprobe() -> None:
+    """Stop at once, before any work, where media could not be checked."""
+    import shutil
+
+    if shutil.which("ffprobe") is None:
+        raise FatalError(FFPROBE_MISSING)
+
+
 def probe_media(data: bytes, limits: MediaLimits | None = None, thorough: bool = False) -> MediaInfo:
     """Probe and decode `data`; raise MediaError with a class when it is not a sane clip.
 
@@ -150,6 +162,8 @@ def probe_media(data: bytes, limits: MediaLimits | None = None, thorough: bool =
             proc = subprocess.run(cmd, capture_output=True, timeout=limits.probe_timeout)
         except subprocess.TimeoutExpired:
             raise MediaError("decode_error", f"decoding took over {limits.probe_timeout:g} s")
+        except FileNotFoundError:
+            raise FatalError(FFPROBE_MISSING) from None
     # drop decoder addresses ("[h264 @ 0x55...]") so a status row is the same on every run
     err = " ".join(re.sub(r" @ 0x[0-9a-fA-F]+", "", proc.stderr.decode(errors="replace")).split())
     try:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from mrw import paths, shards
 from mrw.catalog import read_catalog
 from mrw.errors import UsageError
-from mrw.media import MediaError, MediaLimits, probe_media
+from mrw.media import MediaError, MediaLimits, probe_media, require_ffprobe
 
 MAX_LISTED = 20  # problems printed per kind; all are counted
 
@@ -85,6 +85,8 @@ def validate_split(root=None, dataset: str = "mrw", split: str = "test", workers
     if manifest is None:
         raise UsageError(f"no video shards for {dataset}/{split} under {paths.resolve_root(root)}: "
                          f"run `mrw download --dataset {dataset} --split {split}` first")
+    if decode:
+        require_ffprobe()
     report = ValidationReport(dataset, split, stage_dir)
     cat_ids = catalog.column("id").to_pylist()
     report.catalog_items = len(cat_ids)

@@ -232,3 +232,18 @@ def test_missing_catalog_and_missing_from_dir_are_usage_errors(tmp_path):
         download_split(root=tmp_path / "r", dataset="mrw", split="val", progress=False)
     with pytest.raises(UsageError, match="from-dir"):
         download_split(root=tmp_path / "r", dataset="mrw", split="val", from_dir=tmp_path / "nope", progress=False)
+
+
+def test_no_ffprobe_stops_at_once_with_what_to_install(tmp_path, monkeypatch):
+    """Without ffprobe nothing could be checked: one line saying what to install, not a run of
+    per-item failures."""
+    rel = write_sample_release(tmp_path / "rel", "mrw", "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 3})
+    root = tmp_path / "root"
+    bin_dir = tmp_path / "bin"  # python, and nothing of ffmpeg's
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    res = _mrw("download", "--root", root, "--split", "test", "--metadata", rel,
+               "--from-dir", rel / "media", env={**os.environ, "PATH": str(bin_dir)})
+    assert res.returncode == 1 and "ffprobe not found on PATH: install ffmpeg" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not shards.status_shards(paths.videos_dir(root, "mrw", "test"))
