@@ -471,35 +471,45 @@ def _scan(jobs: list):
     from pyarrow import fs as pafs
 
     filesystem, fmt = pafs.LocalFileSystem(use_mmap=True), pads.ParquetFileFormat()
-    for _, part in itertools.groupby(jobs, key=lambda job: id(job[0])):
-        part = list(part)
-        index = part[0][0]
+
+    def scanned(index, part):  # a generator, so that opening errors surface where reads do
         fragments = [fmt.make_fragment(index.shard_paths[s], filesystem=filesystem,
                                        row_groups=list(range(first, last + 1)))
                      for _, s, first, last, _ in part]
         dataset = pads.FileSystemDataset(fragments, schema=fragments[0].physical_schema,
                                          format=fmt, filesystem=filesystem)
-        batches = dataset.to_batches(columns=index.columns, batch_size=1 << 24,
-                                     batch_readahead=SEQUENTIAL_GROUPS, fragment_readahead=2,
-                                     use_threads=True)
+        yield from dataset.to_batches(columns=index.columns, batch_size=1 << 24,
+                                      batch_readahead=SEQUENTIAL_GROUPS, fragment_readahead=2,
+                                      use_threads=True)
+
+    for _, part in itertools.groupby(jobs, key=lambda job: id(job[0])):
+        part = list(part)
+        index = part[0][0]
+        batches = scanned(index, part)
         for job in part:
             _, s, first, last, _ = job
             ends = np.append(index.group_start[s][1:], index.shard_start[s + 1] - index.shard_start[s])
             want, got = int(ends[last] - index.group_start[s][first]), []
             while want > 0:
-                batch = next(batches)
+                try:
+                    batch = next(batches, None)
+                except (pa.ArrowException, OSError) as e:  # a row group gone, a file cut short
+                    raise UsageError(f"{index.directory}: {str(e).splitlines()[0][:300]}; the "
+                                     "shards changed after the split was opened") from None
+                if batch is None:
+                    break
                 if batch.num_rows:
                     got.append(batch)
                     want -= batch.num_rows
-            if want < 0:
-                raise UsageError(f"{index.shard_paths[s]}: more rows than its metadata says; "
-                                 "the shards changed after the split was opened")
+            if want != 0:
+                raise UsageError(f"{index.shard_paths[s]}: {'fewer' if want > 0 else 'more'} rows "
+                                 "than its metadata says; the shards changed after the split was opened")
             yield job, pa.Table.from_batches(got)
 
 
 def _rows_of(index: "SplitIndex", first: int, positions: np.ndarray) -> list[int]:
     """Where items `positions` (all in one shard, in row groups from `first` on) sit in the table
-    that `_OpenFiles.row_groups` reads for them."""
+    that `_scan` reads for them."""
     starts = np.asarray(index.group_start[int(index.shard[positions[0]])])
     return (starts[index.row_group[positions]] - starts[first]
             + index.row_in_group[positions]).tolist()

@@ -488,3 +488,16 @@ def test_spare_buffers_come_back_only_when_no_item_holds_them():
     del views
     d = spare.tensor(1000, torch.float16)
     assert d.dtype == torch.float16 and d.numel() == 1000 and len(spare.buffers) <= 2
+
+
+def test_a_shard_cut_short_after_opening_is_reported_in_one_line(tmp_path):
+    write_split(tmp_path, "mrw", "test", 12, shard_size=12, row_group_size=4)
+    ds = load_dataset("mrw", split="test", root=tmp_path)
+    shard = sorted(paths.features_dir(tmp_path, "mrw", "test").glob("shard-*.parquet"))[0]
+    original = pq.read_table(shard)
+    pq.write_table(original.slice(0, 9), shard, row_group_size=3)  # 3 groups of 4 -> 3 of 3
+    with pytest.raises(UsageError, match="fewer rows than its metadata says"):
+        list(ds)
+    pq.write_table(original.slice(0, 6), shard, row_group_size=4)  # 3 groups -> 2
+    with pytest.raises(UsageError, match="shards changed after the split was opened"):
+        list(ds)
