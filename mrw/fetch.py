@@ -94,6 +94,15 @@ def _socket_of(resp) -> socket.socket | None:
         return None
 
 
+def _read_timed_out(e: BaseException) -> bool:
+    """A read that hit the socket timeout; requests hands it over from `iter_content` as a
+    ConnectionError around urllib3's ReadTimeoutError."""
+    import urllib3
+
+    timeouts = (requests.exceptions.Timeout, socket.timeout, urllib3.exceptions.ReadTimeoutError)
+    return isinstance(e, timeouts) or any(isinstance(a, timeouts) for a in e.args)
+
+
 class Fetcher:
     """Fetches items for many threads: one requests.Session per thread, a semaphore per host."""
 
@@ -222,11 +231,12 @@ class Fetcher:
                     if fired.is_set() or time.monotonic() > deadline:
                         break
             except (requests.exceptions.RequestException, OSError) as e:
-                if not fired.is_set():
+                if not fired.is_set() and not _read_timed_out(e):
                     if "IncompleteRead" in repr(e) or "incomplete" in str(e).lower():
                         raise FetchFailure("truncated", f"connection closed after {got} bytes "
                                            f"of {length or 'unknown'}", retryable=True)
                     raise FetchFailure("connection_error", _short(e), retryable=True)
+                fired.set()  # the socket's own read timeout came first: the same deadline
             if fired.is_set() or time.monotonic() > deadline:
                 raise FetchFailure("timeout", f"response not complete within {self.config.timeout:g} s "
                                    f"({got} bytes read)", retryable=True)

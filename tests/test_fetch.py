@@ -95,3 +95,18 @@ def test_html_sniffing():
     assert looks_like_html(b"<HTML><body>")
     assert not looks_like_html(b"\x00\x00\x00\x18ftypmp42")
     assert not looks_like_html(b"GIF89a")
+
+
+def test_a_read_timeout_wrapped_as_connection_error_is_a_timeout():
+    """requests raises a socket read timeout inside `iter_content` as a ConnectionError; when it
+    beats the watchdog to the deadline, the item must still be classed `timeout`."""
+    import requests
+    import urllib3
+
+    from mrw.fetch import _read_timed_out
+
+    wrapped = requests.exceptions.ConnectionError(
+        urllib3.exceptions.ReadTimeoutError(None, "/x", "Read timed out."))
+    assert _read_timed_out(wrapped) and _read_timed_out(requests.exceptions.ReadTimeout("slow"))
+    assert not _read_timed_out(requests.exceptions.ConnectionError("connection refused"))
+    assert not _read_timed_out(ConnectionResetError(104, "reset by peer"))
