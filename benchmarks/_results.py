@@ -1,4 +1,5 @@
 """What every benchmark script shares: the machine's name and its own section of RESULTS.md."""
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ def write_section(section: str, body: str, path: Path = RESULTS) -> None:
     block = f"{start}\n{body.rstrip()}\n{end}"
     old = path.read_text() if path.exists() else "# Benchmark results\n"
     if start in old and end in old:
-        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
     else:
         new = old.rstrip("\n") + "\n\n" + block + "\n"
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")

@@ -13,6 +13,7 @@ of benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/bench_download.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+
 from mrw.catalog import write_catalog  # noqa: E402
 from mrw.download import download_split  # noqa: E402
 from mrw.fetch import FetchConfig, Fetcher  # noqa: E402
-
-import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "bench_download"
@@ -51,11 +52,46 @@ def machine() -> str:
 def make_clip(path: Path) -> None:
     """A real H.264 MP4 of about 1 MB: 12 frames of seeded noise at 480x360, 12 fps."""
     frames = np.random.default_rng(0).integers(0, 256, size=(12, 360, 480, 3), dtype=np.uint8)
-    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo",
-                    "-pix_fmt", "rgb24", "-s", "480x360", "-r", "12", "-i", "pipe:0", "-c:v", "libx264",
-                    "-preset", "ultrafast", "-qp", "30", "-pix_fmt", "yuv420p", "-threads", "1",
-                    "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
-                    "-movflags", "+faststart", str(path)], input=frames.tobytes(), check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            "480x360",
+            "-r",
+            "12",
+            "-i",
+            "pipe:0",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-qp",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+            "-threads",
+            "1",
+            "-fflags",
+            "+bitexact",
+            "-flags:v",
+            "+bitexact",
+            "-map_metadata",
+            "-1",
+            "-movflags",
+            "+faststart",
+            str(path),
+        ],
+        input=frames.tobytes(),
+        check=True,
+    )
 
 
 def make_items(folder: Path, clip: Path, n: int) -> list[str]:
@@ -72,7 +108,10 @@ def make_items(folder: Path, clip: Path, n: int) -> list[str]:
 
 
 def catalog_rows(urls: list[str]) -> list[dict]:
-    return [{"id": Path(u).stem, "sentences": ["noise"], "url": u, "protocol_sentences": [0]} for u in urls]
+    return [
+        {"id": Path(u).stem, "sentences": ["noise"], "url": u, "protocol_sentences": [0]}
+        for u in urls
+    ]
 
 
 class LocalServer:
@@ -80,9 +119,21 @@ class LocalServer:
 
     def __init__(self, folder: Path, latency: float):
         port_file = Path(tempfile.mktemp(prefix="port-", dir=folder))
-        self.proc = subprocess.Popen([sys.executable, "-m", "mrw.sample", "serve", str(folder),
-                                      "--latency", str(latency), "--port-file", str(port_file)],
-                                     cwd=REPO, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mrw.sample",
+                "serve",
+                str(folder),
+                "--latency",
+                str(latency),
+                "--port-file",
+                str(port_file),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -109,6 +160,7 @@ def sequential(urls: list[str]) -> float:
 def pooled(urls: list[str]) -> float:
     fetcher = Fetcher(FetchConfig(timeout=30, retries=0))
     t0 = time.perf_counter()
+
     def one(url):
         r = fetcher.fetch(url)
         return r.error_text  # the bytes are dropped, as the sequential loop drops them
@@ -127,17 +179,19 @@ def rss_child(work: Path, urls: list[str]) -> tuple[float, float]:
     write_catalog(catalog_rows(urls), root, "mrw", "test")
     # the child reports its own VmHWM: getrusage's ru_maxrss would carry this (bigger) process's
     # peak across fork+exec
-    code = ("import sys; sys.path.insert(0, %r); from mrw.download import download_split; "
-            "r = download_split(root=%r, dataset='mrw', split='test', workers=%d, progress=False, "
-            "log=lambda m: None); "
-            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
-            "print(hwm); sys.exit(0 if r.ok == %d else 1)") % (str(REPO), str(root), WORKERS, len(urls))
+    code = (
+        "import sys; sys.path.insert(0, %r); from mrw.download import download_split; "
+        "r = download_split(root=%r, dataset='mrw', split='test', workers=%d, progress=False, "
+        "log=lambda m: None); "
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+        "print(hwm); sys.exit(0 if r.ok == %d else 1)"
+    ) % (str(REPO), str(root), WORKERS, len(urls))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"the {len(urls)}-item download did not succeed: {proc.stderr[-500:]}")
-    return seconds, int(proc.stdout.split()[-1]) / (1024 ** 2)  # VmHWM is in KiB
+    return seconds, int(proc.stdout.split()[-1]) / (1024**2)  # VmHWM is in KiB
 
 
 def write_section(body: str) -> None:
@@ -161,18 +215,27 @@ def main(argv=None) -> None:
         slow = [LocalServer(work, LATENCY) for _ in range(SERVERS)]
         fast = [LocalServer(work, 0.0) for _ in range(SERVERS)]
         try:
+
             def urls(servers, n):
                 return [f"{servers[i % SERVERS].url}/media/{names[i]}" for i in range(n)]
 
             slow_urls = urls(slow, args.items)
-            sequential(urls(slow, SERVERS) + urls(fast, SERVERS))  # warm: every server answered once
+            sequential(
+                urls(slow, SERVERS) + urls(fast, SERVERS)
+            )  # warm: every server answered once
             t_pool = pooled(slow_urls)
             t_seq = sequential(slow_urls)
             root = work / "root-fast"
             write_catalog(catalog_rows(urls(fast, args.items)), root, "mrw", "test")
             t0 = time.perf_counter()
-            report = download_split(root=root, dataset="mrw", split="test", workers=WORKERS, progress=False,
-                                    log=lambda m: None)
+            report = download_split(
+                root=root,
+                dataset="mrw",
+                split="test",
+                workers=WORKERS,
+                progress=False,
+                log=lambda m: None,
+            )
             t_full = time.perf_counter() - t0
             if report.ok != args.items:
                 raise SystemExit(f"download: {report.summary()}")

@@ -17,6 +17,7 @@ Rewrites only its own section of benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/bench_evaluate.py [--repeats 2] [--loop-queries 40] [--gpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+import _results
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -38,8 +39,12 @@ N, K, D = 5000, 5, 1024
 
 def child(code: str, *args) -> dict:
     """Run `code` in a fresh interpreter; it prints one JSON line last."""
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                         cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise SystemExit(f"benchmark step failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -139,37 +144,57 @@ def gpu_only(repeats: int) -> None:
         for r in range(repeats):
             for key in runs:
                 runs[key].append(child(EVALUATE, root, int(key == "gpu")))
-            print(f"run {r + 1}: CPU {runs['cpu'][-1]['wall']:.2f} s, --gpu {runs['gpu'][-1]['wall']:.2f} s",
-                  flush=True)
+            print(
+                f"run {r + 1}: CPU {runs['cpu'][-1]['wall']:.2f} s, --gpu {runs['gpu'][-1]['wall']:.2f} s",
+                flush=True,
+            )
     best = {key: min(v, key=lambda x: x["wall"]) for key, v in runs.items()}
     same = all(x["rsum"] == best["cpu"]["rsum"] for v in runs.values() for x in v)
-    body = "\n".join([
-        "## Evaluation at MRW scale on a GPU (`benchmarks/bench_evaluate.py --gpu-only`)", "",
-        f"Machine: {machine()}; GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", "",
-        f"Workload: as in the CPU section, {N:,} items x K={K} and {N:,} sentences x K={K}, D={D:,}; "
-        f"each evaluation in its own process, end to end from `preds.json` (the CUDA start-up "
-        f"included); fastest of {repeats}.", "",
-        "| what | wall (s) | speed vs the CPU evaluator on this machine |", "|---|---:|---:|",
-        f"| evaluator on this machine's CPUs | {best['cpu']['wall']:.2f} | 1.00x |",
-        f"| evaluator with `--gpu` | {best['gpu']['wall']:.2f} | "
-        f"{best['cpu']['wall'] / best['gpu']['wall']:.2f}x |", "",
-        f"Same rsum on both devices in every run: {'yes' if same else '**no**'} "
-        f"({best['cpu']['rsum']:.4f}).",
-    ])
+    body = "\n".join(
+        [
+            "## Evaluation at MRW scale on a GPU (`benchmarks/bench_evaluate.py --gpu-only`)",
+            "",
+            f"Machine: {machine()}; GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}",
+            "",
+            f"Workload: as in the CPU section, {N:,} items x K={K} and {N:,} sentences x K={K}, D={D:,}; "
+            f"each evaluation in its own process, end to end from `preds.json` (the CUDA start-up "
+            f"included); fastest of {repeats}.",
+            "",
+            "| what | wall (s) | speed vs the CPU evaluator on this machine |",
+            "|---|---:|---:|",
+            f"| evaluator on this machine's CPUs | {best['cpu']['wall']:.2f} | 1.00x |",
+            f"| evaluator with `--gpu` | {best['gpu']['wall']:.2f} | "
+            f"{best['cpu']['wall'] / best['gpu']['wall']:.2f}x |",
+            "",
+            f"Same rsum on both devices in every run: {'yes' if same else '**no**'} "
+            f"({best['cpu']['rsum']:.4f}).",
+        ]
+    )
     print(body)
     _results.write_section(SECTION + "_gpu", body)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--loop-queries", type=int, default=40,
-                    help="queries per direction timed for the per-query loop (scaled to 5,000)")
-    ap.add_argument("--repeats", type=int, default=2,
-                    help="evaluator and matmul runs, interleaved; the fastest of each is reported")
+    ap.add_argument(
+        "--loop-queries",
+        type=int,
+        default=40,
+        help="queries per direction timed for the per-query loop (scaled to 5,000)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="evaluator and matmul runs, interleaved; the fastest of each is reported",
+    )
     ap.add_argument("--gpu", action="store_true", help="also time the evaluator with --gpu")
-    ap.add_argument("--gpu-only", action="store_true",
-                    help="the evaluator with --gpu against itself on this machine's CPUs, into its "
-                         "own section, bench_evaluate_gpu")
+    ap.add_argument(
+        "--gpu-only",
+        action="store_true",
+        help="the evaluator with --gpu against itself on this machine's CPUs, into its "
+        "own section, bench_evaluate_gpu",
+    )
     args = ap.parse_args()
     if args.gpu_only:
         return gpu_only(args.repeats)
@@ -182,10 +207,12 @@ def main() -> None:
         for r in range(args.repeats):  # interleaved, so a burst of load hits both alike
             runs["ev"].append(child(EVALUATE, root, 0))
             runs["mm"].append(child(MATMUL, N * K, D))
-            print(f"run {r + 1}: evaluator {runs['ev'][-1]['wall']:.2f} s (cpu {runs['ev'][-1]['cpu']:.1f} s, "
-                  f"peak RSS {runs['ev'][-1]['peak_rss'] / 2**30:.2f} GiB); one float32 matmul "
-                  f"{N * K}x{D} @ {D}x{N * K}: {runs['mm'][-1]['wall']:.2f} s (cpu {runs['mm'][-1]['cpu']:.1f} s)",
-                  flush=True)
+            print(
+                f"run {r + 1}: evaluator {runs['ev'][-1]['wall']:.2f} s (cpu {runs['ev'][-1]['cpu']:.1f} s, "
+                f"peak RSS {runs['ev'][-1]['peak_rss'] / 2**30:.2f} GiB); one float32 matmul "
+                f"{N * K}x{D} @ {D}x{N * K}: {runs['mm'][-1]['wall']:.2f} s (cpu {runs['mm'][-1]['cpu']:.1f} s)",
+                flush=True,
+            )
         ev = min(runs["ev"], key=lambda x: x["wall"])
         ev["peak_rss"] = max(x["peak_rss"] for x in runs["ev"])
         mm = min(runs["mm"], key=lambda x: x["wall"])
@@ -193,35 +220,54 @@ def main() -> None:
         if gpu:
             print(f"evaluator (--gpu, end to end): {gpu['wall']:.2f} s", flush=True)
         loop = child(LOOP, root, args.loop_queries)
-        print(f"per-query loop: {loop['queries']} + {loop['queries']} queries in "
-              f"{loop['i2t'] + loop['t2i']:.2f} s, scaled to {N} + {N}: {loop['scaled']:.1f} s", flush=True)
+        print(
+            f"per-query loop: {loop['queries']} + {loop['queries']} queries in "
+            f"{loop['i2t'] + loop['t2i']:.2f} s, scaled to {N} + {N}: {loop['scaled']:.1f} s",
+            flush=True,
+        )
 
     vs_mm, vs_loop = ev["wall"] / mm["wall"], loop["scaled"] / ev["wall"]
     gib = ev["peak_rss"] / 2**30
     cpu_mm = ev["cpu"] / mm["cpu"]
-    print(f"evaluator / matmul = {vs_mm:.2f}x wall, {cpu_mm:.2f}x cpu (target <= 1.3x); loop / evaluator = "
-          f"{vs_loop:.1f}x (target >= 15x); peak RSS {gib:.2f} GiB (target < 2 GiB)")
-    rows = [f"| evaluator, end to end from `preds.json` (CPU) | {ev['wall']:.2f} | {ev['cpu']:.1f} | "
-            f"{vs_mm:.2f}x | {gib:.2f} |",
-            f"| one float32 matmul {N * K:,} x {D:,} @ {D:,} x {N * K:,} (numpy BLAS) | {mm['wall']:.2f} | "
-            f"{mm['cpu']:.1f} | 1.00x | |",
-            f"| per-query Python loop like the reference, {loop['queries']} + {loop['queries']} queries "
-            f"scaled to {N:,} + {N:,} | {loop['scaled']:.1f} | | {loop['scaled'] / mm['wall']:.1f}x | |"]
+    print(
+        f"evaluator / matmul = {vs_mm:.2f}x wall, {cpu_mm:.2f}x cpu (target <= 1.3x); loop / evaluator = "
+        f"{vs_loop:.1f}x (target >= 15x); peak RSS {gib:.2f} GiB (target < 2 GiB)"
+    )
+    rows = [
+        f"| evaluator, end to end from `preds.json` (CPU) | {ev['wall']:.2f} | {ev['cpu']:.1f} | "
+        f"{vs_mm:.2f}x | {gib:.2f} |",
+        f"| one float32 matmul {N * K:,} x {D:,} @ {D:,} x {N * K:,} (numpy BLAS) | {mm['wall']:.2f} | "
+        f"{mm['cpu']:.1f} | 1.00x | |",
+        f"| per-query Python loop like the reference, {loop['queries']} + {loop['queries']} queries "
+        f"scaled to {N:,} + {N:,} | {loop['scaled']:.1f} | | {loop['scaled'] / mm['wall']:.1f}x | |",
+    ]
     if gpu:
-        rows.insert(1, f"| evaluator, end to end (`--gpu`) | {gpu['wall']:.2f} | | {gpu['wall'] / mm['wall']:.2f}x | |")
-    body = "\n".join([
-        "## Evaluation at MRW scale (`benchmarks/bench_evaluate.py`)", "",
-        f"Machine: {machine()}", "",
-        f"Workload: {N:,} items x K={K} and {N:,} sentences x K={K}, D={D:,}, float32 embeddings "
-        "(seed 0), evaluated both directions; every step in its own process.", "",
-        f"Evaluator and matmul: fastest of {args.repeats} interleaved runs; cpu = process CPU time, all threads.", "",
-        "| what | wall (s) | cpu (s) | wall vs the matmul | peak RSS (GiB) |", "|---|---:|---:|---:|---:|",
-        *rows, "",
-        f"Evaluator / matmul: **{vs_mm:.2f}x** wall, {cpu_mm:.2f}x CPU time (target <= 1.3x). "
-        f"Loop / evaluator: **{vs_loop:.1f}x** (target >= 15x). Evaluator peak RSS: **{gib:.2f} GiB** "
-        "(target < 2 GiB). Load average at the start: " + ", ".join(f"{x:.1f}" for x in load)
-        + " (wall times on a loaded machine are noisy; CPU time much less so).",
-    ])
+        rows.insert(
+            1,
+            f"| evaluator, end to end (`--gpu`) | {gpu['wall']:.2f} | | {gpu['wall'] / mm['wall']:.2f}x | |",
+        )
+    body = "\n".join(
+        [
+            "## Evaluation at MRW scale (`benchmarks/bench_evaluate.py`)",
+            "",
+            f"Machine: {machine()}",
+            "",
+            f"Workload: {N:,} items x K={K} and {N:,} sentences x K={K}, D={D:,}, float32 embeddings "
+            "(seed 0), evaluated both directions; every step in its own process.",
+            "",
+            f"Evaluator and matmul: fastest of {args.repeats} interleaved runs; cpu = process CPU time, all threads.",
+            "",
+            "| what | wall (s) | cpu (s) | wall vs the matmul | peak RSS (GiB) |",
+            "|---|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"Evaluator / matmul: **{vs_mm:.2f}x** wall, {cpu_mm:.2f}x CPU time (target <= 1.3x). "
+            f"Loop / evaluator: **{vs_loop:.1f}x** (target >= 15x). Evaluator peak RSS: **{gib:.2f} GiB** "
+            "(target < 2 GiB). Load average at the start: "
+            + ", ".join(f"{x:.1f}" for x in load)
+            + " (wall times on a loaded machine are noisy; CPU time much less so).",
+        ]
+    )
     write_section(body)
     print(f"wrote the bench_evaluate section of {RESULTS.relative_to(REPO)}")
 

@@ -12,6 +12,7 @@ MP4 and GIF clips made with ffmpeg), then measures:
 
     python benchmarks/bench_extract.py [--clips N] [--no-write]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,21 +28,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
 import torch  # noqa: E402
 
 from mrw import catalog, paths  # noqa: E402
 from mrw.download import download_split  # noqa: E402
-from mrw.features import (CROP, build_backbone, default_workers, extract_features,  # noqa: E402
-                          largest_batch, place_trunk)
+from mrw.features import (  # noqa: E402
+    CROP,
+    build_backbone,
+    default_workers,
+    extract_features,
+    largest_batch,
+    place_trunk,
+)
 from mrw.frames import extract_frames  # noqa: E402
-
-import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "bench_extract"
 # (format, fps, seconds, width, height): the mix of a GIF-and-short-clip dataset
-CLIP_KINDS = [("mp4", 30, 4.0, 480, 360), ("gif", 10, 3.0, 320, 240), ("mp4", 24, 6.0, 640, 360),
-              ("gif", 15, 2.0, 400, 300)]
+CLIP_KINDS = [
+    ("mp4", 30, 4.0, 480, 360),
+    ("gif", 10, 3.0, 320, 240),
+    ("mp4", 24, 6.0, 640, 360),
+    ("gif", 15, 2.0, 400, 300),
+]
 
 
 cpu_name = _results.cpu_name
@@ -54,20 +64,47 @@ def make_split(root: Path, media: Path, clips: int) -> float:
     def make(k: int) -> float:
         fmt, fps, dur, w, h = CLIP_KINDS[k % len(CLIP_KINDS)]
         pattern = ("testsrc", "testsrc2", "smptebars", "rgbtestsrc")[k % 4]
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-threads", "1", "-f", "lavfi",
-                        "-i", f"{pattern}=size={w}x{h}:rate={fps}:duration={dur}",
-                        *(["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]
-                          if fmt == "mp4" else []),
-                        str(media / f"clip{k:04d}.{fmt}")], check=True, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-threads",
+                "1",
+                "-f",
+                "lavfi",
+                "-i",
+                f"{pattern}=size={w}x{h}:rate={fps}:duration={dur}",
+                *(
+                    ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]
+                    if fmt == "mp4"
+                    else []
+                ),
+                str(media / f"clip{k:04d}.{fmt}"),
+            ],
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
         return dur
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         seconds = sum(pool.map(make, range(clips)))
-    rows = [{"id": f"clip{k:04d}", "sentences": [f"clip {k}"], "url": None,
-             "protocol_sentences": [0]} for k in range(clips)]
+    rows = [
+        {"id": f"clip{k:04d}", "sentences": [f"clip {k}"], "url": None, "protocol_sentences": [0]}
+        for k in range(clips)
+    ]
     catalog.write_catalog(rows, root, "mrw", "test")
-    download_split(root=root, dataset="mrw", split="test", from_dir=media, workers=2,
-                   progress=False, log=lambda msg: None)
+    download_split(
+        root=root,
+        dataset="mrw",
+        split="test",
+        from_dir=media,
+        workers=2,
+        progress=False,
+        log=lambda msg: None,
+    )
     return seconds
 
 
@@ -99,29 +136,49 @@ def pure_forward_fps(backbone: str, device: torch.device, batch_size: int, batch
     return batch_size * batches / (time.perf_counter() - start)
 
 
-def compare(root: Path, backbone: str, device: torch.device, batch_size: int,
-            max_frames: int) -> dict:
+def compare(
+    root: Path, backbone: str, device: torch.device, batch_size: int, max_frames: int
+) -> dict:
     """End-to-end between two pure-forward runs; the faster of those is the reference, so a
     passing load on a shared machine cannot flatter the ratio."""
     before = pure_forward_fps(backbone, device, batch_size, batches=4)
     e2e = features_run(root, backbone, device.type == "cuda", batch_size, max_frames)
-    after = pure_forward_fps(backbone, device, batch_size,
-                             batches=max(4, e2e["frames"] // batch_size))
+    after = pure_forward_fps(
+        backbone, device, batch_size, batches=max(4, e2e["frames"] // batch_size)
+    )
     pure = max(before, after)
-    return {"backbone": backbone, "batch": batch_size, "max_frames": max_frames, **e2e,
-            "pure_fps": pure, "ratio": e2e["fps"] / pure}
+    return {
+        "backbone": backbone,
+        "batch": batch_size,
+        "max_frames": max_frames,
+        **e2e,
+        "pure_fps": pure,
+        "ratio": e2e["fps"] / pure,
+    }
 
 
 def features_run(root: Path, backbone: str, gpu: bool, batch_size: int, max_frames: int) -> dict:
     """End-to-end `extract-features` on the frame shards; the loop's own clock and the wall's."""
     shutil.rmtree(paths.dataset_dir(root, "mrw") / "features", ignore_errors=True)
     start = time.perf_counter()
-    report = extract_features(root=root, dataset="mrw", split="test", backbone=backbone,
-                              weights="none", gpu=gpu, batch_size=batch_size,
-                              max_frames=max_frames, progress=False)
+    report = extract_features(
+        root=root,
+        dataset="mrw",
+        split="test",
+        backbone=backbone,
+        weights="none",
+        gpu=gpu,
+        batch_size=batch_size,
+        max_frames=max_frames,
+        progress=False,
+    )
     wall = time.perf_counter() - start
-    return {"frames": report.frames, "fps": report.frames / report.elapsed_s,
-            "wall_fps": report.frames / wall, "failed": report.items_failed}
+    return {
+        "frames": report.frames,
+        "fps": report.frames / report.elapsed_s,
+        "wall_fps": report.frames / wall,
+        "failed": report.items_failed,
+    }
 
 
 def loader_only_fps(root: Path, max_frames: int) -> float:
@@ -134,22 +191,31 @@ def loader_only_fps(root: Path, max_frames: int) -> float:
     frames, start = 0, time.perf_counter()
     for index in complete_shards(frames_dir)[0]:
         table, _ = _source_shard("frames", frames_dir, index)
-        loader = torch.utils.data.DataLoader(ItemFrames(table, max_frames, None), batch_size=None,
-                                             num_workers=default_workers(True), prefetch_factor=4)
+        loader = torch.utils.data.DataLoader(
+            ItemFrames(table, max_frames, None),
+            batch_size=None,
+            num_workers=default_workers(True),
+            prefetch_factor=4,
+        )
         frames += sum(crops.shape[0] for _, crops, _, _ in loader if crops is not None)
     return frames / (time.perf_counter() - start)
 
 
 def run(clips: int, root: Path, cpu: bool = True, gpu: bool | None = None) -> dict:
     seconds = make_split(root, root / "media", clips)
-    r = {"clips": clips, "video_seconds": seconds, "cpus": os.cpu_count(),
-         "threads": torch.get_num_threads()}
+    r = {
+        "clips": clips,
+        "video_seconds": seconds,
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
 
     rep = extract_frames(root=root, dataset="mrw", split="test", progress=False)
     if rep.items_failed:
         raise SystemExit(f"{rep.items_failed} clips failed to decode: {rep.summary()}")
-    r.update(frames=rep.frames, frames_fps=rep.frames / rep.elapsed_s,
-             realtime=seconds / rep.elapsed_s)
+    r.update(
+        frames=rep.frames, frames_fps=rep.frames / rep.elapsed_s, realtime=seconds / rep.elapsed_s
+    )
 
     if cpu:
         r["cpu"] = {**compare(root, "resnet18", torch.device("cpu"), 32, 16), "target": 0.80}
@@ -160,9 +226,13 @@ def run(clips: int, root: Path, cpu: bool = True, gpu: bool | None = None) -> di
         gpu_batch = largest_batch(trunk, device, grid=False)
         del trunk
         torch.cuda.empty_cache()
-        r["gpu"] = {**compare(root, "resnet152", device, gpu_batch, 64), "target": 0.70,
-                    "name": torch.cuda.get_device_name(0),
-                    "loader_fps": loader_only_fps(root, 64), "workers": default_workers(True)}
+        r["gpu"] = {
+            **compare(root, "resnet152", device, gpu_batch, 64),
+            "target": 0.70,
+            "name": torch.cuda.get_device_name(0),
+            "loader_fps": loader_only_fps(root, 64),
+            "workers": default_workers(True),
+        }
     return r
 
 
@@ -194,17 +264,27 @@ def render(r: dict, title: str = "Frame and feature extraction") -> str:
             f"{c['max_frames']} frames per clip) | {c['fps']:,.1f} frames/s ({c['frames']} frames; "
             f"{c['wall_fps']:,.1f} with start-up) | pure forward on in-memory tensors (faster of "
             f"before and after): {c['pure_fps']:,.1f} frames/s | {c['ratio']:.2f} | >= {c['target']:.2f} | "
-            f"{ok(c['ratio'] >= c['target'])} |")
+            f"{ok(c['ratio'] >= c['target'])} |"
+        )
     if "gpu" in r:
-        lines += ["", f"The CPU side of the GPU run alone (frame shards read, JPEGs decoded and "
-                      f"cropped in {r['gpu'].get('workers', 'the default')} DataLoader workers, no model): "
-                      f"{r['gpu']['loader_fps']:,.0f} frames/s."]
+        lines += [
+            "",
+            f"The CPU side of the GPU run alone (frame shards read, JPEGs decoded and "
+            f"cropped in {r['gpu'].get('workers', 'the default')} DataLoader workers, no model): "
+            f"{r['gpu']['loader_fps']:,.0f} frames/s.",
+        ]
     if "gpu" not in r and "cpu" in r:
-        lines += ["", "No GPU on this machine: the resnet152 CUDA row (target 0.70) comes from "
-                      "`--gpu-only` on a machine with CUDA (`scripts/gpu_check.sh`), in the section "
-                      "bench_extract_gpu."]
-    lines += ["", "End-to-end frames/s counts from the first shard to the last one written (the "
-                  "backbone is built, and the stage checked, before); 'with start-up' includes that."]
+        lines += [
+            "",
+            "No GPU on this machine: the resnet152 CUDA row (target 0.70) comes from "
+            "`--gpu-only` on a machine with CUDA (`scripts/gpu_check.sh`), in the section "
+            "bench_extract_gpu.",
+        ]
+    lines += [
+        "",
+        "End-to-end frames/s counts from the first shard to the last one written (the "
+        "backbone is built, and the stage checked, before); 'with start-up' includes that.",
+    ]
     return "\n".join(lines)
 
 
@@ -214,12 +294,19 @@ def write_section(body: str, section: str = SECTION) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=None,
-                        help="clips in the synthetic split (default: 24; 960 with CUDA, so that "
-                             "the GPU sees many full batches and start-up weighs little)")
-    parser.add_argument("--gpu-only", action="store_true",
-                        help="only the CUDA row (and frame extraction on this machine's CPUs), "
-                             "into its own section, bench_extract_gpu")
+    parser.add_argument(
+        "--clips",
+        type=int,
+        default=None,
+        help="clips in the synthetic split (default: 24; 960 with CUDA, so that "
+        "the GPU sees many full batches and start-up weighs little)",
+    )
+    parser.add_argument(
+        "--gpu-only",
+        action="store_true",
+        help="only the CUDA row (and frame extraction on this machine's CPUs), "
+        "into its own section, bench_extract_gpu",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
     args = parser.parse_args(argv)
     if args.gpu_only and not torch.cuda.is_available():
@@ -228,8 +315,9 @@ def main(argv=None) -> None:
     try:
         clips = args.clips or (960 if torch.cuda.is_available() else 24)
         if args.gpu_only:
-            text = render(run(clips, root, cpu=False, gpu=True),
-                          title="Frame and feature extraction on a GPU")
+            text = render(
+                run(clips, root, cpu=False, gpu=True), title="Frame and feature extraction on a GPU"
+            )
         else:
             text = render(run(clips, root))
     finally:

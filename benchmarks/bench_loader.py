@@ -14,6 +14,7 @@ Prints the numbers and rewrites its own section of benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/bench_loader.py [--items 5000] [--keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,25 +31,32 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import torch
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mrw.loader  # noqa: E402,F401  - torch and the loader imported before measuring
-from mrw import load_dataset, paths  # noqa: E402
-from mrw.catalog import write_catalog  # noqa: E402
-from mrw.shards import shard_ranges, write_shard  # noqa: E402
+import _results
 
-import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+import mrw.loader  # noqa: F401  - torch and the loader imported before measuring
+from mrw import load_dataset, paths
+from mrw.catalog import write_catalog
+from mrw.shards import shard_ranges, write_shard
 
 SECTION = "bench_loader"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 DIM = 2048
 SHARD_SIZE = 1000
-SCHEMA = pa.schema([("id", pa.string()), ("features", pa.binary()), ("num_frames", pa.int32()),
-                    ("dim", pa.int32()), ("timestamps", pa.list_(pa.float64()))])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("features", pa.binary()),
+        ("num_frames", pa.int32()),
+        ("dim", pa.int32()),
+        ("timestamps", pa.list_(pa.float64())),
+    ]
+)
 
 
 cpu_name = _results.cpu_name
@@ -58,8 +66,20 @@ def write_features_split(root: Path, n: int) -> int:
     """A catalog and feature shards of `n` items; returns the bytes of feature data written."""
     rng = np.random.default_rng(0)
     ids = [f"v{i:06d}" for i in range(n)]
-    write_catalog([{"id": i, "sentences": [f"my reaction when item {k} happens"], "url": None,
-                    "protocol_sentences": [0]} for k, i in enumerate(ids)], root, "mrw", "test")
+    write_catalog(
+        [
+            {
+                "id": i,
+                "sentences": [f"my reaction when item {k} happens"],
+                "url": None,
+                "protocol_sentences": [0],
+            }
+            for k, i in enumerate(ids)
+        ],
+        root,
+        "mrw",
+        "test",
+    )
     folder = paths.features_dir(root, "mrw", "test")
     total = 0
     for k, (a, b) in enumerate(shard_ranges(n, SHARD_SIZE)):
@@ -68,11 +88,24 @@ def write_features_split(root: Path, n: int) -> int:
             t = int(rng.integers(8, 25))
             feats = rng.standard_normal((t, DIM), dtype=np.float32).astype("<f2").tobytes()
             total += len(feats)
-            rows.append({"id": ids[i], "features": feats, "num_frames": t, "dim": DIM,
-                         "timestamps": [j / 8 for j in range(t)]})
-        write_shard(folder, k, pa.Table.from_pylist(rows, schema=SCHEMA),
-                    [{"id": r["id"], "url": None, "status": "ok", "error": None, "attempts": 1}
-                     for r in rows])
+            rows.append(
+                {
+                    "id": ids[i],
+                    "features": feats,
+                    "num_frames": t,
+                    "dim": DIM,
+                    "timestamps": [j / 8 for j in range(t)],
+                }
+            )
+        write_shard(
+            folder,
+            k,
+            pa.Table.from_pylist(rows, schema=SCHEMA),
+            [
+                {"id": r["id"], "url": None, "status": "ok", "error": None, "attempts": 1}
+                for r in rows
+            ],
+        )
     return total
 
 
@@ -117,8 +150,10 @@ def run(n: int, root: Path, repeats: int = 9) -> dict:
     t0 = time.perf_counter()
     files = sorted(paths.features_dir(root, "mrw", "test").glob("shard-*.parquet"))
     if files and sum(pq.ParquetFile(f).metadata.num_rows for f in files) == n:
-        data_bytes = sum(sum(len(b) for b in pq.read_table(f, columns=["features"]).column(0).to_pylist())
-                         for f in files)  # a split kept from an earlier run (--keep)
+        data_bytes = sum(
+            sum(len(b) for b in pq.read_table(f, columns=["features"]).column(0).to_pylist())
+            for f in files
+        )  # a split kept from an earlier run (--keep)
     else:
         data_bytes = write_features_split(root, n)
         files = sorted(paths.features_dir(root, "mrw", "test").glob("shard-*.parquet"))
@@ -138,8 +173,15 @@ def run(n: int, root: Path, repeats: int = 9) -> dict:
     after_iter_mb = (rss() - before) / 2**20
     stream = load_dataset("mrw", split="test", root=root, streaming=True)
     half = load_dataset("mrw", split="test", root=root, dtype=torch.float16)
-    best = best_times({"raw": lambda: raw_read(files), "map": lambda: iterate(ds),
-                       "stream": lambda: iterate(stream), "half": lambda: iterate(half)}, repeats)
+    best = best_times(
+        {
+            "raw": lambda: raw_read(files),
+            "map": lambda: iterate(ds),
+            "stream": lambda: iterate(stream),
+            "half": lambda: iterate(half),
+        },
+        repeats,
+    )
     raw_s, map_s, stream_s, half_s = best["raw"], best["map"], best["stream"], best["half"]
 
     rng = random.Random(0)
@@ -151,45 +193,56 @@ def run(n: int, root: Path, repeats: int = 9) -> dict:
         lat.append(time.perf_counter() - t)
     lat_ms = sorted(x * 1000 for x in lat)
     return {
-        "load": load, "items": n, "feature_mb": data_bytes / 2**20, "write_s": write_s,
+        "load": load,
+        "items": n,
+        "feature_mb": data_bytes / 2**20,
+        "write_s": write_s,
         "row_groups_per_shard": pq.ParquetFile(files[0]).num_row_groups,
-        "raw_items_s": n / raw_s, "raw_mb_s": data_bytes / 2**20 / raw_s,
-        "map_items_s": n / map_s, "stream_items_s": n / stream_s,
-        "map_ratio": raw_s / map_s, "stream_ratio": raw_s / stream_s,
-        "half_items_s": n / half_s, "half_ratio": raw_s / half_s,
+        "raw_items_s": n / raw_s,
+        "raw_mb_s": data_bytes / 2**20 / raw_s,
+        "map_items_s": n / map_s,
+        "stream_items_s": n / stream_s,
+        "map_ratio": raw_s / map_s,
+        "stream_ratio": raw_s / stream_s,
+        "half_items_s": n / half_s,
+        "half_ratio": raw_s / half_s,
         "getitem_median_ms": statistics.median(lat_ms),
         "getitem_p95_ms": lat_ms[int(0.95 * len(lat_ms))],
-        "open_s": open_s, "open_rss_mb": open_mb, "after_iteration_rss_mb": after_iter_mb,
+        "open_s": open_s,
+        "open_rss_mb": open_mb,
+        "after_iteration_rss_mb": after_iter_mb,
     }
 
 
 def report(r: dict) -> str:
     ok = lambda cond: "yes" if cond else "**NO**"  # noqa: E731
-    return "\n".join([
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores (load average {r['load']:.1f} when the "
-        f"run started); Python {platform.python_version()}, pyarrow {pa.__version__}, "
-        f"numpy {np.__version__}, torch {torch.__version__}.",
-        f"Workload: a synthetic MRW features split of {r['items']:,} items in shards of "
-        f"{SHARD_SIZE} ({r['row_groups_per_shard']} row groups each), D = {DIM}, 8-24 frames per "
-        f"item, {r['feature_mb']:.0f} MiB of float16 features; page cache warm; best of 9 turns.",
-        "",
-        "| measure | value | target | met |",
-        "|---|---|---|---|",
-        f"| raw pyarrow `read_table` of the shards (reference) | {r['raw_items_s']:,.0f} items/s "
-        f"({r['raw_mb_s']:,.0f} MiB/s) | | |",
-        f"| `for item in ds` (map-style, float32 tensors) | {r['map_items_s']:,.0f} items/s = "
-        f"{r['map_ratio']:.2f} x raw | >= 0.50 x raw | {ok(r['map_ratio'] >= 0.5)} |",
-        f"| streaming iteration | {r['stream_items_s']:,.0f} items/s = {r['stream_ratio']:.2f} x raw "
-        f"| >= 0.50 x raw | {ok(r['stream_ratio'] >= 0.5)} |",
-        f"| `for item in ds` with `dtype=torch.float16` (as stored) | {r['half_items_s']:,.0f} "
-        f"items/s = {r['half_ratio']:.2f} x raw | | |",
-        f"| `ds[i]` at 1,000 random i, median (p95) | {r['getitem_median_ms']:.2f} ms "
-        f"({r['getitem_p95_ms']:.2f} ms) | < 5 ms | {ok(r['getitem_median_ms'] < 5)} |",
-        f"| resident memory added by opening the split ({r['open_s']:.2f} s) | "
-        f"{r['open_rss_mb']:.1f} MiB | < 200 MB | {ok(r['open_rss_mb'] * 2**20 < 200e6)} |",
-        f"| resident memory added after iterating it once | {r['after_iteration_rss_mb']:.1f} MiB "
-        f"| bounded | |",
-    ])
+    return "\n".join(
+        [
+            f"Machine: {cpu_name()}, {os.cpu_count()} cores (load average {r['load']:.1f} when the "
+            f"run started); Python {platform.python_version()}, pyarrow {pa.__version__}, "
+            f"numpy {np.__version__}, torch {torch.__version__}.",
+            f"Workload: a synthetic MRW features split of {r['items']:,} items in shards of "
+            f"{SHARD_SIZE} ({r['row_groups_per_shard']} row groups each), D = {DIM}, 8-24 frames per "
+            f"item, {r['feature_mb']:.0f} MiB of float16 features; page cache warm; best of 9 turns.",
+            "",
+            "| measure | value | target | met |",
+            "|---|---|---|---|",
+            f"| raw pyarrow `read_table` of the shards (reference) | {r['raw_items_s']:,.0f} items/s "
+            f"({r['raw_mb_s']:,.0f} MiB/s) | | |",
+            f"| `for item in ds` (map-style, float32 tensors) | {r['map_items_s']:,.0f} items/s = "
+            f"{r['map_ratio']:.2f} x raw | >= 0.50 x raw | {ok(r['map_ratio'] >= 0.5)} |",
+            f"| streaming iteration | {r['stream_items_s']:,.0f} items/s = {r['stream_ratio']:.2f} x raw "
+            f"| >= 0.50 x raw | {ok(r['stream_ratio'] >= 0.5)} |",
+            f"| `for item in ds` with `dtype=torch.float16` (as stored) | {r['half_items_s']:,.0f} "
+            f"items/s = {r['half_ratio']:.2f} x raw | | |",
+            f"| `ds[i]` at 1,000 random i, median (p95) | {r['getitem_median_ms']:.2f} ms "
+            f"({r['getitem_p95_ms']:.2f} ms) | < 5 ms | {ok(r['getitem_median_ms'] < 5)} |",
+            f"| resident memory added by opening the split ({r['open_s']:.2f} s) | "
+            f"{r['open_rss_mb']:.1f} MiB | < 200 MB | {ok(r['open_rss_mb'] * 2**20 < 200e6)} |",
+            f"| resident memory added after iterating it once | {r['after_iteration_rss_mb']:.1f} MiB "
+            f"| bounded | |",
+        ]
+    )
 
 
 def write_section(text: str) -> None:
@@ -199,9 +252,13 @@ def write_section(text: str) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=5000)
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="Write the split here and keep it, or reuse the one an earlier run kept there "
-                             "(default: a temporary folder).")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="Write the split here and keep it, or reuse the one an earlier run kept there "
+        "(default: a temporary folder).",
+    )
     parser.add_argument("--no-write", action="store_true", help="Print only; leave RESULTS.md.")
     args = parser.parse_args(argv)
     root = args.keep or Path(tempfile.mkdtemp(prefix="mrw-bench-loader-"))

@@ -12,6 +12,7 @@ when a GPU is present) the same steps are timed on it in float32 and with autoca
 
 Prints the numbers and rewrites its own section of benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,17 +25,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from baselines.pienet.config import load_config  # noqa: E402
-from baselines.pienet.loss import pvse_loss  # noqa: E402
-from baselines.pienet.model import PVSE  # noqa: E402
-from baselines.pienet.predict import autocast  # noqa: E402
+import _results
 
-import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
+from baselines.pienet.config import load_config
+from baselines.pienet.loss import pvse_loss
+from baselines.pienet.model import PVSE
+from baselines.pienet.predict import autocast
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "bench_train"
-MRW_VOCAB = 34835      # yalesong/pvse README: MRW's word vocabulary
-SENTENCE_TOKENS = 13   # 11.36 words on average (MRW train), plus <start> and <end>
+MRW_VOCAB = 34835  # yalesong/pvse README: MRW's word vocabulary
+SENTENCE_TOKENS = 13  # 11.36 words on average (MRW train), plus <start> and <end>
 
 
 cpu_name = _results.cpu_name
@@ -61,8 +62,9 @@ def pairs_per_second(config_name: str, device: torch.device, steps: int, mixed: 
 
     def step():
         with use_autocast:
-            loss, _ = pvse_loss(model.embed_items(batch[0]), model.embed_sentences(batch[1], batch[2]),
-                                config)
+            loss, _ = pvse_loss(
+                model.embed_items(batch[0]), model.embed_sentences(batch[1], batch[2]), config
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -87,8 +89,11 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
     parser.add_argument("--gpu", action="store_true", help="also time CUDA (default: when present)")
     parser.add_argument("--cpu", action="store_true", help="CPU only, even when CUDA is present")
-    parser.add_argument("--gpu-only", action="store_true",
-                        help="CUDA rows only, into their own section, bench_train_gpu")
+    parser.add_argument(
+        "--gpu-only",
+        action="store_true",
+        help="CUDA rows only, into their own section, bench_train_gpu",
+    )
     args = parser.parse_args(argv)
 
     rows = []  # (device, precision, config, pairs/s)
@@ -105,17 +110,25 @@ def main(argv=None) -> None:
         for name in ("mrw", "mrw_k1"):
             for mixed in (False, True):
                 steps = args.steps * 8
-                rows.append(("cuda", "autocast fp16" if mixed else "float32", name,
-                             pairs_per_second(name, cuda, steps, mixed)))
+                rows.append(
+                    (
+                        "cuda",
+                        "autocast fp16" if mixed else "float32",
+                        name,
+                        pairs_per_second(name, cuda, steps, mixed),
+                    )
+                )
                 print(f"cuda {rows[-1][1]:13s} {name:7s} {rows[-1][3]:9.1f} pairs/s", flush=True)
 
     value = {(d, p, n): v for d, p, n, v in rows}
     lines = [
-        "## Training throughput of the PIE-Net baseline" + (" on a GPU" if args.gpu_only else "")
+        "## Training throughput of the PIE-Net baseline"
+        + (" on a GPU" if args.gpu_only else "")
         + " (`benchmarks/bench_train.py`)",
         "",
         f"CPU: {cpu_name()}, {os.cpu_count()} cores visible, torch {torch.__version__} "
-        f"with {torch.get_num_threads()} threads" + (f"; GPU: {gpu_name}" if gpu_name else "; no GPU"),
+        f"with {torch.get_num_threads()} threads"
+        + (f"; GPU: {gpu_name}" if gpu_name else "; no GPU"),
         "",
         "Synthetic batches of the MRW config (128 pairs, 4 x 2048-d frame features, 13-token "
         "sentences, 34,835 words); one step = forward, PVSE loss, backward, clip, AMSGrad. "
@@ -126,13 +139,21 @@ def main(argv=None) -> None:
     ]
     for d, p, n, v in rows:
         ratio = v / value[(d, p, "mrw_k1")]
-        lines.append(f"| {d} | {p} | {n} (K = {load_config(n).num_embeds}) | {v:.1f} | {ratio:.2f}x |")
+        lines.append(
+            f"| {d} | {p} | {n} (K = {load_config(n).num_embeds}) | {v:.1f} | {ratio:.2f}x |"
+        )
     if gpu_name:
-        lines += ["", f"CUDA autocast vs float32, MRW config: "
-                      f"{value[('cuda', 'autocast fp16', 'mrw')] / value[('cuda', 'float32', 'mrw')]:.2f}x"
-                  + ("" if args.gpu_only else
-                     f"; CUDA autocast vs this CPU: "
-                     f"{value[('cuda', 'autocast fp16', 'mrw')] / value[('cpu', 'float32', 'mrw')]:.1f}x")]
+        lines += [
+            "",
+            f"CUDA autocast vs float32, MRW config: "
+            f"{value[('cuda', 'autocast fp16', 'mrw')] / value[('cuda', 'float32', 'mrw')]:.2f}x"
+            + (
+                ""
+                if args.gpu_only
+                else f"; CUDA autocast vs this CPU: "
+                f"{value[('cuda', 'autocast fp16', 'mrw')] / value[('cpu', 'float32', 'mrw')]:.1f}x"
+            ),
+        ]
     text = "\n".join(lines)
     print(text)
     _results.write_section(SECTION + "_gpu" if args.gpu_only else SECTION, text)

@@ -1,4 +1,5 @@
 """mrw: datasets, features and the standard retrieval benchmark for MRW, TGIF and MS-COCO."""
+
 from mrw.version import __version__
 
 

@@ -1,8 +1,9 @@
 """The common catalog: one row per item of a split, whatever the dataset's release format."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,8 +36,9 @@ def catalog_schema(dataset: str) -> pa.Schema:
     return schema
 
 
-def write_catalog(rows: Iterable[dict], root, dataset: str, split: str,
-                  metadata: dict | None = None) -> Path:
+def write_catalog(
+    rows: Iterable[dict], root, dataset: str, split: str, metadata: dict | None = None
+) -> Path:
     """Write a split's catalog atomically; `rows` are dicts with the schema's columns."""
     schema = catalog_schema(dataset)
     table = pa.Table.from_pylist(list(rows), schema=schema)

@@ -2,6 +2,7 @@
 
 Exit codes (interfaces.md, section 1): 0 success, 1 runtime failure, 2 bad usage or bad input.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,16 +37,26 @@ def handle_errors(fn):
 
 
 def common_options(fn):
-    fn = click.option("--dataset", type=click.Choice(DATASETS), default="mrw", show_default=True,
-                      help="Which dataset.")(fn)
-    fn = click.option("--root", type=click.Path(file_okay=False), default=None,
-                      help="Data root (default: $MRW_HOME, else ~/.cache/mrw).")(fn)
+    fn = click.option(
+        "--dataset",
+        type=click.Choice(DATASETS),
+        default="mrw",
+        show_default=True,
+        help="Which dataset.",
+    )(fn)
+    fn = click.option(
+        "--root",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Data root (default: $MRW_HOME, else ~/.cache/mrw).",
+    )(fn)
     return fn
 
 
 def split_option(fn):
-    return click.option("--split", required=True,
-                        help="train, val or test (`valid` is accepted for val).")(fn)
+    return click.option(
+        "--split", required=True, help="train, val or test (`valid` is accepted for val)."
+    )(fn)
 
 
 class _Group(click.Group):
@@ -62,10 +73,15 @@ def main():
 
 # -- info -------------------------------------------------------------------------------------
 @main.command()
-@click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="Data root (default: $MRW_HOME, else ~/.cache/mrw).")
-@click.option("--dataset", type=click.Choice(DATASETS), default=None,
-              help="Only this dataset (default: all).")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Data root (default: $MRW_HOME, else ~/.cache/mrw).",
+)
+@click.option(
+    "--dataset", type=click.Choice(DATASETS), default=None, help="Only this dataset (default: all)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
 def info(root, dataset, as_json):
@@ -85,25 +101,66 @@ def info(root, dataset, as_json):
 @main.command()
 @common_options
 @split_option
-@click.option("--metadata", "source", default=None,
-              help="The official release: a folder, a .tar.gz, or a URL (default: the official URL).")
+@click.option(
+    "--metadata",
+    "source",
+    default=None,
+    help="The official release: a folder, a .tar.gz, or a URL (default: the official URL).",
+)
 @click.option("--catalog-only", is_flag=True, help="Build the split's catalog and stop.")
-@click.option("--from-dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Take media from local files <id>.<ext> in this folder instead of the network.")
+@click.option(
+    "--from-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Take media from local files <id>.<ext> in this folder instead of the network.",
+)
 @click.option("--limit", type=int, default=None, help="Only the first N items of the split.")
 @click.option("--workers", type=int, default=16, show_default=True, help="Download threads.")
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Items per shard.")
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="Limit on one whole response, in seconds.")
-@click.option("--retries", type=int, default=3, show_default=True,
-              help="Retries on timeouts, connection errors, 5xx and 429.")
-@click.option("--max-bytes", type=int, default=64 * 1024 * 1024, show_default=True,
-              help="Largest media file accepted, in bytes.")
-@click.option("--per-host", type=int, default=4, show_default=True,
-              help="Requests in flight to one host at a time (be polite to the media hosts).")
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Limit on one whole response, in seconds.",
+)
+@click.option(
+    "--retries",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Retries on timeouts, connection errors, 5xx and 429.",
+)
+@click.option(
+    "--max-bytes",
+    type=int,
+    default=64 * 1024 * 1024,
+    show_default=True,
+    help="Largest media file accepted, in bytes.",
+)
+@click.option(
+    "--per-host",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Requests in flight to one host at a time (be polite to the media hosts).",
+)
 @handle_errors
-def download(root, dataset, split, source, catalog_only, from_dir, limit, workers, shard_size,
-             timeout, retries, max_bytes, per_host):
+def download(
+    root,
+    dataset,
+    split,
+    source,
+    catalog_only,
+    from_dir,
+    limit,
+    workers,
+    shard_size,
+    timeout,
+    retries,
+    max_bytes,
+    per_host,
+):
     """Build the split's catalog from the official release, then fetch its media into shards."""
     from mrw.datasets import build_catalog
 
@@ -114,9 +171,19 @@ def download(root, dataset, split, source, catalog_only, from_dir, limit, worker
         return
     from mrw.download import download_split
 
-    download_split(root=root, dataset=dataset, split=split, from_dir=from_dir, limit=limit,
-                   workers=workers, shard_size=shard_size, timeout=timeout, retries=retries,
-                   max_bytes=max_bytes, per_host=per_host)
+    download_split(
+        root=root,
+        dataset=dataset,
+        split=split,
+        from_dir=from_dir,
+        limit=limit,
+        workers=workers,
+        shard_size=shard_size,
+        timeout=timeout,
+        retries=retries,
+        max_bytes=max_bytes,
+        per_host=per_host,
+    )
 
 
 # -- commands added by later stages go below, one block each -----------------------------------
@@ -126,8 +193,13 @@ def download(root, dataset, split, source, catalog_only, from_dir, limit, worker
 @main.command()
 @common_options
 @split_option
-@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Rows decoded at once.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Rows decoded at once.",
+)
 @handle_errors
 def validate(root, dataset, split, workers):
     """Re-check the split's video shards: rows decode, checksums match, no duplicates, one status row per item."""
@@ -143,10 +215,20 @@ def validate(root, dataset, split, workers):
 @main.command("extract-frames")
 @common_options
 @split_option
-@click.option("--fps", type=float, default=8.0, show_default=True,
-              help="Frames per second to keep (every frame of a slower clip).")
-@click.option("--size", type=int, default=256, show_default=True,
-              help="Shorter side of the stored frames, in pixels.")
+@click.option(
+    "--fps",
+    type=float,
+    default=8.0,
+    show_default=True,
+    help="Frames per second to keep (every frame of a slower clip).",
+)
+@click.option(
+    "--size",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Shorter side of the stored frames, in pixels.",
+)
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality, 1-100.")
 @click.option("--workers", type=int, default=None, help="Videos decoded at once (default: CPUs).")
 @handle_errors
@@ -154,8 +236,15 @@ def extract_frames(root, dataset, split, fps, size, quality, workers):
     """Decode each video once into resized JPEG frames, in frame shards (resumable)."""
     from mrw.frames import extract_frames as run
 
-    report = run(root=root, dataset=dataset, split=split, fps=fps, size=size, quality=quality,
-                 workers=workers)
+    report = run(
+        root=root,
+        dataset=dataset,
+        split=split,
+        fps=fps,
+        size=size,
+        quality=quality,
+        workers=workers,
+    )
     click.echo(report.summary(), err=True)
     click.echo(f"frames: {report.stage_dir}")
 
@@ -164,25 +253,55 @@ def extract_frames(root, dataset, split, fps, size, quality, workers):
 @main.command("extract-features")
 @common_options
 @split_option
-@click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101",
-                                               "resnet152"]),
-              default="resnet152", show_default=True, help="torchvision backbone.")
-@click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet (torchvision's original weights), none (seeded random) or a state-dict PATH.")
+@click.option(
+    "--backbone",
+    type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]),
+    default="resnet152",
+    show_default=True,
+    help="torchvision backbone.",
+)
+@click.option(
+    "--weights",
+    default="imagenet",
+    show_default=True,
+    help="imagenet (torchvision's original weights), none (seeded random) or a state-dict PATH.",
+)
 @click.option("--gpu", is_flag=True, help="Run on CUDA with float16 autocast.")
-@click.option("--batch-size", type=int, default=None,
-              help="Frames per forward pass (default: 32 on CPU, the largest that fits on GPU).")
-@click.option("--max-frames", type=int, default=64, show_default=True,
-              help="At most this many frames per video, chosen uniformly.")
-@click.option("--workers", type=int, default=None,
-              help="DataLoader workers decoding frames (default: half the CPUs; CPUs-1 with --gpu).")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Frames per forward pass (default: 32 on CPU, the largest that fits on GPU).",
+)
+@click.option(
+    "--max-frames",
+    type=int,
+    default=64,
+    show_default=True,
+    help="At most this many frames per video, chosen uniformly.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="DataLoader workers decoding frames (default: half the CPUs; CPUs-1 with --gpu).",
+)
 @handle_errors
 def extract_features(root, dataset, split, backbone, weights, gpu, batch_size, max_frames, workers):
     """Per-frame CNN features (videos) or the 7x7 grid (images) into feature shards (resumable)."""
     from mrw.features import extract_features as run
 
-    report = run(root=root, dataset=dataset, split=split, backbone=backbone, weights=weights,
-                 gpu=gpu, batch_size=batch_size, max_frames=max_frames, workers=workers)
+    report = run(
+        root=root,
+        dataset=dataset,
+        split=split,
+        backbone=backbone,
+        weights=weights,
+        gpu=gpu,
+        batch_size=batch_size,
+        max_frames=max_frames,
+        workers=workers,
+    )
     click.echo(report.summary(), err=True)
     click.echo(f"features: {report.stage_dir}")
 
@@ -191,18 +310,30 @@ def extract_features(root, dataset, split, backbone, weights, gpu, batch_size, m
 @main.command()
 @common_options
 @click.argument("preds")
-@click.option("--json", "json_out", default=None, metavar="OUT",
-              help="Write the results JSON here.")
-@click.option("--leaderboard", is_flag=True,
-              help="Rank the submission by rsum among the published results.")
-@click.option("--plot", default=None, metavar="OUT.png",
-              help="Recall@K curves of both directions, with the published points.")
+@click.option(
+    "--json", "json_out", default=None, metavar="OUT", help="Write the results JSON here."
+)
+@click.option(
+    "--leaderboard", is_flag=True, help="Rank the submission by rsum among the published results."
+)
+@click.option(
+    "--plot",
+    default=None,
+    metavar="OUT.png",
+    help="Recall@K curves of both directions, with the published points.",
+)
 @click.option("--gpu", is_flag=True, help="Score embeddings on CUDA (exit 2 if none).")
-@click.option("--all-sentences", is_flag=True,
-              help="Evaluate on every sentence of the split, not only the protocol's.")
-@click.option("--allow-missing", is_flag=True,
-              help="Evaluate the submitted items alone when some of the split's are missing "
-                   "(items the pipeline failed on are left out without it).")
+@click.option(
+    "--all-sentences",
+    is_flag=True,
+    help="Evaluate on every sentence of the split, not only the protocol's.",
+)
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Evaluate the submitted items alone when some of the split's are missing "
+    "(items the pipeline failed on are left out without it).",
+)
 @handle_errors
 def evaluate(root, dataset, preds, json_out, leaderboard, plot, gpu, all_sentences, allow_missing):
     """The standard retrieval evaluation of PREDS (a preds.json; dataset and split inside)."""
@@ -210,28 +341,57 @@ def evaluate(root, dataset, preds, json_out, leaderboard, plot, gpu, all_sentenc
 
     # the submission names its dataset; --dataset, when typed, must agree with it
     typed = click.get_current_context().get_parameter_source("dataset").name != "DEFAULT"
-    run_evaluate(preds, root=root, dataset=dataset if typed else None, json_out=json_out,
-                 leaderboard=leaderboard, plot=plot, gpu=gpu, all_sentences=all_sentences,
-                 allow_missing=allow_missing, echo=click.echo)
+    run_evaluate(
+        preds,
+        root=root,
+        dataset=dataset if typed else None,
+        json_out=json_out,
+        leaderboard=leaderboard,
+        plot=plot,
+        gpu=gpu,
+        all_sentences=all_sentences,
+        allow_missing=allow_missing,
+        echo=click.echo,
+    )
 
 
 # -- build-vocab ------------------------------------------------------------------------------
 @main.command("build-vocab")
 @common_options
-@click.option("--split", default="train", show_default=True, help="The split whose sentences count.")
-@click.option("--out", default=None, metavar="FILE.json",
-              help="Where to write it (default: <root>/<dataset>/vocab-<split>.json).")
-@click.option("--min-count", type=int, default=1, show_default=True,
-              help="Keep words seen at least this many times.")
-@click.option("--protocol-only", is_flag=True,
-              help="Count only the protocol's sentences, not every sentence of the split.")
+@click.option(
+    "--split", default="train", show_default=True, help="The split whose sentences count."
+)
+@click.option(
+    "--out",
+    default=None,
+    metavar="FILE.json",
+    help="Where to write it (default: <root>/<dataset>/vocab-<split>.json).",
+)
+@click.option(
+    "--min-count",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Keep words seen at least this many times.",
+)
+@click.option(
+    "--protocol-only",
+    is_flag=True,
+    help="Count only the protocol's sentences, not every sentence of the split.",
+)
 @handle_errors
 def build_vocab(root, dataset, split, out, min_count, protocol_only):
     """The vocabulary of a split's sentences (Treebank tokens, lower-cased) as JSON."""
     from mrw.text import build_vocabulary
 
-    path, vocab = build_vocabulary(root=root, dataset=dataset, split=split, out=out,
-                                   min_count=min_count, all_sentences=not protocol_only)
+    path, vocab = build_vocabulary(
+        root=root,
+        dataset=dataset,
+        split=split,
+        out=out,
+        min_count=min_count,
+        all_sentences=not protocol_only,
+    )
     click.echo(f"vocabulary: {len(vocab)} entries -> {path}")
 
 

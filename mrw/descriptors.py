@@ -1,10 +1,11 @@
 """Dataset descriptors: the machine-readable facts in `metadata/<dataset>.json`."""
+
 from __future__ import annotations
 
 import json
 import os
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from mrw import paths
@@ -23,7 +24,7 @@ def metadata_dir() -> Path:
     raise FileNotFoundError("the metadata/ folder of the mrw package is missing")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_descriptor(dataset: str) -> dict:
     with open(metadata_dir() / f"{paths.check_dataset(dataset)}.json") as fh:
         return json.load(fh)

@@ -7,6 +7,7 @@ done, then writes its status file. Memory stays bounded by the window, not by th
 of a shard depend only on its items, so a killed run resumed ends with exactly what an
 uninterrupted run gives.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,15 +28,25 @@ from mrw.errors import FatalError, UsageError
 from mrw.fetch import FetchConfig, Fetcher
 from mrw.media import MediaError, MediaLimits, probe_media, require_ffprobe
 
-VIDEO_SCHEMA = pa.schema([
-    ("id", pa.string()), ("video", pa.binary()), ("format", pa.string()), ("sha256", pa.string()),
-    ("num_frames", pa.int32()), ("fps", pa.float64()), ("width", pa.int32()), ("height", pa.int32()),
-    ("duration", pa.float64()),
-])
+VIDEO_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("video", pa.binary()),
+        ("format", pa.string()),
+        ("sha256", pa.string()),
+        ("num_frames", pa.int32()),
+        ("fps", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("duration", pa.float64()),
+    ]
+)
 #: Parquet options of video shards: media bytes are compressed already, so no codec on `video`
-PARQUET_OPTIONS = {"compression": {"id": "snappy", "video": "none", "format": "snappy",
-                                   "sha256": "snappy"}, "use_dictionary": ["format"],
-                   "write_statistics": ["id", "num_frames", "fps", "width", "height", "duration"]}
+PARQUET_OPTIONS = {
+    "compression": {"id": "snappy", "video": "none", "format": "snappy", "sha256": "snappy"},
+    "use_dictionary": ["format"],
+    "write_statistics": ["id", "num_frames", "fps", "width", "height", "duration"],
+}
 MEDIA_SUFFIXES = ("mp4", "gif", "webm", "mkv", "mov", "jpg", "jpeg", "png", "avi", "flv", "webp")
 
 
@@ -53,8 +64,10 @@ class DownloadReport:
     missing: list = field(default_factory=list)  # --from-dir: ids with no file
 
     def summary(self) -> str:
-        lines = [f"{self.dataset}/{self.split}: {self.ok} ok, {self.failed} failed of {self.items} items "
-                 f"in {self.shards} shards ({self.skipped_shards} already complete) under {self.stage_dir}"]
+        lines = [
+            f"{self.dataset}/{self.split}: {self.ok} ok, {self.failed} failed of {self.items} items "
+            f"in {self.shards} shards ({self.skipped_shards} already complete) under {self.stage_dir}"
+        ]
         for cls, n in sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {cls}: {n}")
         if self.missing:
@@ -74,8 +87,13 @@ class ItemResult:
 
     @property
     def status(self) -> dict:
-        return {"id": self.id, "url": self.url, "status": "ok" if self.row else "failed",
-                "error": self.error, "attempts": self.attempts}
+        return {
+            "id": self.id,
+            "url": self.url,
+            "status": "ok" if self.row else "failed",
+            "error": self.error,
+            "attempts": self.attempts,
+        }
 
 
 def _validate(item_id: str, url, data: bytes, attempts: int, limits: MediaLimits) -> ItemResult:
@@ -83,16 +101,27 @@ def _validate(item_id: str, url, data: bytes, attempts: int, limits: MediaLimits
         info = probe_media(data, limits)
     except MediaError as e:
         return ItemResult(item_id, url, None, f"{e.cls}: {e.message}", attempts)
-    row = {"id": item_id, "video": data, "format": info.format,
-           "sha256": hashlib.sha256(data).hexdigest(), "num_frames": info.num_frames, "fps": info.fps,
-           "width": info.width, "height": info.height, "duration": info.duration}
+    row = {
+        "id": item_id,
+        "video": data,
+        "format": info.format,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "num_frames": info.num_frames,
+        "fps": info.fps,
+        "width": info.width,
+        "height": info.height,
+        "duration": info.duration,
+    }
     return ItemResult(item_id, url, row, None, attempts)
 
 
 def local_file(from_dir: Path, item: dict) -> Path | None:
     """The local media file of an item: `<id>.<ext>`, or COCO's `<filepath>/<filename>`."""
-    for rel in ([f"{item['filepath']}/{item['filename']}", item["filename"]]
-                if item.get("filename") and item.get("filepath") else []):
+    for rel in (
+        [f"{item['filepath']}/{item['filename']}", item["filename"]]
+        if item.get("filename") and item.get("filepath")
+        else []
+    ):
         p = from_dir / rel
         if p.is_file():
             return p
@@ -113,14 +142,23 @@ class _ItemWorker:
         if self.from_dir is not None:
             path = local_file(self.from_dir, item)
             if path is None:
-                return ItemResult(item_id, url, None, f"missing: no file {item_id}.<ext> in {self.from_dir}", 1)
+                return ItemResult(
+                    item_id, url, None, f"missing: no file {item_id}.<ext> in {self.from_dir}", 1
+                )
             size = path.stat().st_size
             if size > self.limits.max_bytes:
-                return ItemResult(item_id, url, None,
-                                  f"too_large: {path.name} has {size} bytes, over the cap of {self.limits.max_bytes}", 1)
+                return ItemResult(
+                    item_id,
+                    url,
+                    None,
+                    f"too_large: {path.name} has {size} bytes, over the cap of {self.limits.max_bytes}",
+                    1,
+                )
             return _validate(item_id, url, path.read_bytes(), 1, self.limits)
         if not url:
-            return ItemResult(item_id, url, None, "bad_url: the catalog has no URL for this item", 0)
+            return ItemResult(
+                item_id, url, None, "bad_url: the catalog has no URL for this item", 0
+            )
         res = self.fetcher.fetch(url)
         if not res.ok:
             return ItemResult(item_id, url, None, res.error_text, res.attempts)
@@ -136,7 +174,10 @@ class VideoShardWriter:
 
     def __init__(self, stage_dir: Path, index: int):
         self.path = shards.data_path(stage_dir, index)
-        self.tmp = self.path.parent / f"{shards.TMP_PREFIX}{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        self.tmp = (
+            self.path.parent
+            / f"{shards.TMP_PREFIX}{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        )
         self._writer = None
         self._rows: list[dict] = []
         self._bytes = 0
@@ -179,13 +220,15 @@ class VideoShardWriter:
 
 # -- the split ----------------------------------------------------------------------------------
 def _check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host):
-    for name, value, ok in (("--workers", workers, isinstance(workers, int) and workers >= 1),
-                            ("--shard-size", shard_size, isinstance(shard_size, int) and shard_size >= 1),
-                            ("--timeout", timeout, timeout is not None and timeout > 0),
-                            ("--retries", retries, isinstance(retries, int) and retries >= 0),
-                            ("--max-bytes", max_bytes, isinstance(max_bytes, int) and max_bytes >= 1),
-                            ("--limit", limit, limit is None or (isinstance(limit, int) and limit >= 0)),
-                            ("--per-host", per_host, isinstance(per_host, int) and per_host >= 1)):
+    for name, value, ok in (
+        ("--workers", workers, isinstance(workers, int) and workers >= 1),
+        ("--shard-size", shard_size, isinstance(shard_size, int) and shard_size >= 1),
+        ("--timeout", timeout, timeout is not None and timeout > 0),
+        ("--retries", retries, isinstance(retries, int) and retries >= 0),
+        ("--max-bytes", max_bytes, isinstance(max_bytes, int) and max_bytes >= 1),
+        ("--limit", limit, limit is None or (isinstance(limit, int) and limit >= 0)),
+        ("--per-host", per_host, isinstance(per_host, int) and per_host >= 1),
+    ):
         if not ok:
             raise UsageError(f"{name} must be a positive number, got {value!r}")
 
@@ -213,10 +256,22 @@ def _shard_done(stage_dir: Path, index: int, ids: list[str]) -> tuple[bool, list
     return [r["id"] for r in rows] == ids, rows
 
 
-def download_split(root=None, dataset: str = "mrw", split: str = "test", from_dir=None, limit=None,
-                   workers: int = 16, shard_size: int = 1000, timeout: float = 30.0, retries: int = 3,
-                   max_bytes: int = 64 * 1024 * 1024, per_host: int = 4, backoff: float = 0.5,
-                   progress: bool = True, log=None) -> DownloadReport:
+def download_split(
+    root=None,
+    dataset: str = "mrw",
+    split: str = "test",
+    from_dir=None,
+    limit=None,
+    workers: int = 16,
+    shard_size: int = 1000,
+    timeout: float = 30.0,
+    retries: int = 3,
+    max_bytes: int = 64 * 1024 * 1024,
+    per_host: int = 4,
+    backoff: float = 0.5,
+    progress: bool = True,
+    log=None,
+) -> DownloadReport:
     """Fetch (or read `from_dir`), validate and shard every item of the split's catalog."""
     dataset, split = paths.check_dataset(dataset), paths.normalize_split(split)
     _check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host)
@@ -226,14 +281,23 @@ def download_split(root=None, dataset: str = "mrw", split: str = "test", from_di
             raise UsageError(f"--from-dir {from_dir}: no such folder")
     catalog = read_catalog(root, dataset, split)
     require_ffprobe()
-    items = catalog.select([c for c in ("id", "url", "filepath", "filename")
-                            if c in catalog.column_names]).to_pylist()
+    items = catalog.select(
+        [c for c in ("id", "url", "filepath", "filename") if c in catalog.column_names]
+    ).to_pylist()
     if limit is not None:
         items = items[:limit]
     stage_dir = paths.videos_dir(root, dataset, split)
     _prepare_stage_dir(stage_dir)
-    shards.check_manifest(stage_dir, {"stage": "videos", "dataset": dataset, "split": split,
-                                      "shard_size": shard_size, "max_bytes": max_bytes})
+    shards.check_manifest(
+        stage_dir,
+        {
+            "stage": "videos",
+            "dataset": dataset,
+            "split": split,
+            "shard_size": shard_size,
+            "max_bytes": max_bytes,
+        },
+    )
     shards.remove_temporaries(stage_dir)
     log = log or (lambda msg: print(msg, file=sys.stderr))
 
@@ -250,12 +314,27 @@ def download_split(root=None, dataset: str = "mrw", split: str = "test", from_di
             todo.append((index, part))
 
     limits = MediaLimits(max_bytes=max_bytes)
-    worker = _ItemWorker(from_dir, FetchConfig(timeout=timeout, retries=retries, max_bytes=max_bytes,
-                                               per_host=per_host, backoff=backoff), limits)
+    worker = _ItemWorker(
+        from_dir,
+        FetchConfig(
+            timeout=timeout,
+            retries=retries,
+            max_bytes=max_bytes,
+            per_host=per_host,
+            backoff=backoff,
+        ),
+        limits,
+    )
     from tqdm import tqdm
 
-    bar = tqdm(total=sum(len(p) for _, p in todo), unit="item", desc=f"{dataset}/{split}",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(len(p) for _, p in todo),
+        unit="item",
+        desc=f"{dataset}/{split}",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     bar.set_postfix(ok=report.ok, failed=report.failed)
     window = max(4 * workers, 32)
     try:
@@ -277,7 +356,9 @@ def download_split(root=None, dataset: str = "mrw", split: str = "test", from_di
                 except FatalError:
                     raise  # nothing can succeed (a missing tool): stop, keeping finished shards
                 except Exception as e:  # a bug or an OS error in one item must not lose the run
-                    res = ItemResult(it["id"], it.get("url"), None, f"internal_error: {type(e).__name__}: {e}", 0)
+                    res = ItemResult(
+                        it["id"], it.get("url"), None, f"internal_error: {type(e).__name__}: {e}", 0
+                    )
                 if res.row is not None:
                     writer.append(res.row)
                 status_rows.append(res.status)
@@ -287,8 +368,9 @@ def download_split(root=None, dataset: str = "mrw", split: str = "test", from_di
                 if pos + 1 == len(queue) or queue[pos + 1][0] != index:
                     try:
                         writer.commit()
-                        shards.write_table_atomic(shards.status_table(status_rows),
-                                                  shards.status_path(stage_dir, index))
+                        shards.write_table_atomic(
+                            shards.status_table(status_rows), shards.status_path(stage_dir, index)
+                        )
                     except OSError as e:
                         writer.abort()
                         raise FatalError(f"cannot write shard {index} under {stage_dir}: {e}")

@@ -36,13 +36,15 @@ Truncated `rankings` (top k >= 10) keep R@1/5/10 exact; MedR and MeanR are repor
 lists bound them exactly (a lower and an upper bound of every rank are carried through), else
 `null` with the reason.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -100,8 +102,9 @@ class RankCounter:
         self.right = np.asarray(right)
         self.best = best_right_scores(self.right, self.owner, num_items).astype(self.right.dtype)
         # right answers of item i that reach its best score: all are counted by `>=`, none is wrong
-        self.right_at_best = np.bincount(self.owner[self.right >= self.best[self.owner]],
-                                         minlength=num_items)
+        self.right_at_best = np.bincount(
+            self.owner[self.right >= self.best[self.owner]], minlength=num_items
+        )
         self.i2t_at_least = np.zeros(num_items, dtype=np.int64)
         self.t2i_at_least = np.zeros(len(self.owner), dtype=np.int64)
 
@@ -141,8 +144,13 @@ class _BlockScorer:
     (contiguous rows) and then over the slabs, all cheap next to the products themselves.
     """
 
-    def __init__(self, items: np.ndarray, sentences: np.ndarray, device: str = "cpu",
-                 use_torch: bool | None = None):
+    def __init__(
+        self,
+        items: np.ndarray,
+        sentences: np.ndarray,
+        device: str = "cpu",
+        use_torch: bool | None = None,
+    ):
         self.items = _as_instances(items)
         sents = _as_instances(sentences)
         self.ka, self.ks = self.items.shape[1], sents.shape[1]
@@ -176,7 +184,9 @@ class _BlockScorer:
         for k in range(self.ks):
             if not self.use_torch:
                 # one reused buffer for the products: fresh 10-100 MB arrays cost page faults
-                prod = np.matmul(a2, self.slabs[k, cols].T, out=self._buffer(b * self.ka * m).reshape(-1, m))
+                prod = np.matmul(
+                    a2, self.slabs[k, cols].T, out=self._buffer(b * self.ka * m).reshape(-1, m)
+                )
                 if out is None:
                     out = prod.reshape(b, self.ka, m).max(axis=1)
                 else:
@@ -192,9 +202,14 @@ def _rows_per_block(ka: int, num_sentences: int, block_bytes: int) -> int:
     return max(1, block_bytes // max(1, ka * num_sentences * 4))
 
 
-def ranks_from_embeddings(items: np.ndarray, sentences: np.ndarray, owner: np.ndarray,
-                          device: str = "cpu", block_bytes: int = DEFAULT_BLOCK_BYTES,
-                          progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+def ranks_from_embeddings(
+    items: np.ndarray,
+    sentences: np.ndarray,
+    owner: np.ndarray,
+    device: str = "cpu",
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    progress: Callable | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(i2t, t2i) ranks from embeddings `[N(,K),D]`; `owner` must be sorted (catalog order).
 
     One pass of float32 products in row blocks, shared by both directions, each score computed
@@ -209,8 +224,10 @@ def ranks_from_embeddings(items: np.ndarray, sentences: np.ndarray, owner: np.nd
     n, m = scorer.items.shape[0], scorer.num_sentences
     step = _rows_per_block(scorer.ka, m, block_bytes)
     starts = np.searchsorted(owner, np.arange(n + 1))  # sentences of item i: starts[i]:starts[i+1]
-    blocks = [(slice(a, min(a + step, n)), slice(int(starts[a]), int(starts[min(a + step, n)])))
-              for a in range(0, n, step)]
+    blocks = [
+        (slice(a, min(a + step, n)), slice(int(starts[a]), int(starts[min(a + step, n)])))
+        for a in range(0, n, step)
+    ]
 
     right = np.empty(m, dtype=np.float32)
     tiles = []
@@ -236,8 +253,10 @@ def ranks_from_embeddings(items: np.ndarray, sentences: np.ndarray, owner: np.nd
 
 def _check_finite_scores(block):
     if not np.isfinite(block).all():
-        raise UsageError("embeddings: a dot product overflows float32 (scores are not finite); "
-                         "scale the embeddings down")
+        raise UsageError(
+            "embeddings: a dot product overflows float32 (scores are not finite); "
+            "scale the embeddings down"
+        )
 
 
 # -- rank bounds and the metrics of one direction --------------------------------------------
@@ -251,7 +270,7 @@ class Ranks:
     truncated_at: tuple[int, int] | None = None  # shortest and longest list, for messages
 
     @classmethod
-    def exact(cls, ranks: np.ndarray, num_candidates: int) -> "Ranks":
+    def exact(cls, ranks: np.ndarray, num_candidates: int) -> Ranks:
         ranks = np.asarray(ranks, dtype=np.int64)
         return cls(ranks, ranks, num_candidates)
 
@@ -272,8 +291,10 @@ def direction_metrics(ranks: Ranks) -> tuple[dict, dict]:
     why = ""
     if ranks.unknown:
         k = ranks.truncated_at
-        why = (f"{ranks.unknown} of {len(ranks.lo)} queries have no right answer in their "
-               f"truncated list (top {k[0]}" + (f" to {k[1]}" if k and k[1] != k[0] else "") + ")")
+        why = (
+            f"{ranks.unknown} of {len(ranks.lo)} queries have no right answer in their "
+            f"truncated list (top {k[0]}" + (f" to {k[1]}" if k and k[1] != k[0] else "") + ")"
+        )
     for k in RECALL_KS:
         lo_val, hi_val = recall_at_k(ranks.hi, k), recall_at_k(ranks.lo, k)
         values[f"R@{k}"] = lo_val if lo_val == hi_val else None
@@ -343,22 +364,28 @@ class GroundTruth:
         lo, hi = np.searchsorted(self.owner, [items.start, items.stop])
         return slice(int(lo), int(hi))
 
-    def subset(self, keep: np.ndarray) -> "GroundTruth":
+    def subset(self, keep: np.ndarray) -> GroundTruth:
         """Only the items where `keep` (bool, catalog order) holds, with their sentences."""
         new_index = np.cumsum(keep) - 1
         kept_sentences = keep[self.owner]
-        return GroundTruth(self.dataset, self.split,
-                           [i for i, k in zip(self.item_ids, keep) if k],
-                           [s for s, k in zip(self.sentence_ids, kept_sentences) if k],
-                           new_index[self.owner[kept_sentences]].astype(np.int64), self.all_sentences)
+        return GroundTruth(
+            self.dataset,
+            self.split,
+            [i for i, k in zip(self.item_ids, keep) if k],
+            [s for s, k in zip(self.sentence_ids, kept_sentences) if k],
+            new_index[self.owner[kept_sentences]].astype(np.int64),
+            self.all_sentences,
+        )
 
     def protocols(self) -> dict[str, list[slice]]:
         """Protocol name -> folds of consecutive items."""
         everything = [slice(0, self.num_items)]
         if self.dataset != "coco":
             return {"full": everything}
-        folds = [slice(f * COCO_FOLD_SIZE, (f + 1) * COCO_FOLD_SIZE)
-                 for f in range(self.num_items // COCO_FOLD_SIZE)]
+        folds = [
+            slice(f * COCO_FOLD_SIZE, (f + 1) * COCO_FOLD_SIZE)
+            for f in range(self.num_items // COCO_FOLD_SIZE)
+        ]
         return {"5k": everything, **({"1k": folds} if folds else {})}
 
 
@@ -371,12 +398,16 @@ def load_ground_truth(root, dataset: str, split: str, all_sentences: bool = Fals
     index = {i: n for n, i in enumerate(item_ids)}
     owner = np.fromiter((index[s.rsplit("#", 1)[0]] for s in sids), dtype=np.int64, count=len(sids))
     if np.any(np.diff(owner) < 0) or len(index) != len(item_ids):
-        raise UsageError(f"the catalog of {dataset}/{split} has duplicated ids or sentences out of "
-                         "item order: rebuild it with `mrw download --catalog-only`")
+        raise UsageError(
+            f"the catalog of {dataset}/{split} has duplicated ids or sentences out of "
+            "item order: rebuild it with `mrw download --catalog-only`"
+        )
     empty = np.flatnonzero(np.bincount(owner, minlength=len(item_ids)) == 0)
     if len(empty):
-        raise UsageError(f"the catalog of {dataset}/{split}: item {item_ids[empty[0]]!r} has no "
-                         f"sentence to evaluate ({len(empty)} such items)")
+        raise UsageError(
+            f"the catalog of {dataset}/{split}: item {item_ids[empty[0]]!r} has no "
+            f"sentence to evaluate ({len(empty)} such items)"
+        )
     return GroundTruth(dataset, paths.normalize_split(split), item_ids, sids, owner, all_sentences)
 
 
@@ -400,22 +431,32 @@ def read_preds(path) -> dict:
     if not path.is_file():
         raise UsageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys,
-                         parse_constant=_reject_constant)
+        obj = json.loads(
+            path.read_text(encoding="utf-8"),
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_reject_constant,
+        )
     except _DuplicateKey as e:
-        raise UsageError(f"{path}: key {e.args[0]!r} appears twice in one JSON object "
-                         "(a duplicated id?)") from None
+        raise UsageError(
+            f"{path}: key {e.args[0]!r} appears twice in one JSON object (a duplicated id?)"
+        ) from None
     except _BadConstant as e:
-        raise UsageError(f"{path}: {e.args[0]} is not valid JSON (write numbers, or null)") from None
+        raise UsageError(
+            f"{path}: {e.args[0]} is not valid JSON (write numbers, or null)"
+        ) from None
     except UnicodeDecodeError as e:
         raise UsageError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise UsageError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise UsageError(
+            f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
     if not isinstance(obj, dict):
         raise UsageError(f"{path}: the top level must be a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - TOP_LEVEL_KEYS)
     if unknown:
-        raise UsageError(f"{path}: unknown key {unknown[0]!r} (expected: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+        raise UsageError(
+            f"{path}: unknown key {unknown[0]!r} (expected: {', '.join(sorted(TOP_LEVEL_KEYS))})"
+        )
     for key in ("dataset", "split"):
         if key not in obj:
             raise UsageError(f"{path}: missing {key!r}")
@@ -425,8 +466,10 @@ def read_preds(path) -> dict:
         raise UsageError(f"{path}: 'model' must be a string, got {obj['model']!r}")
     kinds = [k for k in KINDS if k in obj]
     if len(kinds) != 1:
-        raise UsageError(f"{path}: exactly one of 'rankings', 'scores', 'embeddings' is needed, got "
-                         + (", ".join(repr(k) for k in kinds) if kinds else "none"))
+        raise UsageError(
+            f"{path}: exactly one of 'rankings', 'scores', 'embeddings' is needed, got "
+            + (", ".join(repr(k) for k in kinds) if kinds else "none")
+        )
     try:
         obj["dataset"] = paths.check_dataset(obj["dataset"])
         obj["split"] = paths.normalize_split(obj["split"])
@@ -443,8 +486,14 @@ def _reject_constant(name):
     raise _BadConstant(name)
 
 
-def _id_order(preds: dict, key: str, expected: list[str], index: dict, where: str,
-              hint: Callable[[str], str] = lambda s: "") -> np.ndarray:
+def _id_order(
+    preds: dict,
+    key: str,
+    expected: list[str],
+    index: dict,
+    where: str,
+    hint: Callable[[str], str] = lambda s: "",
+) -> np.ndarray:
     """Catalog index of each row of the submission's arrays (`item_ids`/`sentence_ids`)."""
     if key not in preds:
         return np.arange(len(expected))
@@ -454,8 +503,9 @@ def _id_order(preds: dict, key: str, expected: list[str], index: dict, where: st
     return _check_id_set(ids, index, f"{where}: {key}", hint)
 
 
-def _check_id_set(ids: Sequence[str], index: dict, where: str,
-                  hint: Callable[[str], str] = lambda s: "") -> np.ndarray:
+def _check_id_set(
+    ids: Sequence[str], index: dict, where: str, hint: Callable[[str], str] = lambda s: ""
+) -> np.ndarray:
     """Catalog indices of `ids`, which must be the split's ids exactly: no unknown, duplicate, missing."""
     order = np.empty(len(ids), dtype=np.int64)
     seen = np.zeros(len(index), dtype=bool)
@@ -501,7 +551,7 @@ def _check_finite(arr: np.ndarray, where: str, describe: Callable[[tuple], str])
         return
     step = max(1, (32 * 2**20) // max(1, arr[0].nbytes if len(arr) else 1))
     for a in range(0, len(arr), step):
-        chunk = np.asarray(arr[a:a + step])
+        chunk = np.asarray(arr[a : a + step])
         bad = ~np.isfinite(chunk)
         if bad.any():
             pos = np.unravel_index(int(np.argmax(bad)), chunk.shape)
@@ -557,9 +607,15 @@ class EmbeddingSubmission(Submission):
 
     def ranks(self, items, gt):
         sents = gt.sentence_range(items)
-        i2t, t2i = ranks_from_embeddings(self.items[items], self.sentences[sents],
-                                         gt.owner[sents] - items.start, device=self.device)
-        return Ranks.exact(i2t, sents.stop - sents.start), Ranks.exact(t2i, items.stop - items.start)
+        i2t, t2i = ranks_from_embeddings(
+            self.items[items],
+            self.sentences[sents],
+            gt.owner[sents] - items.start,
+            device=self.device,
+        )
+        return Ranks.exact(i2t, sents.stop - sents.start), Ranks.exact(
+            t2i, items.stop - items.start
+        )
 
 
 class RankingSubmission(Submission):
@@ -587,11 +643,20 @@ class RankingSubmission(Submission):
     def ranks(self, items, gt):
         sents = gt.sentence_range(items)
         owner = gt.owner
-        num_right_items = np.bincount(owner[sents] - items.start, minlength=items.stop - items.start)
-        lo, hi, k = self._direction(self.i2t, items, sents, lambda q, lst: owner[lst] == q, num_right_items)
+        num_right_items = np.bincount(
+            owner[sents] - items.start, minlength=items.stop - items.start
+        )
+        lo, hi, k = self._direction(
+            self.i2t, items, sents, lambda q, lst: owner[lst] == q, num_right_items
+        )
         i2t = Ranks(lo, hi, sents.stop - sents.start, k)
-        lo, hi, k = self._direction(self.t2i, sents, items, lambda q, lst: lst == owner[q],
-                                    np.ones(sents.stop - sents.start, dtype=np.int64))
+        lo, hi, k = self._direction(
+            self.t2i,
+            sents,
+            items,
+            lambda q, lst: lst == owner[q],
+            np.ones(sents.stop - sents.start, dtype=np.int64),
+        )
         t2i = Ranks(lo, hi, items.stop - items.start, k)
         return i2t, t2i
 
@@ -602,6 +667,7 @@ def _sentence_hint(gt: GroundTruth) -> Callable[[str], str]:
         if item in gt.item_index and not gt.all_sentences:
             return " (a sentence of that item outside the protocol: evaluate with --all-sentences?)"
         return ""
+
     return hint
 
 
@@ -611,8 +677,9 @@ def _parse_rankings(rankings, gt: GroundTruth, where: str) -> RankingSubmission:
     hint = _sentence_hint(gt)
     out = {}
     for direction, queries, cands, q_hint, c_hint in (
-            ("i2t", gt.item_index, gt.sentence_index, lambda s: "", hint),
-            ("t2i", gt.sentence_index, gt.item_index, hint, lambda s: "")):
+        ("i2t", gt.item_index, gt.sentence_index, lambda s: "", hint),
+        ("t2i", gt.sentence_index, gt.item_index, hint, lambda s: ""),
+    ):
         table = rankings[direction]
         here = f"{where}: rankings.{direction}"
         if not isinstance(table, dict):
@@ -624,14 +691,20 @@ def _parse_rankings(rankings, gt: GroundTruth, where: str) -> RankingSubmission:
             if not isinstance(lst, list):
                 raise UsageError(f"{here}[{qid!r}]: must be a list of ids")
             if len(lst) < need:
-                raise UsageError(f"{here}[{qid!r}]: {len(lst)} ids, a ranking needs at least the top {need}")
+                raise UsageError(
+                    f"{here}[{qid!r}]: {len(lst)} ids, a ranking needs at least the top {need}"
+                )
             if len(lst) > len(cands):
-                raise UsageError(f"{here}[{qid!r}]: {len(lst)} ids, more than the {len(cands)} candidates")
+                raise UsageError(
+                    f"{here}[{qid!r}]: {len(lst)} ids, more than the {len(cands)} candidates"
+                )
             idx = np.empty(len(lst), dtype=np.int64)
             for n, c in enumerate(lst):
                 v = cands.get(c) if isinstance(c, str) else None
                 if v is None:
-                    raise UsageError(f"{here}[{qid!r}][{n}]: unknown id {c!r}{c_hint(c) if isinstance(c, str) else ''}")
+                    raise UsageError(
+                        f"{here}[{qid!r}][{n}]: unknown id {c!r}{c_hint(c) if isinstance(c, str) else ''}"
+                    )
                 idx[n] = v
             if len(np.unique(idx)) != len(idx):
                 u, counts = np.unique(idx, return_counts=True)
@@ -642,9 +715,15 @@ def _parse_rankings(rankings, gt: GroundTruth, where: str) -> RankingSubmission:
     return RankingSubmission(out["i2t"], out["t2i"])
 
 
-def load_submission(preds: dict, base: Path, gt: GroundTruth, device: str, where: str,
-                    sentence_rows: np.ndarray | None = None,
-                    sentences_given: int | None = None) -> Submission:
+def load_submission(
+    preds: dict,
+    base: Path,
+    gt: GroundTruth,
+    device: str,
+    where: str,
+    sentence_rows: np.ndarray | None = None,
+    sentences_given: int | None = None,
+) -> Submission:
     """Check the submission against the ground truth and return it ready to rank.
 
     `sentence_rows`: when items were left out (`evaluate_submission`), the rows of the
@@ -653,7 +732,9 @@ def load_submission(preds: dict, base: Path, gt: GroundTruth, device: str, where
     if "rankings" in preds:
         for key in ("item_ids", "sentence_ids"):
             if key in preds:
-                raise UsageError(f"{where}: {key!r} orders arrays; 'rankings' name their ids already")
+                raise UsageError(
+                    f"{where}: {key!r} orders arrays; 'rankings' name their ids already"
+                )
         return _parse_rankings(preds["rankings"], gt, where)
     hint = _sentence_hint(gt)
     item_order = _id_order(preds, "item_ids", gt.item_ids, gt.item_index, where)
@@ -664,12 +745,19 @@ def load_submission(preds: dict, base: Path, gt: GroundTruth, device: str, where
         p = _resolve(base, preds["scores"], f"{where}: scores")
         scores = _load_npy(p, f"{where}: scores")
         if scores.shape != (n, m_given):
-            raise UsageError(f"{where}: scores: {p.name} has shape {list(scores.shape)}, expected "
-                             f"[{n}, {m_given}] (items x sentences of {gt.dataset}/{gt.split})")
+            raise UsageError(
+                f"{where}: scores: {p.name} has shape {list(scores.shape)}, expected "
+                f"[{n}, {m_given}] (items x sentences of {gt.dataset}/{gt.split})"
+            )
         if sentence_rows is not None:
             scores = scores[:, sentence_rows]
-        _check_finite(scores, f"{where}: scores: {p.name}", lambda pos: (
-            f"item {gt.item_ids[item_order[pos[0]]]!r}, sentence {gt.sentence_ids[sent_order[pos[1]]]!r}"))
+        _check_finite(
+            scores,
+            f"{where}: scores: {p.name}",
+            lambda pos: (
+                f"item {gt.item_ids[item_order[pos[0]]]!r}, sentence {gt.sentence_ids[sent_order[pos[1]]]!r}"
+            ),
+        )
         rows = np.empty(n, dtype=np.int64)
         rows[item_order] = np.arange(n)
         cols = np.empty(m, dtype=np.int64)
@@ -677,17 +765,23 @@ def load_submission(preds: dict, base: Path, gt: GroundTruth, device: str, where
         return ScoreSubmission(scores, rows, cols)
     emb = preds["embeddings"]
     if not isinstance(emb, dict) or set(emb) != {"items", "sentences"}:
-        raise UsageError(f"{where}: 'embeddings' must be an object with exactly 'items' and 'sentences'")
+        raise UsageError(
+            f"{where}: 'embeddings' must be an object with exactly 'items' and 'sentences'"
+        )
     arrays = {}
-    for key, count, order, ids in (("items", n, item_order, gt.item_ids),
-                                   ("sentences", m, sent_order, gt.sentence_ids)):
+    for key, count, order, ids in (
+        ("items", n, item_order, gt.item_ids),
+        ("sentences", m, sent_order, gt.sentence_ids),
+    ):
         here = f"{where}: embeddings.{key}"
         p = _resolve(base, emb[key], here)
         arr = _load_npy(p, here)
         given = m_given if key == "sentences" else count
         if arr.ndim not in (2, 3) or arr.shape[0] != given or min(arr.shape) == 0:
-            raise UsageError(f"{here}: {p.name} has shape {list(arr.shape)}, expected [{given}, D] "
-                             f"or [{given}, K, D] ({key} of {gt.dataset}/{gt.split})")
+            raise UsageError(
+                f"{here}: {p.name} has shape {list(arr.shape)}, expected [{given}, D] "
+                f"or [{given}, K, D] ({key} of {gt.dataset}/{gt.split})"
+            )
         if key == "sentences" and sentence_rows is not None:
             arr = arr[sentence_rows]
         _check_finite(arr, f"{here}: {p.name}", lambda pos, o=order, i=ids: f"id {i[o[pos[0]]]!r}")
@@ -696,9 +790,13 @@ def load_submission(preds: dict, base: Path, gt: GroundTruth, device: str, where
         inverse[order] = np.arange(count)
         arrays[key] = arr if np.array_equal(inverse, np.arange(count)) else arr[inverse]
     if arrays["items"].shape[-1] != arrays["sentences"].shape[-1]:
-        raise UsageError(f"{where}: embeddings: items have dimension {arrays['items'].shape[-1]}, "
-                         f"sentences {arrays['sentences'].shape[-1]}")
-    return EmbeddingSubmission(_as_instances(arrays["items"]), _as_instances(arrays["sentences"]), device)
+        raise UsageError(
+            f"{where}: embeddings: items have dimension {arrays['items'].shape[-1]}, "
+            f"sentences {arrays['sentences'].shape[-1]}"
+        )
+    return EmbeddingSubmission(
+        _as_instances(arrays["items"]), _as_instances(arrays["sentences"]), device
+    )
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -708,7 +806,9 @@ def choose_device(gpu: bool) -> str:
     import torch
 
     if not torch.cuda.is_available():
-        raise UsageError("--gpu: CUDA is not available on this machine (drop --gpu to run on the CPU)")
+        raise UsageError(
+            "--gpu: CUDA is not available on this machine (drop --gpu to run on the CPU)"
+        )
     return "cuda"
 
 
@@ -724,8 +824,13 @@ def failed_items(root, dataset: str, split: str) -> set[str]:
     for stage in stages:
         if status_shards(stage):
             status = read_status(stage)
-            failed.update(i for i, st in zip(status.column("id").to_pylist(),
-                                             status.column("status").to_pylist()) if st == "failed")
+            failed.update(
+                i
+                for i, st in zip(
+                    status.column("id").to_pylist(), status.column("status").to_pylist()
+                )
+                if st == "failed"
+            )
     return failed
 
 
@@ -766,33 +871,52 @@ def _leave_out_missing(preds: dict, gt: GroundTruth, root, allow_missing: bool, 
             raise UsageError(
                 f"{where}: {label}: {len(missing)} id(s) of the split missing, e.g. {unexplained[0]!r}; "
                 f"{len(unexplained)} of them did not fail in any stage under this root "
-                "(--allow-missing evaluates the submitted items alone)")
+                "(--allow-missing evaluates the submitted items alone)"
+            )
     gone = set(missing)
-    coverage = {"catalog_items": gt.num_items, "evaluated_items": int(keep.sum()),
-                "left_out": len(missing), "left_out_ids": missing[:20],
-                "why": "allowed (--allow-missing)" if allow_missing else
-                       "failed in the pipeline (their status rows say so)"}
+    coverage = {
+        "catalog_items": gt.num_items,
+        "evaluated_items": int(keep.sum()),
+        "left_out": len(missing),
+        "left_out_ids": missing[:20],
+        "why": "allowed (--allow-missing)"
+        if allow_missing
+        else "failed in the pipeline (their status rows say so)",
+    }
     preds = dict(preds)
     rows = count = None
     if "rankings" in preds and isinstance(preds["rankings"], dict):
         rankings = dict(preds["rankings"])
         if isinstance(rankings.get("t2i"), dict):
-            rankings["t2i"] = {q: [c for c in lst if c not in gone] if isinstance(lst, list) else lst
-                               for q, lst in rankings["t2i"].items() if _item_of(q) not in gone}
+            rankings["t2i"] = {
+                q: [c for c in lst if c not in gone] if isinstance(lst, list) else lst
+                for q, lst in rankings["t2i"].items()
+                if _item_of(q) not in gone
+            }
         if isinstance(rankings.get("i2t"), dict):
-            rankings["i2t"] = {q: [c for c in lst if _item_of(c) not in gone] if isinstance(lst, list)
-                               else lst for q, lst in rankings["i2t"].items()}
+            rankings["i2t"] = {
+                q: [c for c in lst if _item_of(c) not in gone] if isinstance(lst, list) else lst
+                for q, lst in rankings["i2t"].items()
+            }
         preds["rankings"] = rankings
     elif isinstance(preds.get("sentence_ids"), list):
         sids = preds["sentence_ids"]
-        rows = np.array([n for n, sid in enumerate(sids) if _item_of(sid) not in gone], dtype=np.int64)
+        rows = np.array(
+            [n for n, sid in enumerate(sids) if _item_of(sid) not in gone], dtype=np.int64
+        )
         count = len(sids)
         preds["sentence_ids"] = [sids[n] for n in rows]
     return gt.subset(keep), preds, coverage, rows, count
 
 
-def evaluate_submission(preds_path, root=None, dataset: str | None = None, gpu: bool = False,
-                        all_sentences: bool = False, allow_missing: bool = False) -> tuple[dict, dict]:
+def evaluate_submission(
+    preds_path,
+    root=None,
+    dataset: str | None = None,
+    gpu: bool = False,
+    all_sentences: bool = False,
+    allow_missing: bool = False,
+) -> tuple[dict, dict]:
     """(results JSON, curves) for a `preds.json`; raises UsageError on any bad input.
 
     `curves` maps protocol -> direction -> `Ranks` of the whole set, for plots. Items the
@@ -803,17 +927,24 @@ def evaluate_submission(preds_path, root=None, dataset: str | None = None, gpu: 
     preds = read_preds(preds_path)
     where = preds_path.name
     if dataset is not None and paths.check_dataset(dataset) != preds["dataset"]:
-        raise UsageError(f"{where}: the submission is for dataset {preds['dataset']!r}, "
-                         f"but --dataset {dataset} was given")
+        raise UsageError(
+            f"{where}: the submission is for dataset {preds['dataset']!r}, "
+            f"but --dataset {dataset} was given"
+        )
     device = choose_device(gpu)
     gt = load_ground_truth(root, preds["dataset"], preds["split"], all_sentences)
     gt, preds, coverage, rows, count = _leave_out_missing(preds, gt, root, allow_missing, where)
     submission = load_submission(preds, preds_path.parent, gt, device, where, rows, count)
-    results = {"dataset": gt.dataset, "split": gt.split,
-               "model": preds.get("model", preds_path.stem),
-               "sentences": "all" if all_sentences else "protocol",
-               "num_items": gt.num_items, "num_sentences": gt.num_sentences,
-               "input": next(k for k in KINDS if k in preds), "protocols": {}}
+    results = {
+        "dataset": gt.dataset,
+        "split": gt.split,
+        "model": preds.get("model", preds_path.stem),
+        "sentences": "all" if all_sentences else "protocol",
+        "num_items": gt.num_items,
+        "num_sentences": gt.num_sentences,
+        "input": next(k for k in KINDS if k in preds),
+        "protocols": {},
+    }
     if coverage is not None:
         results["coverage"] = coverage
     curves = {}
@@ -834,15 +965,26 @@ def check_output_path(path, suffixes: Sequence[str], option: str) -> Path:
     return path
 
 
-def run_evaluate(preds_path, root=None, dataset=None, json_out=None, leaderboard=False,
-                 plot=None, gpu=False, all_sentences=False, allow_missing=False,
-                 echo: Callable[[str], None] = print) -> dict:
+def run_evaluate(
+    preds_path,
+    root=None,
+    dataset=None,
+    json_out=None,
+    leaderboard=False,
+    plot=None,
+    gpu=False,
+    all_sentences=False,
+    allow_missing=False,
+    echo: Callable[[str], None] = print,
+) -> dict:
     """What `mrw evaluate` does: evaluate, print the table, then write the asked outputs."""
     if json_out is not None:
         json_out = check_output_path(json_out, (".json",), "--json")
     if plot is not None:
         plot = check_output_path(plot, (".png",), "--plot")
-    results, curves = evaluate_submission(preds_path, root, dataset, gpu, all_sentences, allow_missing)
+    results, curves = evaluate_submission(
+        preds_path, root, dataset, gpu, all_sentences, allow_missing
+    )
     board = load_leaderboard(results["dataset"]) if (leaderboard or plot) else None
     echo(format_results(results))
     if leaderboard:
@@ -869,25 +1011,31 @@ def _fmt(value, metric: str) -> str:
 
 
 def format_results(results: dict) -> str:
-    lines = [f"{results['dataset']}/{results['split']}  model: {results['model']}  "
-             f"({results['num_items']} items, {results['num_sentences']} sentences, "
-             f"{results['sentences']} sentences, from {results['input']})"]
+    lines = [
+        f"{results['dataset']}/{results['split']}  model: {results['model']}  "
+        f"({results['num_items']} items, {results['num_sentences']} sentences, "
+        f"{results['sentences']} sentences, from {results['input']})"
+    ]
     header = f"{'protocol':<9}{'direction':<10}" + "".join(f"{m:>10}" for m in METRICS)
     lines += [header, "-" * len(header)]
     notes = []
     for name, proto in results["protocols"].items():
         label = name + (f" ({proto['folds']} folds)" if "folds" in proto else "")
         for d in DIRECTIONS:
-            lines.append(f"{label if d == 'i2t' else '':<9}{d:<10}"
-                         + "".join(f"{_fmt(proto[d][m], m):>10}" for m in METRICS))
+            lines.append(
+                f"{label if d == 'i2t' else '':<9}{d:<10}"
+                + "".join(f"{_fmt(proto[d][m], m):>10}" for m in METRICS)
+            )
             for m, why in proto[d].get("reasons", {}).items():
                 notes.append(f"{name} {d} {m} is null: {why}")
         lines.append(f"{'':<9}{'rsum':<10}{_fmt(proto['rsum'], 'rsum'):>10}")
     cov = results.get("coverage")
     if cov:
-        notes.append(f"evaluated on {cov['evaluated_items']} of the split's {cov['catalog_items']} "
-                     f"items: {cov['left_out']} left out, {cov['why']}; scores on a smaller set "
-                     "are not strictly comparable with published ones")
+        notes.append(
+            f"evaluated on {cov['evaluated_items']} of the split's {cov['catalog_items']} "
+            f"items: {cov['left_out']} left out, {cov['why']}; scores on a smaller set "
+            "are not strictly comparable with published ones"
+        )
     return "\n".join(lines + notes)
 
 
@@ -910,20 +1058,39 @@ def format_leaderboard(results: dict, board: dict) -> str:
     lines = []
     for name, proto in results["protocols"].items():
         rows = [dict(e, mine=False) for e in board["entries"] if e["protocol"] == name]
-        rows.append({"model": f"{results['model']} (this submission)", "protocol": name,
-                     "i2t": proto["i2t"], "t2i": proto["t2i"], "rsum": proto["rsum"], "mine": True,
-                     "source": {"short": "this run"}})
+        rows.append(
+            {
+                "model": f"{results['model']} (this submission)",
+                "protocol": name,
+                "i2t": proto["i2t"],
+                "t2i": proto["t2i"],
+                "rsum": proto["rsum"],
+                "mine": True,
+                "source": {"short": "this run"},
+            }
+        )
         rows.sort(key=lambda r: -(r["rsum"] if r["rsum"] is not None else -np.inf))
         lines.append(f"leaderboard {results['dataset']} {name}, ranked by rsum")
-        header = (f"{'#':>3}  {'model':<36}{'rsum':>8}  |" + "".join(f"{'i2t ' + m:>10}" for m in ("R@1", "R@5", "R@10", "MedR"))
-                  + "  |" + "".join(f"{'t2i ' + m:>10}" for m in ("R@1", "R@5", "R@10", "MedR")) + "  source")
+        header = (
+            f"{'#':>3}  {'model':<36}{'rsum':>8}  |"
+            + "".join(f"{'i2t ' + m:>10}" for m in ("R@1", "R@5", "R@10", "MedR"))
+            + "  |"
+            + "".join(f"{'t2i ' + m:>10}" for m in ("R@1", "R@5", "R@10", "MedR"))
+            + "  source"
+        )
         lines += [header, "-" * len(header)]
         for n, r in enumerate(rows, 1):
-            cells = "".join(f"{_fmt(r['i2t'].get(m), m):>10}" for m in ("R@1", "R@5", "R@10", "MedR"))
-            cells2 = "".join(f"{_fmt(r['t2i'].get(m), m):>10}" for m in ("R@1", "R@5", "R@10", "MedR"))
+            cells = "".join(
+                f"{_fmt(r['i2t'].get(m), m):>10}" for m in ("R@1", "R@5", "R@10", "MedR")
+            )
+            cells2 = "".join(
+                f"{_fmt(r['t2i'].get(m), m):>10}" for m in ("R@1", "R@5", "R@10", "MedR")
+            )
             mark = ">" if r["mine"] else " "
-            lines.append(f"{n:>3}{mark} {r['model'][:36]:<36}{_fmt(r['rsum'], 'rsum'):>8}  |{cells}  |{cells2}  "
-                         f"{r['source'].get('short', '')}")
+            lines.append(
+                f"{n:>3}{mark} {r['model'][:36]:<36}{_fmt(r['rsum'], 'rsum'):>8}  |{cells}  |{cells2}  "
+                f"{r['source'].get('short', '')}"
+            )
         lines.append("")
     for key in ("note", "missing"):
         if board.get(key):
@@ -949,8 +1116,15 @@ def plot_recall_curves(results: dict, curves: dict, board: dict | None, out: Pat
         upto = ranks.exact_upto
         ks = np.arange(1, upto + 1)
         # R@K is exact up to `upto`; the lower bound of every rank gives the curve there
-        ax.plot(ks, recall_curve(np.minimum(ranks.lo, ranks.num_candidates - 1), ranks.num_candidates)[:upto],
-                label=f"{results['model']} (this submission)", color="black", linewidth=2)
+        ax.plot(
+            ks,
+            recall_curve(np.minimum(ranks.lo, ranks.num_candidates - 1), ranks.num_candidates)[
+                :upto
+            ],
+            label=f"{results['model']} (this submission)",
+            color="black",
+            linewidth=2,
+        )
         for n, e in enumerate(e for e in (board or {}).get("entries", []) if e["protocol"] == name):
             pts = [(k, e[d][f"R@{k}"]) for k in RECALL_KS if e[d].get(f"R@{k}") is not None]
             if pts:

@@ -5,6 +5,7 @@ shorter side was resized to 256. DataLoader workers decode and crop items while 
 packs their frames into fixed-size batches for the backbone, so the CNN never waits on JPEG work.
 Videos keep one pooled vector per sampled frame; images (COCO) also keep the 7x7 grid.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,14 @@ from torch import nn
 
 from mrw import paths, shards
 from mrw.errors import UsageError
-from mrw.frames import (DecodeError, FrameSettings, StageReport, complete_shards, decode_video,
-                        require_videos)
+from mrw.frames import (
+    DecodeError,
+    FrameSettings,
+    StageReport,
+    complete_shards,
+    decode_video,
+    require_videos,
+)
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 RESIZE, CROP = 256, 224
@@ -53,8 +60,16 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self, resnet: nn.Module):
         super().__init__()
-        self.body = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
-                                  resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
+        self.body = nn.Sequential(
+            resnet.conv1,
+            resnet.bn1,
+            resnet.relu,
+            resnet.maxpool,
+            resnet.layer1,
+            resnet.layer2,
+            resnet.layer3,
+            resnet.layer4,
+        )
         self.dim = resnet.fc.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +79,7 @@ class ResNetTrunk(nn.Module):
 def _weights_enum(backbone: str):
     import torchvision.models as tvm
 
-    return getattr(tvm, f"ResNet{backbone[len('resnet'):]}_Weights").IMAGENET1K_V1
+    return getattr(tvm, f"ResNet{backbone[len('resnet') :]}_Weights").IMAGENET1K_V1
 
 
 def imagenet_weights_file(backbone: str) -> Path:
@@ -94,11 +109,14 @@ def _fetch_weights(backbone: str, dst: Path) -> None:
                     fh.write(chunk)
         expected = dst.stem.rsplit("-", 1)[-1]
         if not digest.hexdigest().startswith(expected):
-            raise UsageError(f"{url} does not match the sha256 prefix {expected} of its name: {hint}")
+            raise UsageError(
+                f"{url} does not match the sha256 prefix {expected} of its name: {hint}"
+            )
         os.replace(tmp, dst)
     except (requests.RequestException, OSError) as e:
-        raise UsageError(f"no ImageNet weights for {backbone} and cannot fetch them "
-                         f"({type(e).__name__}): {hint}") from None
+        raise UsageError(
+            f"no ImageNet weights for {backbone} and cannot fetch them ({type(e).__name__}): {hint}"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -113,7 +131,7 @@ def _load_state_file(path: Path, what: str) -> dict:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"{what} {path} is not a state dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
 def build_backbone(backbone: str, weights: str) -> tuple[ResNetTrunk, str]:
@@ -136,20 +154,28 @@ def build_backbone(backbone: str, weights: str) -> tuple[ResNetTrunk, str]:
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise UsageError(f"--weights {weights}: no such file (expected imagenet, none or a path)")
+            raise UsageError(
+                f"--weights {weights}: no such file (expected imagenet, none or a path)"
+            )
         state = _load_state_file(path, "--weights")
         described = f"{path.name} (sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:16]})"
     if state is not None:
         trunk_keys = {k for k in resnet.state_dict() if not k.startswith("fc.")}
         missing = sorted(trunk_keys - set(state))
         if missing:
-            raise UsageError(f"--weights {weights} does not fit {backbone}: missing {missing[0]} "
-                             f"and {len(missing) - 1} more")
+            raise UsageError(
+                f"--weights {weights} does not fit {backbone}: missing {missing[0]} "
+                f"and {len(missing) - 1} more"
+            )
         try:
-            resnet.load_state_dict({k: v for k, v in state.items() if k in trunk_keys}, strict=False)
+            resnet.load_state_dict(
+                {k: v for k, v in state.items() if k in trunk_keys}, strict=False
+            )
         except RuntimeError as e:
-            raise UsageError(f"--weights {weights} does not fit {backbone}: "
-                             f"{str(e).splitlines()[-1].strip()[:200]}") from None
+            raise UsageError(
+                f"--weights {weights} does not fit {backbone}: "
+                f"{str(e).splitlines()[-1].strip()[:200]}"
+            ) from None
     return ResNetTrunk(resnet).eval(), described
 
 
@@ -171,10 +197,12 @@ def open_jpeg(data: bytes):
         return img.convert("RGB")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
-            torch.tensor(STD, device=device).view(1, 3, 1, 1))
+    return (
+        torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
+        torch.tensor(STD, device=device).view(1, 3, 1, 1),
+    )
 
 
 def normalize(batch: torch.Tensor) -> torch.Tensor:
@@ -196,8 +224,13 @@ class ItemFrames(torch.utils.data.Dataset):
     Holds the shard as an Arrow table, which forked workers share without copying.
     """
 
-    def __init__(self, table: pa.Table, max_frames: int, decode: FrameSettings | None,
-                 scratch_dir: Path | None = None):
+    def __init__(
+        self,
+        table: pa.Table,
+        max_frames: int,
+        decode: FrameSettings | None,
+        scratch_dir: Path | None = None,
+    ):
         self.table = table
         self.max_frames = max_frames
         self.decode = decode  # None: rows hold JPEG frames; else video bytes to decode first
@@ -216,8 +249,13 @@ class ItemFrames(torch.utils.data.Dataset):
                 images = [open_jpeg(row["frames"][k]) for k in keep]
                 stamps = [row["timestamps"][k] for k in keep]
             else:
-                video = decode_video(row["video"], row.get("format"), self.decode.fps,
-                                     self.decode.size, self.scratch_dir)
+                video = decode_video(
+                    row["video"],
+                    row.get("format"),
+                    self.decode.fps,
+                    self.decode.size,
+                    self.scratch_dir,
+                )
                 keep = uniform_indices(len(video.frames), self.max_frames)
                 images = [Image.fromarray(video.frames[k]) for k in keep]
                 stamps = [video.timestamps[k] for k in keep]
@@ -265,13 +303,25 @@ class FeatureRunner:
         self.trunk = trunk
         self.batch_size = batch_size
         # two pinned staging buffers: fill one while the GPU still reads the other
-        self.buffers = [torch.empty((batch_size, 3, CROP, CROP), dtype=torch.uint8,
-                                    pin_memory=self.cuda) for _ in range(2 if self.cuda else 1)]
+        self.buffers = [
+            torch.empty((batch_size, 3, CROP, CROP), dtype=torch.uint8, pin_memory=self.cuda)
+            for _ in range(2 if self.cuda else 1)
+        ]
         # and two pinned buffers for the results: a copy into pageable memory would make the
         # host wait for the GPU, so that filling the next batch could not overlap the forward
-        self.results = [(torch.empty((batch_size, self.dim), dtype=torch.float16, pin_memory=True),
-                         torch.empty((batch_size, 49, self.dim), dtype=torch.float16, pin_memory=True)
-                         if grid else None) for _ in range(2)] if self.cuda else []
+        self.results = (
+            [
+                (
+                    torch.empty((batch_size, self.dim), dtype=torch.float16, pin_memory=True),
+                    torch.empty((batch_size, 49, self.dim), dtype=torch.float16, pin_memory=True)
+                    if grid
+                    else None,
+                )
+                for _ in range(2)
+            ]
+            if self.cuda
+            else []
+        )
 
     def run(self, loader, outputs: dict) -> list[tuple[int, str]]:
         """Fill `outputs[pos] = (pooled, grid, stamps)` for every item; returns the failures."""
@@ -307,21 +357,24 @@ class FeatureRunner:
             if done is not None:
                 done.synchronize()
             for pos, first, count, off in batch_spans:
-                outputs[pos][0][first:first + count] = pooled[off:off + count].numpy()
+                outputs[pos][0][first : first + count] = pooled[off : off + count].numpy()
                 if grid is not None:
-                    outputs[pos][1][first:first + count] = grid[off:off + count].numpy()
+                    outputs[pos][1][first : first + count] = grid[off : off + count].numpy()
 
         for pos, crops, stamps, error in loader:
             if error is not None:
                 failures.append((pos, error))
                 continue
             n = crops.shape[0]
-            outputs[pos] = (np.empty((n, self.dim), np.float16),
-                            np.empty((n, 49, self.dim), np.float16) if self.grid else None, stamps)
+            outputs[pos] = (
+                np.empty((n, self.dim), np.float16),
+                np.empty((n, 49, self.dim), np.float16) if self.grid else None,
+                stamps,
+            )
             first = 0
             while first < n:
                 take = min(self.batch_size - fill, n - first)
-                self.buffers[turn][fill:fill + take].copy_(crops[first:first + take])
+                self.buffers[turn][fill : fill + take].copy_(crops[first : first + take])
                 spans.append((pos, first, take, fill))
                 fill += take
                 first += take
@@ -333,8 +386,12 @@ class FeatureRunner:
         return failures
 
 
-def largest_batch(trunk: ResNetTrunk, device: torch.device, grid: bool,
-                  candidates=(1024, 512, 256, 128, 64, 32, 16, 8)) -> int:
+def largest_batch(
+    trunk: ResNetTrunk,
+    device: torch.device,
+    grid: bool,
+    candidates=(1024, 512, 256, 128, 64, 32, 16, 8),
+) -> int:
     """The largest batch (of `candidates`) whose forward pass fits in the GPU's memory."""
     for size in candidates:
         try:
@@ -356,11 +413,15 @@ class FeaturesReport(StageReport):
     device: str = "cpu"
 
     def summary(self) -> str:
-        text = (self.counts("features", "items")
-                + f", from {self.source}, {self.device}, batch {self.batch_size})")
+        text = (
+            self.counts("features", "items")
+            + f", from {self.source}, {self.device}, batch {self.batch_size})"
+        )
         if self.shards_waiting:
-            text += (f"; {self.shards_waiting} {self.source} shards are not complete yet "
-                     "(finish that stage, then run this again)")
+            text += (
+                f"; {self.shards_waiting} {self.source} shards are not complete yet "
+                "(finish that stage, then run this again)"
+            )
         return text
 
 
@@ -372,8 +433,15 @@ def _pick_source(root, dataset: str, split: str) -> tuple[str, Path, dict]:
         return "frames", frames_dir, manifest
     videos_dir = require_videos(root, dataset, split)
     decode = FrameSettings()
-    return "videos", videos_dir, {"fps": decode.fps, "size": decode.size,
-                                  "shard_size": (shards.read_manifest(videos_dir) or {}).get("shard_size")}
+    return (
+        "videos",
+        videos_dir,
+        {
+            "fps": decode.fps,
+            "size": decode.size,
+            "shard_size": (shards.read_manifest(videos_dir) or {}).get("shard_size"),
+        },
+    )
 
 
 def _source_shard(source: str, source_dir: Path, index: int) -> tuple[pa.Table, dict]:
@@ -392,10 +460,18 @@ def default_workers(gpu: bool) -> int:
     return max(1, min(16, cpus - 1)) if gpu else max(1, cpus // 2)
 
 
-def extract_features(root=None, dataset: str = "mrw", split: str = "test",
-                     backbone: str = "resnet152", weights: str = "imagenet", gpu: bool = False,
-                     batch_size: int | None = None, max_frames: int = 64,
-                     workers: int | None = None, progress: bool = True) -> FeaturesReport:
+def extract_features(
+    root=None,
+    dataset: str = "mrw",
+    split: str = "test",
+    backbone: str = "resnet152",
+    weights: str = "imagenet",
+    gpu: bool = False,
+    batch_size: int | None = None,
+    max_frames: int = 64,
+    workers: int | None = None,
+    progress: bool = True,
+) -> FeaturesReport:
     """Every complete source shard without a complete feature shard -> a feature shard."""
     from tqdm import tqdm
 
@@ -411,21 +487,33 @@ def extract_features(root=None, dataset: str = "mrw", split: str = "test",
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
     if gpu and not torch.cuda.is_available():
-        raise UsageError("--gpu was given but CUDA is not available on this machine "
-                         "(no CUDA device or a CPU-only torch build): run without --gpu")
+        raise UsageError(
+            "--gpu was given but CUDA is not available on this machine "
+            "(no CUDA device or a CPU-only torch build): run without --gpu"
+        )
     device = torch.device("cuda" if gpu else "cpu")
     images = dataset in IMAGE_DATASETS
 
     source, source_dir, source_settings = _pick_source(root, dataset, split)
     stage_dir = paths.features_dir(root, dataset, split, backbone)
     trunk, described = build_backbone(backbone, weights)
-    shards.check_manifest(stage_dir, {
-        "stage": "features", "backbone": backbone, "weights": described, "dim": trunk.dim,
-        "source": source, "source_settings": source_settings, "max_frames": max_frames,
-        "transform": f"resize {RESIZE}, center crop {CROP}, ImageNet mean/std",
-        "precision": "autocast float16" if gpu else "float32", "stored": "float16",
-        "grid": images, "shard_size": source_settings.get("shard_size"),
-    })
+    shards.check_manifest(
+        stage_dir,
+        {
+            "stage": "features",
+            "backbone": backbone,
+            "weights": described,
+            "dim": trunk.dim,
+            "source": source,
+            "source_settings": source_settings,
+            "max_frames": max_frames,
+            "transform": f"resize {RESIZE}, center crop {CROP}, ImageNet mean/std",
+            "precision": "autocast float16" if gpu else "float32",
+            "stored": "float16",
+            "grid": images,
+            "shard_size": source_settings.get("shard_size"),
+        },
+    )
     shards.remove_temporaries(stage_dir)
 
     trunk = place_trunk(trunk, device)
@@ -434,29 +522,43 @@ def extract_features(root=None, dataset: str = "mrw", split: str = "test",
         batch_size = batch_size or largest_batch(trunk, device, images)
     batch_size = batch_size or 32
     runner = FeatureRunner(trunk, device, batch_size, images)
-    decode = None if source == "frames" else FrameSettings(source_settings["fps"],
-                                                           source_settings["size"])
+    decode = (
+        None
+        if source == "frames"
+        else FrameSettings(source_settings["fps"], source_settings["size"])
+    )
     indices, waiting = complete_shards(source_dir)
     if source == "frames":  # video shards that extract-frames has not reached yet
         waiting |= set(complete_shards(paths.videos_dir(root, dataset, split))[0]) - set(indices)
-    report = FeaturesReport(stage_dir=stage_dir, source=source, batch_size=batch_size,
-                            device=str(device), shards_total=len(indices),
-                            shards_waiting=len(waiting))
+    report = FeaturesReport(
+        stage_dir=stage_dir,
+        source=source,
+        batch_size=batch_size,
+        device=str(device),
+        shards_total=len(indices),
+        shards_waiting=len(waiting),
+    )
     todo = [i for i in indices if not shards.is_shard_complete(stage_dir, i)]
     report.shards_skipped = len(indices) - len(todo)
     schema = IMAGE_FEATURES_SCHEMA if images else FEATURES_SCHEMA
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="shard", desc="extract-features", disable=not progress)
     threads = torch.get_num_threads()
-    if gpu:  # the CPUs belong to the DataLoader workers: idle OpenMP threads here would spin on them
+    if (
+        gpu
+    ):  # the CPUs belong to the DataLoader workers: idle OpenMP threads here would spin on them
         torch.set_num_threads(1)
     try:
         for index in todo:
             table, urls = _source_shard(source, source_dir, index)
             parallel = workers if table.num_rows > 1 else 0
             loader = torch.utils.data.DataLoader(
-                ItemFrames(table, max_frames, decode, stage_dir), batch_size=None, shuffle=False,
-                num_workers=parallel, prefetch_factor=4 if parallel else None)
+                ItemFrames(table, max_frames, decode, stage_dir),
+                batch_size=None,
+                shuffle=False,
+                num_workers=parallel,
+                prefetch_factor=4 if parallel else None,
+            )
             outputs: dict = {}
             failures = dict(runner.run(loader, outputs))
             rows, status = [], []
@@ -467,9 +569,13 @@ def extract_features(root=None, dataset: str = "mrw", split: str = "test",
                     report.items_failed += 1
                     continue
                 pooled, grid, stamps = outputs[pos]
-                row = {"id": item_id, "features": pooled.astype("<f2").tobytes(),
-                       "num_frames": pooled.shape[0], "dim": pooled.shape[1],
-                       "timestamps": [float(t) for t in stamps]}
+                row = {
+                    "id": item_id,
+                    "features": pooled.astype("<f2").tobytes(),
+                    "num_frames": pooled.shape[0],
+                    "dim": pooled.shape[1],
+                    "timestamps": [float(t) for t in stamps],
+                }
                 if images:
                     row["grid"] = grid[0].astype("<f2").tobytes()
                 rows.append(row)

@@ -4,6 +4,7 @@ Every failure comes back as a short class (`http_404`, `timeout`, `too_large`, `
 `redirect_loop`, `not_video`, `connection_error`, `bad_url`, ...) plus a message, never as an
 exception, because a failed item is data for the status table, not a reason to stop the run.
 """
+
 from __future__ import annotations
 
 import random
@@ -29,11 +30,11 @@ MAX_RETRY_AFTER = 60.0
 class FetchConfig:
     """How one item is fetched; plain data passed down from `mrw download`'s options."""
 
-    timeout: float = 30.0          # limit on one whole response (headers and body), seconds
-    retries: int = 3               # extra tries on timeouts, connection errors, 5xx and 429
+    timeout: float = 30.0  # limit on one whole response (headers and body), seconds
+    retries: int = 3  # extra tries on timeouts, connection errors, 5xx and 429
     max_bytes: int = 64 * 1024 * 1024
-    per_host: int = 4              # connections open at once to one host (host:port)
-    backoff: float = 0.5           # first retry waits about this long, doubling each time
+    per_host: int = 4  # connections open at once to one host (host:port)
+    backoff: float = 0.5  # first retry waits about this long, doubling each time
     backoff_max: float = 8.0
     use_ytdlp: bool = True
 
@@ -42,11 +43,11 @@ class FetchConfig:
 class FetchResult:
     url: str
     data: bytes | None = None
-    error: str | None = None       # the class, e.g. "http_404"; None on success
+    error: str | None = None  # the class, e.g. "http_404"; None on success
     message: str = ""
     attempts: int = 0
     content_type: str | None = None
-    via: str = "http"              # "http" or "yt-dlp"
+    via: str = "http"  # "http" or "yt-dlp"
     attempt_seconds: list = field(default_factory=list)  # each request's wall time
 
     @property
@@ -59,17 +60,36 @@ class FetchResult:
 
 
 class FetchFailure(Exception):
-    def __init__(self, cls: str, message: str, retryable: bool = False,
-                 retry_after: float | None = None):
+    def __init__(
+        self, cls: str, message: str, retryable: bool = False, retry_after: float | None = None
+    ):
         super().__init__(message)
-        self.cls, self.message, self.retryable, self.retry_after = cls, message, retryable, retry_after
+        self.cls, self.message, self.retryable, self.retry_after = (
+            cls,
+            message,
+            retryable,
+            retry_after,
+        )
 
 
 def looks_like_html(head: bytes) -> bool:
     """Sniff the first bytes: an error or landing page, whatever its Content-Type says."""
     h = head[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    return h.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<!--", b"<?xml", b"<meta",
-                         b"<script", b"<title", b"<div", b"<p>"))
+    return h.startswith(
+        (
+            b"<!doctype html",
+            b"<html",
+            b"<head",
+            b"<body",
+            b"<!--",
+            b"<?xml",
+            b"<meta",
+            b"<script",
+            b"<title",
+            b"<div",
+            b"<p>",
+        )
+    )
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -81,7 +101,9 @@ def _retry_after(value: str | None) -> float | None:
         from email.utils import parsedate_to_datetime
 
         try:
-            return max(0.0, min(MAX_RETRY_AFTER, parsedate_to_datetime(value).timestamp() - time.time()))
+            return max(
+                0.0, min(MAX_RETRY_AFTER, parsedate_to_datetime(value).timestamp() - time.time())
+            )
         except (TypeError, ValueError):
             return None
 
@@ -120,8 +142,9 @@ class Fetcher:
             s = requests.Session()
             s.headers["User-Agent"] = USER_AGENT
             s.max_redirects = 10
-            adapter = requests.adapters.HTTPAdapter(pool_connections=16,
-                                                    pool_maxsize=max(1, self.config.per_host))
+            adapter = requests.adapters.HTTPAdapter(
+                pool_connections=16, pool_maxsize=max(1, self.config.per_host)
+            )
             s.mount("http://", adapter)
             s.mount("https://", adapter)
             self._local.session = s
@@ -144,10 +167,15 @@ class Fetcher:
         result = FetchResult(url=url)
         parts = urllib.parse.urlsplit(url or "")
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            result.error, result.message = "bad_url", f"only http and https URLs are fetched: {url!r}"
+            result.error, result.message = (
+                "bad_url",
+                f"only http and https URLs are fetched: {url!r}",
+            )
             return result
-        page_host = any(parts.hostname and (parts.hostname == h or parts.hostname.endswith("." + h))
-                        for h in PAGE_HOSTS)
+        page_host = any(
+            parts.hostname and (parts.hostname == h or parts.hostname.endswith("." + h))
+            for h in PAGE_HOSTS
+        )
         for attempt in range(1, self.config.retries + 2):
             result.attempts = attempt
             self._local.import_seconds = 0.0
@@ -156,7 +184,11 @@ class Fetcher:
             t0 = time.monotonic()
             try:
                 if page_host and self.config.use_ytdlp:
-                    data, ctype, via = self._ytdlp(url, t0 + self.config.timeout, generic=False), None, "yt-dlp"
+                    data, ctype, via = (
+                        self._ytdlp(url, t0 + self.config.timeout, generic=False),
+                        None,
+                        "yt-dlp",
+                    )
                 else:
                     data, ctype = self._get(url, t0 + self.config.timeout)
                     via = "http"
@@ -193,7 +225,9 @@ class Fetcher:
         except requests.exceptions.TooManyRedirects as e:
             raise FetchFailure("redirect_loop", f"too many redirects ({e})")
         except (requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout):
-            raise FetchFailure("timeout", f"no response within {self.config.timeout:g} s", retryable=True)
+            raise FetchFailure(
+                "timeout", f"no response within {self.config.timeout:g} s", retryable=True
+            )
         except requests.exceptions.InvalidURL as e:
             raise FetchFailure("bad_url", str(e))
         except requests.exceptions.RequestException as e:
@@ -216,11 +250,17 @@ class Fetcher:
             code = resp.status_code
             if code >= 400:
                 retry = code in RETRY_STATUS or code >= 500
-                raise FetchFailure(f"http_{code}", f"HTTP {code} {resp.reason or ''}".strip(),
-                                   retryable=retry, retry_after=_retry_after(resp.headers.get("Retry-After")))
+                raise FetchFailure(
+                    f"http_{code}",
+                    f"HTTP {code} {resp.reason or ''}".strip(),
+                    retryable=retry,
+                    retry_after=_retry_after(resp.headers.get("Retry-After")),
+                )
             length = resp.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > cap:
-                raise FetchFailure("too_large", f"Content-Length {int(length)} is over the cap of {cap} bytes")
+                raise FetchFailure(
+                    "too_large", f"Content-Length {int(length)} is over the cap of {cap} bytes"
+                )
             chunks, got = [], 0
             try:
                 for chunk in resp.iter_content(chunk_size=1 << 20):
@@ -233,13 +273,19 @@ class Fetcher:
             except (requests.exceptions.RequestException, OSError) as e:
                 if not fired.is_set() and not _read_timed_out(e):
                     if "IncompleteRead" in repr(e) or "incomplete" in str(e).lower():
-                        raise FetchFailure("truncated", f"connection closed after {got} bytes "
-                                           f"of {length or 'unknown'}", retryable=True)
+                        raise FetchFailure(
+                            "truncated",
+                            f"connection closed after {got} bytes of {length or 'unknown'}",
+                            retryable=True,
+                        )
                     raise FetchFailure("connection_error", _short(e), retryable=True)
                 fired.set()  # the socket's own read timeout came first: the same deadline
             if fired.is_set() or time.monotonic() > deadline:
-                raise FetchFailure("timeout", f"response not complete within {self.config.timeout:g} s "
-                                   f"({got} bytes read)", retryable=True)
+                raise FetchFailure(
+                    "timeout",
+                    f"response not complete within {self.config.timeout:g} s ({got} bytes read)",
+                    retryable=True,
+                )
             if length and length.isdigit() and got != int(length):
                 raise FetchFailure("truncated", f"got {got} of {length} bytes", retryable=True)
             if not got:
@@ -279,18 +325,28 @@ class Fetcher:
 
         def hook(d):
             if time.monotonic() > deadline:
-                raise FetchFailure("timeout", f"yt-dlp not done within {self.config.timeout:g} s",
-                                   retryable=True)
+                raise FetchFailure(
+                    "timeout", f"yt-dlp not done within {self.config.timeout:g} s", retryable=True
+                )
             if (d.get("downloaded_bytes") or 0) > cap:
                 raise FetchFailure("too_large", f"more than {cap} bytes (yt-dlp)")
 
         with tempfile.TemporaryDirectory(prefix="mrw-ytdlp-") as tmp:
             opts = {
-                "outtmpl": str(Path(tmp) / "media.%(ext)s"), "quiet": True, "no_warnings": True,
-                "noprogress": True, "logger": _Quiet(), "progress_hooks": [hook],
-                "socket_timeout": max(1.0, deadline - time.monotonic()), "retries": 0,
-                "fragment_retries": 0, "noplaylist": True, "max_filesize": cap, "cachedir": False,
-                "http_headers": {"User-Agent": USER_AGENT}, "overwrites": True,
+                "outtmpl": str(Path(tmp) / "media.%(ext)s"),
+                "quiet": True,
+                "no_warnings": True,
+                "noprogress": True,
+                "logger": _Quiet(),
+                "progress_hooks": [hook],
+                "socket_timeout": max(1.0, deadline - time.monotonic()),
+                "retries": 0,
+                "fragment_retries": 0,
+                "noplaylist": True,
+                "max_filesize": cap,
+                "cachedir": False,
+                "http_headers": {"User-Agent": USER_AGENT},
+                "overwrites": True,
                 # a media URL that answered with a page: only the generic extractor applies, and
                 # skipping the match against ~1,800 site extractors saves seconds per call
                 "force_generic_extractor": generic,
@@ -305,15 +361,20 @@ class Fetcher:
                 if inner and isinstance(inner[1], FetchFailure):
                     raise inner[1]
                 if time.monotonic() > deadline:
-                    raise FetchFailure("timeout", f"yt-dlp not done within {self.config.timeout:g} s",
-                                       retryable=True)
+                    raise FetchFailure(
+                        "timeout",
+                        f"yt-dlp not done within {self.config.timeout:g} s",
+                        retryable=True,
+                    )
                 raise FetchFailure("ytdlp_error", _short(e))
             files = [p for p in Path(tmp).iterdir() if p.is_file() and not p.name.endswith(".part")]
             if not files:
                 raise FetchFailure("ytdlp_error", "yt-dlp downloaded nothing")
             path = max(files, key=lambda p: p.stat().st_size)
             if path.stat().st_size > cap:
-                raise FetchFailure("too_large", f"{path.stat().st_size} bytes is over the cap of {cap}")
+                raise FetchFailure(
+                    "too_large", f"{path.stat().st_size} bytes is over the cap of {cap}"
+                )
             return path.read_bytes()
 
 

@@ -6,6 +6,7 @@ the same catalog rows as video shard `i`: one row per video that decoded, one st
 of the video shard (a video that failed to download has no row here; one that fails to decode gets
 a `failed` status row).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,11 +16,12 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -40,9 +42,16 @@ FRAMES_SCHEMA = pa.schema(
 )
 
 #: JPEG bytes are compressed already: no codec on them, snappy on the small columns
-PARQUET_OPTIONS = {"compression": {"id": "snappy", "frames.list.element": "none",
-                                   "timestamps.list.element": "snappy", "num_frames": "snappy",
-                                   "width": "snappy", "height": "snappy"}}
+PARQUET_OPTIONS = {
+    "compression": {
+        "id": "snappy",
+        "frames.list.element": "none",
+        "timestamps.list.element": "snappy",
+        "num_frames": "snappy",
+        "width": "snappy",
+        "height": "snappy",
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ class FrameSettings:
     size: int = 256  # shorter side, as the reference resized before its 224 crops
     quality: int = 90  # JPEG quality, 1-100
 
-    def check(self) -> "FrameSettings":
+    def check(self) -> FrameSettings:
         if not (self.fps > 0 and np.isfinite(self.fps)):
             raise UsageError(f"--fps must be a positive number, got {self.fps}")
         if not 16 <= self.size <= 4096:
@@ -82,8 +91,7 @@ def _filter_graph(fps: float, size: int) -> str:
     slot = f"floor((t-start_t)*{fps!r}+1e-6)"
     prev = f"floor((prev_selected_t-start_t)*{fps!r}+1e-6)"
     select = f"select='isnan(prev_selected_t)+gt({slot},{prev})'"
-    scale = (f"scale='if(gt(iw,ih),-1,{size})':'if(gt(iw,ih),{size},-1)'"
-             ":flags=bicubic")
+    scale = f"scale='if(gt(iw,ih),-1,{size})':'if(gt(iw,ih),{size},-1)':flags=bicubic"
     return f"{select},{scale},showinfo"
 
 
@@ -117,8 +125,14 @@ def _read_ppm_stream(stream) -> Iterator[np.ndarray]:
         yield np.frombuffer(data, np.uint8).reshape(h, w, 3)
 
 
-def decode_video(data: bytes, fmt: str | None, fps: float = 8.0, size: int = 256,
-                 scratch_dir: Path | None = None, convert: Callable | None = None) -> DecodedVideo:
+def decode_video(
+    data: bytes,
+    fmt: str | None,
+    fps: float = 8.0,
+    size: int = 256,
+    scratch_dir: Path | None = None,
+    convert: Callable | None = None,
+) -> DecodedVideo:
     """Decode once with ffmpeg: sample at `fps` (every frame of a slower clip), shorter side `size`.
 
     `convert` (e.g. JPEG encoding) runs on each frame as it arrives, while ffmpeg decodes the
@@ -134,14 +148,37 @@ def decode_video(data: bytes, fmt: str | None, fps: float = 8.0, size: int = 256
     ext = re.sub(r"[^a-z0-9]", "", (fmt or "bin").lower()) or "bin"
     tmp = scratch_dir / f"{shards.TMP_PREFIX}decode-{os.getpid()}-{uuid.uuid4().hex[:12]}.{ext}"
     tmp.write_bytes(data)
-    cmd = ["ffmpeg", "-hide_banner", "-nostats", "-nostdin", "-loglevel", "info",
-           "-threads", "1", "-i", str(tmp), "-map", "0:v:0", "-an", "-sn", "-dn",
-           "-vf", _filter_graph(fps, size), "-fps_mode", "passthrough",
-           "-f", "image2pipe", "-c:v", "ppm", "pipe:1"]
+    cmd = [
+        "ffmpeg",
+        "-hide_banner",
+        "-nostats",
+        "-nostdin",
+        "-loglevel",
+        "info",
+        "-threads",
+        "1",
+        "-i",
+        str(tmp),
+        "-map",
+        "0:v:0",
+        "-an",
+        "-sn",
+        "-dn",
+        "-vf",
+        _filter_graph(fps, size),
+        "-fps_mode",
+        "passthrough",
+        "-f",
+        "image2pipe",
+        "-c:v",
+        "ppm",
+        "pipe:1",
+    ]
     try:
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
         except FileNotFoundError:
             raise FatalError("ffmpeg not found on PATH: install ffmpeg (5.x or newer)") from None
         log: list[bytes] = []
@@ -176,14 +213,18 @@ def decode_video(data: bytes, fmt: str | None, fps: float = 8.0, size: int = 256
 
 
 def _last_error_line(log: str) -> str:
-    lines = [ln.strip() for ln in log.splitlines()
-             if ln.strip() and "Parsed_showinfo" not in ln and not ln.startswith(("frame=", "video:"))]
+    lines = [
+        ln.strip()
+        for ln in log.splitlines()
+        if ln.strip() and "Parsed_showinfo" not in ln and not ln.startswith(("frame=", "video:"))
+    ]
     return lines[-1][:300] if lines else ""
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    )
     if not ok:
         raise DecodeError("JPEG encoding failed")
     return buf.tobytes()
@@ -214,9 +255,11 @@ class StageReport:
 
     def counts(self, stage: str, items: str) -> str:
         rate = self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        return (f"{stage}: {self.shards_done} shards written, {self.shards_skipped} already "
-                f"complete; {self.items_ok} {items} ok, {self.items_failed} failed; {self.frames} "
-                f"frames in {self.elapsed_s:.1f}s ({rate:.0f} frames/s")
+        return (
+            f"{stage}: {self.shards_done} shards written, {self.shards_skipped} already "
+            f"complete; {self.items_ok} {items} ok, {self.items_failed} failed; {self.frames} "
+            f"frames in {self.elapsed_s:.1f}s ({rate:.0f} frames/s"
+        )
 
 
 @dataclass
@@ -226,8 +269,10 @@ class FramesReport(StageReport):
     def summary(self) -> str:
         text = self.counts("frames", "videos") + ")"
         if self.shards_waiting:
-            text += (f"; {self.shards_waiting} video shards are not complete yet "
-                     "(run `mrw download` to finish them, then run this again)")
+            text += (
+                f"; {self.shards_waiting} video shards are not complete yet "
+                "(run `mrw download` to finish them, then run this again)"
+            )
         return text
 
 
@@ -266,21 +311,40 @@ def require_videos(root, dataset: str, split: str) -> Path:
 def _frames_row(item: dict, settings: FrameSettings, scratch: Path) -> tuple[dict | None, dict]:
     status = {"id": item["id"], "url": item.get("url"), "attempts": 1}
     try:
-        decoded = decode_video(item["video"], item.get("format"), settings.fps, settings.size,
-                               scratch, convert=lambda f: encode_jpeg(f, settings.quality))
+        decoded = decode_video(
+            item["video"],
+            item.get("format"),
+            settings.fps,
+            settings.size,
+            scratch,
+            convert=lambda f: encode_jpeg(f, settings.quality),
+        )
     except DecodeError as e:
         return None, {**status, "status": "failed", "error": f"decode_error: {e}"}
     jpegs = decoded.frames
-    row = {"id": item["id"], "frames": jpegs, "timestamps": decoded.timestamps,
-           "num_frames": len(jpegs), "width": decoded.width, "height": decoded.height}
+    row = {
+        "id": item["id"],
+        "frames": jpegs,
+        "timestamps": decoded.timestamps,
+        "num_frames": len(jpegs),
+        "width": decoded.width,
+        "height": decoded.height,
+    }
     duration = decoded.timestamps[-1] + 1.0 / settings.fps if len(jpegs) > 1 else 0.0
     row["_seconds"] = float(item.get("duration") or duration or 0.0)
     return row, {**status, "status": "ok", "error": None}
 
 
-def extract_frames(root=None, dataset: str = "mrw", split: str = "test", fps: float = 8.0,
-                   size: int = 256, quality: int = 90, workers: int | None = None,
-                   progress: bool = True) -> FramesReport:
+def extract_frames(
+    root=None,
+    dataset: str = "mrw",
+    split: str = "test",
+    fps: float = 8.0,
+    size: int = 256,
+    quality: int = 90,
+    workers: int | None = None,
+    progress: bool = True,
+) -> FramesReport:
     """Every complete video shard without a complete frame shard -> a frame shard; resumable."""
     from tqdm import tqdm
 
@@ -293,26 +357,42 @@ def extract_frames(root=None, dataset: str = "mrw", split: str = "test", fps: fl
     videos_dir = require_videos(root, dataset, split)
     stage_dir = paths.frames_dir(root, dataset, split)
     video_manifest = shards.read_manifest(videos_dir) or {}
-    shards.check_manifest(stage_dir, {"stage": "frames", **asdict(settings),
-                                      "resize": "shorter side, bicubic",
-                                      "sampling": "first frame of each 1/fps slot",
-                                      "shard_size": video_manifest.get("shard_size")})
+    shards.check_manifest(
+        stage_dir,
+        {
+            "stage": "frames",
+            **asdict(settings),
+            "resize": "shorter side, bicubic",
+            "sampling": "first frame of each 1/fps slot",
+            "shard_size": video_manifest.get("shard_size"),
+        },
+    )
     shards.remove_temporaries(stage_dir)
 
     indices, waiting = complete_shards(videos_dir)
-    report = FramesReport(stage_dir=stage_dir, shards_total=len(indices),
-                          shards_waiting=len(waiting))
+    report = FramesReport(
+        stage_dir=stage_dir, shards_total=len(indices), shards_waiting=len(waiting)
+    )
     todo = [i for i in indices if not shards.is_shard_complete(stage_dir, i)]
     report.shards_skipped = len(indices) - len(todo)
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="shard", desc="extract-frames", disable=not progress)
     for index in todo:
-        urls = {r["id"]: r["url"] for r in shards.iter_rows(
-            [shards.status_path(videos_dir, index)], columns=["id", "url"])}
+        urls = {
+            r["id"]: r["url"]
+            for r in shards.iter_rows(
+                [shards.status_path(videos_dir, index)], columns=["id", "url"]
+            )
+        }
         data_file = shards.data_path(videos_dir, index)
-        items = ({**r, "url": urls.get(r["id"])} for r in shards.iter_rows(
-            [data_file] if data_file.exists() else [],
-            columns=["id", "video", "format", "duration"], batch_size=16))
+        items = (
+            {**r, "url": urls.get(r["id"])}
+            for r in shards.iter_rows(
+                [data_file] if data_file.exists() else [],
+                columns=["id", "video", "format", "duration"],
+                batch_size=16,
+            )
+        )
         rows, status = [], []
         for row, st in ordered_map(lambda it: _frames_row(it, settings, stage_dir), items, workers):
             status.append(st)

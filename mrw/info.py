@@ -1,4 +1,5 @@
 """`mrw info`: what exists under the root, per dataset and split, read from the files themselves."""
+
 from __future__ import annotations
 
 import math
@@ -18,9 +19,12 @@ def stage_info(stage_dir: Path, catalog_items: int | None) -> dict | None:
     manifest = shards.read_manifest(stage_dir) or {}
     status = shards.read_status(stage_dir).column("status")
     ok = pc.sum(pc.equal(status, "ok")).as_py() or 0
-    info = {"ok": ok, "failed": len(status) - ok,
-            "shards_done": len(shards.status_shards(stage_dir)),
-            "settings": {k: v for k, v in manifest.items() if k != "shard_size"}}
+    info = {
+        "ok": ok,
+        "failed": len(status) - ok,
+        "shards_done": len(shards.status_shards(stage_dir)),
+        "settings": {k: v for k, v in manifest.items() if k != "shard_size"},
+    }
     size = manifest.get("shard_size")
     if size and catalog_items is not None:
         info["shards_total"] = math.ceil(catalog_items / size)
@@ -40,12 +44,20 @@ def collect_info(root, datasets) -> dict:
             if cat.exists():
                 meta = pq.ParquetFile(cat)
                 items = meta.metadata.num_rows
-                sentences = pc.sum(pc.list_value_length(pq.read_table(cat, columns=["sentences"])
-                                                        .column("sentences"))).as_py() or 0
+                sentences = (
+                    pc.sum(
+                        pc.list_value_length(
+                            pq.read_table(cat, columns=["sentences"]).column("sentences")
+                        )
+                    ).as_py()
+                    or 0
+                )
                 entry["catalog"] = {"items": items, "sentences": sentences}
             stages = {}
-            for stage, folder in (("videos", paths.videos_dir(root, name, split)),
-                                  ("frames", paths.frames_dir(root, name, split))):
+            for stage, folder in (
+                ("videos", paths.videos_dir(root, name, split)),
+                ("frames", paths.frames_dir(root, name, split)),
+            ):
                 got = stage_info(folder, items)
                 if got:
                     stages[stage] = got
@@ -71,9 +83,14 @@ def format_info(report: dict) -> str:
             published = e["published_items"]
             stage_txt = []
             for stage, s in e["stages"].items():
-                shards_txt = f"{s['shards_done']}/{s['shards_total']}" if "shards_total" in s \
+                shards_txt = (
+                    f"{s['shards_done']}/{s['shards_total']}"
+                    if "shards_total" in s
                     else str(s["shards_done"])
-                stage_txt.append(f"{stage}: {s['ok']} ok, {s['failed']} failed, shards {shards_txt}")
+                )
+                stage_txt.append(
+                    f"{stage}: {s['ok']} ok, {s['failed']} failed, shards {shards_txt}"
+                )
             lines.append(
                 f"  {split:<6} {published if published is not None else '-':>9} "
                 f"{cat['items'] if cat else '-':>8} {cat['sentences'] if cat else '-':>9}  "

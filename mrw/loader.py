@@ -11,6 +11,7 @@ workers never share a handle. Items come in catalog order; items without a row i
     >>> ds = load_dataset("mrw", split="test", modality="features", num_frames=8)
     >>> item = ds[0]        # {"id", "sentences", "sentence", "sentence_id", "features", ...}
 """
+
 from __future__ import annotations
 
 import bisect
@@ -37,7 +38,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from mrw import paths
 from mrw.catalog import read_catalog
 from mrw.errors import UsageError
-from mrw.shards import data_path, read_manifest, read_status, status_shards, shard_index
+from mrw.shards import data_path, read_manifest, read_status, shard_index, status_shards
 
 MODALITIES = ("features", "frames", "video")
 SAMPLINGS = ("uniform", "random")
@@ -88,8 +89,10 @@ def parse_split(spec: str) -> list[SplitSlice]:
     for raw in str(spec).replace(" ", "").split("+"):
         m = _SPEC.match(raw)
         if not m:
-            raise UsageError(f"bad split {spec!r}: expected e.g. 'train', 'train[:10%]', "
-                             "'test[100:200]' or 'train[:10%]+val'")
+            raise UsageError(
+                f"bad split {spec!r}: expected e.g. 'train', 'train[:10%]', "
+                "'test[100:200]' or 'train[:10%]+val'"
+            )
         for b in (m["start"], m["stop"]):
             if b and b.endswith("%") and abs(int(b[:-1])) > 100:
                 raise UsageError(f"bad split {spec!r}: a percentage must lie within -100% and 100%")
@@ -98,8 +101,13 @@ def parse_split(spec: str) -> list[SplitSlice]:
 
 
 # -- frame sampling ----------------------------------------------------------------------------
-def sample_frame_indices(total: int, num_frames: int | None, sampling: str = "uniform",
-                         edge: int = 0, rng: random.Random | None = None) -> list[int]:
+def sample_frame_indices(
+    total: int,
+    num_frames: int | None,
+    sampling: str = "uniform",
+    edge: int = 0,
+    rng: random.Random | None = None,
+) -> list[int]:
     """Which of a clip's `total` frames to take, as the reference loader chose them.
 
     - `num_frames=None`: every frame, in order.
@@ -142,7 +150,9 @@ def stage_dir(root, dataset: str, split: str, modality: str, backbone: str = "re
     return paths.features_dir(root, dataset, split, backbone)
 
 
-def _source_dir(root, dataset: str, split: str, modality: str, manifest: dict | None) -> Path | None:
+def _source_dir(
+    root, dataset: str, split: str, modality: str, manifest: dict | None
+) -> Path | None:
     """The stage a stage was built from (videos for frames; frames or videos for features)."""
     if modality == "video":
         return None
@@ -183,14 +193,18 @@ class SplitIndex:
         return len(self.rows)
 
     @classmethod
-    def open(cls, root, dataset: str, split: str, modality: str, backbone: str) -> "SplitIndex":
-        catalog = read_catalog(root, dataset, split, columns=["id", "sentences", "protocol_sentences"])
+    def open(cls, root, dataset: str, split: str, modality: str, backbone: str) -> SplitIndex:
+        catalog = read_catalog(
+            root, dataset, split, columns=["id", "sentences", "protocol_sentences"]
+        )
         directory = stage_dir(root, dataset, split, modality, backbone)
         command = stage_command(dataset, split, modality, backbone)
         statuses = status_shards(directory)
         if not statuses:
-            raise UsageError(f"no {modality} for {dataset}/{split} under {paths.resolve_root(root)}: "
-                             f"run `{command}` first")
+            raise UsageError(
+                f"no {modality} for {dataset}/{split} under {paths.resolve_root(root)}: "
+                f"run `{command}` first"
+            )
         status = read_status(directory)
         n_ok = pc.sum(pc.equal(status.column("status"), "ok")).as_py() or 0
         manifest = read_manifest(directory)
@@ -203,9 +217,11 @@ class SplitIndex:
             due = up.filter(pc.equal(up.column("status"), "ok")).column("id")
         missing = int(pc.sum(pc.invert(pc.is_in(due, value_set=status.column("id")))).as_py() or 0)
         if missing > 0:
-            warnings.warn(f"{missing} of {catalog.num_rows} items of {dataset}/{split} have no "
-                          f"{modality} status yet (an unfinished run?): `{command}` finishes it",
-                          stacklevel=3)
+            warnings.warn(
+                f"{missing} of {catalog.num_rows} items of {dataset}/{split} have no "
+                f"{modality} status yet (an unfinished run?): `{command}` finishes it",
+                stacklevel=3,
+            )
         needed = ["id"] + _STAGE_COLUMNS[modality]
         columns = list(needed)
         shard_paths, shard_ids, group_sizes = [], [], []
@@ -216,24 +232,37 @@ class SplitIndex:
             pf = pq.ParquetFile(path)
             absent = [c for c in needed if c not in pf.schema_arrow.names]
             if absent:
-                raise UsageError(f"{path}: not a {modality} shard (no column {', '.join(absent)}); "
-                                 f"remove it and run `{command}`")
+                raise UsageError(
+                    f"{path}: not a {modality} shard (no column {', '.join(absent)}); "
+                    f"remove it and run `{command}`"
+                )
             if modality == "features" and "grid" in pf.schema_arrow.names and "grid" not in columns:
                 columns.append("grid")  # images: the 7x7 map beside the pooled vector
             shard_paths.append(str(path))
             shard_ids.append(pf.read(columns=["id"]).column("id"))
-            group_sizes.append(np.array([pf.metadata.row_group(g).num_rows
-                                         for g in range(pf.num_row_groups)], np.int64))
+            group_sizes.append(
+                np.array(
+                    [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)], np.int64
+                )
+            )
         sizes = np.array([len(ids) for ids in shard_ids], np.int64)
         shard_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        group_start = [np.concatenate([[0], np.cumsum(g)[:-1]]).astype(np.int64) for g in group_sizes]
+        group_start = [
+            np.concatenate([[0], np.cumsum(g)[:-1]]).astype(np.int64) for g in group_sizes
+        ]
         shard = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
         shard_row = np.arange(int(shard_start[-1]), dtype=np.int64) - shard_start[shard]
-        group = np.concatenate([np.repeat(np.arange(len(g), dtype=np.int32), g) for g in group_sizes]
-                               or [np.zeros(0, np.int32)])
-        within = (shard_row - np.concatenate(
-            [np.repeat(gs, g) for gs, g in zip(group_start, group_sizes)] or [np.zeros(0, np.int64)])
-                  ).astype(np.int32)
+        group = np.concatenate(
+            [np.repeat(np.arange(len(g), dtype=np.int32), g) for g in group_sizes]
+            or [np.zeros(0, np.int32)]
+        )
+        within = (
+            shard_row
+            - np.concatenate(
+                [np.repeat(gs, g) for gs, g in zip(group_start, group_sizes)]
+                or [np.zeros(0, np.int64)]
+            )
+        ).astype(np.int32)
         all_ids = pa.chunked_array([c for ids in shard_ids for c in ids.chunks], type=pa.string())
         # the catalog row of each shard row; rows whose id the catalog lacks are ignored
         cat_row = pc.fill_null(pc.index_in(all_ids, value_set=catalog.column("id")), -1)
@@ -243,17 +272,36 @@ class SplitIndex:
         rows = cat_row[order]
         if len(rows) > 1 and np.any(rows[1:] == rows[:-1]):
             dup = catalog.column("id")[int(rows[1:][rows[1:] == rows[:-1]][0])].as_py()
-            raise UsageError(f"{directory}: item {dup!r} appears in more than one row; "
-                             f"run `mrw validate --dataset {dataset} --split {split}`")
-        return cls(root=paths.resolve_root(root), dataset=dataset, split=split, modality=modality,
-                   directory=directory, columns=columns, catalog=catalog.combine_chunks(), shard_paths=shard_paths,
-                   rows=rows, shard=shard[order], row_group=group[order],
-                   row_in_group=within[order], shard_row=shard_row[order], row_catalog=cat_row,
-                   shard_start=shard_start, group_start=group_start,
-                   counts={"catalog": catalog.num_rows, "ok": int(n_ok),
-                           "failed": int(status.num_rows - n_ok), "no_status": max(0, int(missing)),
-                           "available": int(len(rows))},
-                   manifest=manifest)
+            raise UsageError(
+                f"{directory}: item {dup!r} appears in more than one row; "
+                f"run `mrw validate --dataset {dataset} --split {split}`"
+            )
+        return cls(
+            root=paths.resolve_root(root),
+            dataset=dataset,
+            split=split,
+            modality=modality,
+            directory=directory,
+            columns=columns,
+            catalog=catalog.combine_chunks(),
+            shard_paths=shard_paths,
+            rows=rows,
+            shard=shard[order],
+            row_group=group[order],
+            row_in_group=within[order],
+            shard_row=shard_row[order],
+            row_catalog=cat_row,
+            shard_start=shard_start,
+            group_start=group_start,
+            counts={
+                "catalog": catalog.num_rows,
+                "ok": int(n_ok),
+                "failed": int(status.num_rows - n_ok),
+                "no_status": max(0, int(missing)),
+                "available": len(rows),
+            },
+            manifest=manifest,
+        )
 
 
 class _RowGroup:
@@ -269,22 +317,31 @@ class _RowGroup:
         self.lists = {}  # column -> (values, offsets)
         for name in table.column_names:
             type_ = table.schema.field(name).type
-            if name in ("features", "grid") and (pa.types.is_binary(type_) or pa.types.is_large_binary(type_)):
+            if name in ("features", "grid") and (
+                pa.types.is_binary(type_) or pa.types.is_large_binary(type_)
+            ):
                 self.chunks[name] = [_binary_views(c) for c in table.column(name).chunks]
             elif name == "timestamps" and pa.types.is_list(type_):
                 arr = _one_chunk(table.column(name))
-                self.lists[name] = (arr.flatten().to_numpy(zero_copy_only=False),
-                                    arr.offsets.to_numpy())
-        self.numbers = {name: table.column(name).to_numpy()
-                        for name in ("num_frames", "dim") if name in table.column_names}
+                self.lists[name] = (
+                    arr.flatten().to_numpy(zero_copy_only=False),
+                    arr.offsets.to_numpy(),
+                )
+        self.numbers = {
+            name: table.column(name).to_numpy()
+            for name in ("num_frames", "dim")
+            if name in table.column_names
+        }
         self.counts = {name: values.tolist() for name, values in self.numbers.items()}
-        self.catalog = None  # (catalog ids, sentences, protocol sentences) of its rows, on first use
+        self.catalog = (
+            None  # (catalog ids, sentences, protocol sentences) of its rows, on first use
+        )
         self.uses = 0  # items made from this row group so far
         self._whole: dict = {}  # (column, dtype) -> every row converted at once, or None
         self.handed_out: set = set()  # (column, row) whose converted view an item holds
         self.prepared = False  # every float16 column converted already (sequential reading)
 
-    def prepare(self, dtype: torch.dtype, spare: "_Spare") -> "_RowGroup":
+    def prepare(self, dtype: torch.dtype, spare: _Spare) -> _RowGroup:
         """Convert every float16 column now, in one call each, so that items are views from
         the first one on (sequential reading)."""
         for name in self.chunks:
@@ -292,35 +349,43 @@ class _RowGroup:
         self.prepared = True
         return self
 
-    def catalog_rows(self, index: "SplitIndex", shard: int, group: int) -> tuple:
+    def catalog_rows(self, index: SplitIndex, shard: int, group: int) -> tuple:
         """The catalog's id, sentences and protocol sentences of every row, fetched once."""
         if self.catalog is None:
             if self.first_group is not None:
                 group = self.first_group
             start = int(index.shard_start[shard] + index.group_start[shard][group])
-            rows = index.row_catalog[start:start + len(self.ids)]
+            rows = index.row_catalog[start : start + len(self.ids)]
             taken = index.catalog.take(pa.array(np.maximum(rows, 0)))
-            self.catalog = (rows.tolist(), taken.column("id").to_pylist(),
-                            taken.column("sentences").to_pylist(),
-                            taken.column("protocol_sentences").to_pylist())
+            self.catalog = (
+                rows.tolist(),
+                taken.column("id").to_pylist(),
+                taken.column("sentences").to_pylist(),
+                taken.column("protocol_sentences").to_pylist(),
+            )
         return self.catalog
 
     def float16(self, name: str, row: int) -> torch.Tensor | None:
         """The row's values as a flat float16 view (no copy), or None if no view could be made."""
         if name not in self._binary:
             chunks = self.chunks[name]
-            self._binary[name] = (chunks[0] if len(chunks) == 1 else
-                                  _binary_views(_one_chunk(self.table.column(name))))
+            self._binary[name] = (
+                chunks[0]
+                if len(chunks) == 1
+                else _binary_views(_one_chunk(self.table.column(name)))
+            )
         data, offsets = self._binary[name]
         if data is None:
             return None
-        return data[int(offsets[row]) >> 1:int(offsets[row + 1]) >> 1]
+        return data[int(offsets[row]) >> 1 : int(offsets[row + 1]) >> 1]
 
     def list_values(self, name: str, row: int) -> np.ndarray:
         values, offsets = self.lists[name]
-        return values[offsets[row]:offsets[row + 1]]
+        return values[offsets[row] : offsets[row + 1]]
 
-    def converted_rows(self, name: str, dtype: torch.dtype, spare: "_Spare | None" = None) -> tuple | None:
+    def converted_rows(
+        self, name: str, dtype: torch.dtype, spare: _Spare | None = None
+    ) -> tuple | None:
         """Every row of a float16 column converted in one go and split into [rows, dim] views,
         or None when the rows don't all have the shape their `num_frames` and `dim` say (then
         each row is read on its own, which reports the bad one)."""
@@ -331,11 +396,21 @@ class _RowGroup:
             dims = self.numbers["dim"]
             counts = np.full(len(self.ids), 49) if name == "grid" else self.numbers["num_frames"]
             sizes = np.concatenate([np.diff(offsets) for _, offsets in chunks] or [np.zeros(0)])
-            if (all(data is not None for data, _ in chunks) and len(dims)
-                    and (dims == dims[0]).all() and dims[0] > 0
-                    and np.array_equal(sizes, 2 * counts.astype(np.int64) * dims)):
-                whole = _converted([data[int(offsets[0]) >> 1:int(offsets[-1]) >> 1]
-                                    for data, offsets in chunks], dtype, spare)
+            if (
+                all(data is not None for data, _ in chunks)
+                and len(dims)
+                and (dims == dims[0]).all()
+                and dims[0] > 0
+                and np.array_equal(sizes, 2 * counts.astype(np.int64) * dims)
+            ):
+                whole = _converted(
+                    [
+                        data[int(offsets[0]) >> 1 : int(offsets[-1]) >> 1]
+                        for data, offsets in chunks
+                    ],
+                    dtype,
+                    spare,
+                )
                 self._whole[key] = torch.split(whole.view(-1, int(dims[0])), counts.tolist())
         return self._whole[key]
 
@@ -372,20 +447,26 @@ class _Spare:
         return torch.frombuffer(buf, dtype=dtype, count=numel)  # holds the buffer while alive
 
 
-def _converted(pieces: list[torch.Tensor], dtype: torch.dtype, spare: _Spare | None) -> torch.Tensor:
+def _converted(
+    pieces: list[torch.Tensor], dtype: torch.dtype, spare: _Spare | None
+) -> torch.Tensor:
     """The flat tensors `pieces`, one after the other, as one new tensor of `dtype` (in a spare
     buffer when one is free), converted on this thread alone: torch's thread pool would fight
     pyarrow's read-ahead threads for the cores (OpenMP keeps the thread count per thread, so
     setting it here for the copy touches no other thread)."""
     total = sum(p.numel() for p in pieces)
-    out = spare.tensor(total, dtype) if spare is not None and total else torch.empty(total, dtype=dtype)
+    out = (
+        spare.tensor(total, dtype)
+        if spare is not None and total
+        else torch.empty(total, dtype=dtype)
+    )
     threads = torch.get_num_threads()
     if threads > 1:
         torch.set_num_threads(1)
     try:
         at = 0
         for piece in pieces:
-            out[at:at + piece.numel()].copy_(piece)
+            out[at : at + piece.numel()].copy_(piece)
             at += piece.numel()
     finally:
         if threads > 1:
@@ -402,13 +483,16 @@ def _binary_views(arr: pa.Array):
     None if no view can be made (odd offsets, nulls), and rows are then read one by one."""
     width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
     _, offsets_buf, buf = arr.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=width)[arr.offset: arr.offset + len(arr) + 1]
+    offsets = np.frombuffer(offsets_buf, dtype=width)[arr.offset : arr.offset + len(arr) + 1]
     if sys.byteorder != "little" or arr.null_count or buf is None or (offsets & 1).any():
         return None, offsets
     with warnings.catch_warnings():  # a read-only view: items only ever get converted copies
         warnings.simplefilter("ignore")
-        data = (torch.frombuffer(buf, dtype=torch.uint8, count=buf.size & ~1).view(torch.float16)
-                if buf.size > 1 else torch.zeros(0, dtype=torch.float16))
+        data = (
+            torch.frombuffer(buf, dtype=torch.uint8, count=buf.size & ~1).view(torch.float16)
+            if buf.size > 1
+            else torch.zeros(0, dtype=torch.float16)
+        )
     return data, offsets
 
 
@@ -448,7 +532,7 @@ class _OpenFiles:
 SEQUENTIAL_GROUPS = 16
 
 
-def sequential_runs(index: "SplitIndex", positions: np.ndarray):
+def sequential_runs(index: SplitIndex, positions: np.ndarray):
     """Cut positions (in reading order) into runs that lie in one shard within
     SEQUENTIAL_GROUPS consecutive row groups: (shard, first group, last group, positions)."""
     shards, groups = index.shard[positions], index.row_group[positions]
@@ -473,14 +557,22 @@ def _scan(jobs: list):
     filesystem, fmt = pafs.LocalFileSystem(use_mmap=True), pads.ParquetFileFormat()
 
     def scanned(index, part):  # a generator, so that opening errors surface where reads do
-        fragments = [fmt.make_fragment(index.shard_paths[s], filesystem=filesystem,
-                                       row_groups=list(range(first, last + 1)))
-                     for _, s, first, last, _ in part]
-        dataset = pads.FileSystemDataset(fragments, schema=fragments[0].physical_schema,
-                                         format=fmt, filesystem=filesystem)
-        yield from dataset.to_batches(columns=index.columns, batch_size=1 << 24,
-                                      batch_readahead=SEQUENTIAL_GROUPS, fragment_readahead=2,
-                                      use_threads=True)
+        fragments = [
+            fmt.make_fragment(
+                index.shard_paths[s], filesystem=filesystem, row_groups=list(range(first, last + 1))
+            )
+            for _, s, first, last, _ in part
+        ]
+        dataset = pads.FileSystemDataset(
+            fragments, schema=fragments[0].physical_schema, format=fmt, filesystem=filesystem
+        )
+        yield from dataset.to_batches(
+            columns=index.columns,
+            batch_size=1 << 24,
+            batch_readahead=SEQUENTIAL_GROUPS,
+            fragment_readahead=2,
+            use_threads=True,
+        )
 
     for _, part in itertools.groupby(jobs, key=lambda job: id(job[0])):
         part = list(part)
@@ -488,40 +580,57 @@ def _scan(jobs: list):
         batches = scanned(index, part)
         for job in part:
             _, s, first, last, _ = job
-            ends = np.append(index.group_start[s][1:], index.shard_start[s + 1] - index.shard_start[s])
+            ends = np.append(
+                index.group_start[s][1:], index.shard_start[s + 1] - index.shard_start[s]
+            )
             want, got = int(ends[last] - index.group_start[s][first]), []
             while want > 0:
                 try:
                     batch = next(batches, None)
                 except (pa.ArrowException, OSError) as e:  # a row group gone, a file cut short
-                    raise UsageError(f"{index.directory}: {str(e).splitlines()[0][:300]}; the "
-                                     "shards changed after the split was opened") from None
+                    raise UsageError(
+                        f"{index.directory}: {str(e).splitlines()[0][:300]}; the "
+                        "shards changed after the split was opened"
+                    ) from None
                 if batch is None:
                     break
                 if batch.num_rows:
                     got.append(batch)
                     want -= batch.num_rows
             if want != 0:
-                raise UsageError(f"{index.shard_paths[s]}: {'fewer' if want > 0 else 'more'} rows "
-                                 "than its metadata says; the shards changed after the split was opened")
+                raise UsageError(
+                    f"{index.shard_paths[s]}: {'fewer' if want > 0 else 'more'} rows "
+                    "than its metadata says; the shards changed after the split was opened"
+                )
             yield job, pa.Table.from_batches(got)
 
 
-def _rows_of(index: "SplitIndex", first: int, positions: np.ndarray) -> list[int]:
+def _rows_of(index: SplitIndex, first: int, positions: np.ndarray) -> list[int]:
     """Where items `positions` (all in one shard, in row groups from `first` on) sit in the table
     that `_scan` reads for them."""
     starts = np.asarray(index.group_start[int(index.shard[positions[0]])])
-    return (starts[index.row_group[positions]] - starts[first]
-            + index.row_in_group[positions]).tolist()
+    return (
+        starts[index.row_group[positions]] - starts[first] + index.row_in_group[positions]
+    ).tolist()
 
 
 # -- the datasets ------------------------------------------------------------------------------
 class _SplitBase:
     """What the map-style and the streaming datasets share: the index and how an item is made."""
 
-    def __init__(self, parts: list[tuple[SplitIndex, np.ndarray]], *, name: str, spec: str,
-                 modality: str, backbone: str, num_frames: int | None, sampling: str,
-                 transform: Callable | None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        parts: list[tuple[SplitIndex, np.ndarray]],
+        *,
+        name: str,
+        spec: str,
+        modality: str,
+        backbone: str,
+        num_frames: int | None,
+        sampling: str,
+        transform: Callable | None,
+        dtype: torch.dtype = torch.float32,
+    ):
         self.name = name
         self.split = spec
         self.modality = modality
@@ -563,14 +672,21 @@ class _SplitBase:
             descriptor = None
         splits = {}
         for index, pos in self._parts:
-            entry = splits.setdefault(index.split, dict(index.counts, selected=0,
-                                                        stage_settings=index.manifest))
-            entry["selected"] += int(len(pos))
+            entry = splits.setdefault(
+                index.split, dict(index.counts, selected=0, stage_settings=index.manifest)
+            )
+            entry["selected"] += len(pos)
         citation = (descriptor or {}).get("citation") or {}
-        return {"dataset": self.name, "split": self.split, "modality": self.modality,
-                "backbone": self.backbone if self.modality == "features" else None,
-                "num_items": int(self._offsets[-1]), "splits": splits,
-                "descriptor": descriptor, "citation": citation.get("bibtex")}
+        return {
+            "dataset": self.name,
+            "split": self.split,
+            "modality": self.modality,
+            "backbone": self.backbone if self.modality == "features" else None,
+            "num_items": int(self._offsets[-1]),
+            "splits": splits,
+            "descriptor": descriptor,
+            "citation": citation.get("bibtex"),
+        }
 
     def to_pandas(self):
         """The items' metadata, one row per item in order: every catalog column, `split`, and the
@@ -579,12 +695,18 @@ class _SplitBase:
 
         frames = []
         for index, pos in self._parts:
-            table = read_catalog(index.root, index.dataset, index.split).take(pa.array(index.rows[pos]))
+            table = read_catalog(index.root, index.dataset, index.split).take(
+                pa.array(index.rows[pos])
+            )
             table = table.append_column("split", pa.array([index.split] * len(table), pa.string()))
             numbers = [c for c in _STAGE_COLUMNS[self.modality] if c in _PER_ITEM_NUMBERS]
             if len(pos):
-                stage = pa.concat_tables(pq.read_table(p, columns=numbers) for p in index.shard_paths)
-                stage = stage.take(pa.array(index.shard_start[index.shard[pos]] + index.shard_row[pos]))
+                stage = pa.concat_tables(
+                    pq.read_table(p, columns=numbers) for p in index.shard_paths
+                )
+                stage = stage.take(
+                    pa.array(index.shard_start[index.shard[pos]] + index.shard_row[pos])
+                )
                 for c in numbers:
                     table = table.append_column(c, stage.column(c))
             frames.append(table.to_pandas())
@@ -603,8 +725,16 @@ class _SplitBase:
             yield job, group, _rows_of(index, first, positions)
 
     # -- making one item
-    def _features(self, group: "_RowGroup", column: str, row: int, shape, index, item_id,
-                  select: torch.Tensor | None = None) -> torch.Tensor:
+    def _features(
+        self,
+        group: _RowGroup,
+        column: str,
+        row: int,
+        shape,
+        index,
+        item_id,
+        select: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """A row's float16 matrix as `self.dtype` (only the `select` rows, if given).
 
         The first item of a row group converts its own rows; from the second on (sequential
@@ -612,8 +742,9 @@ class _SplitBase:
         view handed out once (a second read of the row converts it again), so that no two items
         share memory and an in-place transform never sees its own output.
         """
-        whole = (group.converted_rows(column, self.dtype) if group.prepared or group.uses > 1
-                 else None)
+        whole = (
+            group.converted_rows(column, self.dtype) if group.prepared or group.uses > 1 else None
+        )
         if whole is not None and (column, row) not in group.handed_out:
             if select is not None:
                 return whole[row].index_select(0, select)
@@ -630,15 +761,22 @@ class _SplitBase:
 
     def _make_item(self, index: SplitIndex, pos: int, group: _RowGroup, row: int) -> dict:
         cat_rows, cat_ids, cat_sentences, cat_protocol = group.catalog or group.catalog_rows(
-            index, int(index.shard[pos]), int(index.row_group[pos]))
+            index, int(index.shard[pos]), int(index.row_group[pos])
+        )
         item_id = cat_ids[row]
         if group.ids[row] != item_id or cat_rows[row] != index.rows[pos]:
-            raise UsageError(f"{index.directory}: expected item {item_id!r} in a shard row but "
-                             f"found {group.ids[row]!r}; the shards changed after the split was opened")
+            raise UsageError(
+                f"{index.directory}: expected item {item_id!r} in a shard row but "
+                f"found {group.ids[row]!r}; the shards changed after the split was opened"
+            )
         sentences = list(cat_sentences[row])
         n = self._sentence_choice(cat_protocol[row] or [0])
-        item = {"id": item_id, "sentences": sentences, "sentence": sentences[n],
-                "sentence_id": f"{item_id}#{n}"}
+        item = {
+            "id": item_id,
+            "sentences": sentences,
+            "sentence": sentences[n],
+            "sentence_id": f"{item_id}#{n}",
+        }
         table = group.table
         if self.modality == "video":
             for c in table.column_names:
@@ -651,8 +789,9 @@ class _SplitBase:
         if index.dataset == "coco" or self.num_frames is None:
             idx = None  # every frame, in order
         else:
-            idx = sample_frame_indices(total, self.num_frames, self.sampling,
-                                       EDGE_FRAMES[index.dataset])
+            idx = sample_frame_indices(
+                total, self.num_frames, self.sampling, EDGE_FRAMES[index.dataset]
+            )
         stamps = group.list_values("timestamps", row)
         if len(stamps) == total:
             stamps = stamps.copy() if idx is None else stamps[idx]
@@ -666,19 +805,30 @@ class _SplitBase:
             group.uses += 1
             if "grid" in group.chunks:  # images: the 7x7 map, plus the pooled vector
                 item["features"] = self._features(group, "grid", row, (49, dim), index, item_id)
-                item["pooled"] = self._features(group, "features", row, (total, dim), index,
-                                                item_id)[0]
+                item["pooled"] = self._features(
+                    group, "features", row, (total, dim), index, item_id
+                )[0]
             else:
-                item["features"] = self._features(group, "features", row, (total, dim), index,
-                                                  item_id, item.get("frame_indices"))
+                item["features"] = self._features(
+                    group, "features", row, (total, dim), index, item_id, item.get("frame_indices")
+                )
             key = "features"
         else:
             jpegs = table.column("frames")[row].values  # list<binary> scalar -> its binary array
             chosen = range(total) if idx is None else idx
             item["frames"] = torch.from_numpy(
                 np.stack([_decode_jpeg(jpegs[i].as_py(), index, item_id) for i in chosen])
-                if total else np.zeros((0, int(table.column("height")[row].as_py()),
-                                        int(table.column("width")[row].as_py()), 3), np.uint8))
+                if total
+                else np.zeros(
+                    (
+                        0,
+                        int(table.column("height")[row].as_py()),
+                        int(table.column("width")[row].as_py()),
+                        3,
+                    ),
+                    np.uint8,
+                )
+            )
             key = "frames"
         if self.transform is not None:
             item[key] = self.transform(item[key])
@@ -698,9 +848,11 @@ def _float16_matrix(group: _RowGroup, column: str, row: int, shape, index, item_
         return view.view(shape)
     buf = group.table.column(column)[row].as_py()
     if buf is None or len(buf) != expected:
-        raise UsageError(f"{index.directory}: item {item_id!r} has {column} of "
-                         f"{0 if buf is None else len(buf)} bytes, expected {expected} for "
-                         f"float16 {list(shape)}; run `mrw validate`")
+        raise UsageError(
+            f"{index.directory}: item {item_id!r} has {column} of "
+            f"{0 if buf is None else len(buf)} bytes, expected {expected} for "
+            f"float16 {list(shape)}; run `mrw validate`"
+        )
     return torch.from_numpy(np.frombuffer(buf, dtype="<f2").astype(np.float16).reshape(shape))
 
 
@@ -710,9 +862,11 @@ def _decode_jpeg(data: bytes, index, item_id) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad shard
-        raise UsageError(f"{index.directory}: a frame of item {item_id!r} does not decode "
-                         f"({type(e).__name__}); run `mrw validate`") from None
+    except Exception as e:
+        raise UsageError(
+            f"{index.directory}: a frame of item {item_id!r} does not decode "
+            f"({type(e).__name__}); run `mrw validate`"
+        ) from None
 
 
 class SplitDataset(_SplitBase, Dataset):
@@ -734,21 +888,27 @@ class SplitDataset(_SplitBase, Dataset):
         p = bisect.bisect_right(self._offsets, i) - 1
         index, positions = self._parts[p]
         pos = int(positions[i - self._offsets[p]])
-        group = self._open_files().row_group(index.shard_paths[index.shard[pos]],
-                                             int(index.row_group[pos]), index.columns)
+        group = self._open_files().row_group(
+            index.shard_paths[index.shard[pos]], int(index.row_group[pos]), index.columns
+        )
         return self._make_item(index, pos, group, int(index.row_in_group[pos]))
 
     def __iter__(self):
         """In order, like `ds[i]` for every i, but reading many row groups at a time."""
-        jobs = [(index, s, first, last, run) for index, positions in self._parts
-                for s, first, last, run in sequential_runs(index, positions)]
+        jobs = [
+            (index, s, first, last, run)
+            for index, positions in self._parts
+            for s, first, last, run in sequential_runs(index, positions)
+        ]
         for job, group, rows in self._read_runs(jobs):
             for pos, row in zip(job[4].tolist(), rows):
                 yield self._make_item(job[0], pos, group, row)
 
     def __repr__(self) -> str:
-        return (f"SplitDataset({self.name!r}, split={self.split!r}, modality={self.modality!r}, "
-                f"items={len(self)})")
+        return (
+            f"SplitDataset({self.name!r}, split={self.split!r}, modality={self.modality!r}, "
+            f"items={len(self)})"
+        )
 
 
 class StreamingSplitDataset(_SplitBase, IterableDataset):
@@ -759,8 +919,16 @@ class StreamingSplitDataset(_SplitBase, IterableDataset):
     the DataLoader starts its workers, so not with `persistent_workers=True`). Ranks and workers
     may get a few items more or fewer than each other (whole row groups are dealt)."""
 
-    def __init__(self, parts, *, seed: int = 0, shuffle_buffer: int = 0, rank: int | None = None,
-                 world_size: int | None = None, **kwargs):
+    def __init__(
+        self,
+        parts,
+        *,
+        seed: int = 0,
+        shuffle_buffer: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        **kwargs,
+    ):
         super().__init__(parts, **kwargs)
         if shuffle_buffer < 0:
             raise UsageError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
@@ -786,8 +954,13 @@ class StreamingSplitDataset(_SplitBase, IterableDataset):
         merged = []
         for p, s, g, chunk in units:
             last = merged[-1] if merged else None
-            if last and last[0] == p and last[1] == s and g == last[3] + 1 \
-                    and g < last[2] + SEQUENTIAL_GROUPS:
+            if (
+                last
+                and last[0] == p
+                and last[1] == s
+                and g == last[3] + 1
+                and g < last[2] + SEQUENTIAL_GROUPS
+            ):
                 merged[-1] = (p, s, last[2], g, np.concatenate([last[4], chunk]))
             else:
                 merged.append((p, s, g, g, chunk))
@@ -814,8 +987,10 @@ class StreamingSplitDataset(_SplitBase, IterableDataset):
         mine = units[slot::slots]
         rng = random.Random(f"{self.seed}/{self.epoch}/{slot}")
         buffer: list[dict] = []
-        jobs = [(self._parts[p][0], s, first, last, chunk)
-                for p, s, first, last, chunk in (self._units[u] for u in mine)]
+        jobs = [
+            (self._parts[p][0], s, first, last, chunk)
+            for p, s, first, last, chunk in (self._units[u] for u in mine)
+        ]
         for job, group, rows in self._read_runs(jobs):
             for pos, row in zip(job[4].tolist(), rows):
                 item = self._make_item(job[0], pos, group, row)
@@ -832,17 +1007,29 @@ class StreamingSplitDataset(_SplitBase, IterableDataset):
         yield from buffer
 
     def __repr__(self) -> str:
-        return (f"StreamingSplitDataset({self.name!r}, split={self.split!r}, "
-                f"modality={self.modality!r}, items={int(self._offsets[-1])})")
+        return (
+            f"StreamingSplitDataset({self.name!r}, split={self.split!r}, "
+            f"modality={self.modality!r}, items={int(self._offsets[-1])})"
+        )
 
 
 # -- the entry point ---------------------------------------------------------------------------
-def load_dataset(name: str, split: str | None = None, root=None, modality: str = "features",
-                 backbone: str = "resnet152", num_frames: int | None = None,
-                 sampling: str = "uniform", transform: Callable | None = None,
-                 streaming: bool = False, seed: int = 0, shuffle_buffer: int = 0,
-                 rank: int | None = None, world_size: int | None = None,
-                 dtype: torch.dtype = torch.float32):
+def load_dataset(
+    name: str,
+    split: str | None = None,
+    root=None,
+    modality: str = "features",
+    backbone: str = "resnet152",
+    num_frames: int | None = None,
+    sampling: str = "uniform",
+    transform: Callable | None = None,
+    streaming: bool = False,
+    seed: int = 0,
+    shuffle_buffer: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+):
     """Load a split of MRW, TGIF or COCO from the shards under `root` (no copy is made).
 
     Args:
@@ -880,12 +1067,24 @@ def load_dataset(name: str, split: str | None = None, root=None, modality: str =
         raise UsageError(f"unknown sampling {sampling!r}: expected uniform or random")
     if dtype not in (torch.float32, torch.float16, torch.float64, torch.bfloat16):
         raise UsageError(f"dtype must be a torch floating point type, got {dtype!r}")
-    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int)
-                                   or num_frames < 1):
+    if num_frames is not None and (
+        isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1
+    ):
         raise UsageError(f"num_frames must be a positive integer or None, got {num_frames!r}")
-    options = dict(root=root, modality=modality, backbone=backbone, num_frames=num_frames,
-                   sampling=sampling, transform=transform, streaming=streaming, seed=seed,
-                   shuffle_buffer=shuffle_buffer, rank=rank, world_size=world_size, dtype=dtype)
+    options = dict(
+        root=root,
+        modality=modality,
+        backbone=backbone,
+        num_frames=num_frames,
+        sampling=sampling,
+        transform=transform,
+        streaming=streaming,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+        rank=rank,
+        world_size=world_size,
+        dtype=dtype,
+    )
     if split is None:
         present = [s for s in paths.SPLITS if paths.catalog_path(root, name, s).exists()]
         if not present:
@@ -900,9 +1099,23 @@ def load_dataset(name: str, split: str | None = None, root=None, modality: str =
             indexes[sl.split] = SplitIndex.open(root, name, sl.split, modality, backbone)
         index = indexes[sl.split]
         parts.append((index, np.arange(len(index), dtype=np.int64)[sl.bounds(len(index))]))
-    common = dict(name=name, spec=str(split), modality=modality, backbone=backbone,
-                  num_frames=num_frames, sampling=sampling, transform=transform, dtype=dtype)
+    common = dict(
+        name=name,
+        spec=str(split),
+        modality=modality,
+        backbone=backbone,
+        num_frames=num_frames,
+        sampling=sampling,
+        transform=transform,
+        dtype=dtype,
+    )
     if streaming:
-        return StreamingSplitDataset(parts, seed=seed, shuffle_buffer=shuffle_buffer, rank=rank,
-                                     world_size=world_size, **common)
+        return StreamingSplitDataset(
+            parts,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            rank=rank,
+            world_size=world_size,
+            **common,
+        )
     return SplitDataset(parts, **common)

@@ -6,6 +6,7 @@ later. Failures are classified: `not_video` (an HTML page, random bytes, no vide
 `decode_error` (a known container whose frames do not decode), `too_large`, `bad_size`,
 `bad_fps`, `too_long`.
 """
+
 from __future__ import annotations
 
 import json
@@ -111,7 +112,10 @@ def _probe_fast(path: str, data: bytes, fmt: str) -> MediaInfo | None:
             return None
         listed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        width, height = (
+            int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        )
         frames = 0
         while cap.grab():  # grab() decodes; only the colour conversion of retrieve() is skipped
             frames += 1
@@ -133,7 +137,9 @@ def require_ffprobe() -> None:
         raise FatalError(FFPROBE_MISSING)
 
 
-def probe_media(data: bytes, limits: MediaLimits | None = None, thorough: bool = False) -> MediaInfo:
+def probe_media(
+    data: bytes, limits: MediaLimits | None = None, thorough: bool = False
+) -> MediaInfo:
     """Probe and decode `data`; raise MediaError with a class when it is not a sane clip.
 
     MP4 and JPEG are decoded in-process first (`_probe_fast`); everything else, anything that
@@ -155,9 +161,20 @@ def probe_media(data: bytes, limits: MediaLimits | None = None, thorough: bool =
             fast = _probe_fast(fh.name, data, fmt)
             if fast is not None:
                 return _check_limits(fast, limits)
-        cmd = ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
-               "-show_entries", "stream=codec_name,width,height,avg_frame_rate,r_frame_rate,"
-               "nb_read_frames,duration:format=format_name,duration", "-of", "json", fh.name]
+        cmd = [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,width,height,avg_frame_rate,r_frame_rate,"
+            "nb_read_frames,duration:format=format_name,duration",
+            "-of",
+            "json",
+            fh.name,
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=limits.probe_timeout)
         except subprocess.TimeoutExpired:
@@ -173,7 +190,9 @@ def probe_media(data: bytes, limits: MediaLimits | None = None, thorough: bool =
     streams = info.get("streams") or []
     if not streams:
         if proc.returncode != 0 or err:
-            raise MediaError("decode_error", f"{fmt} that ffprobe cannot read: {err[:160] or proc.returncode}")
+            raise MediaError(
+                "decode_error", f"{fmt} that ffprobe cannot read: {err[:160] or proc.returncode}"
+            )
         raise MediaError("not_video", f"{fmt} without a video stream")
     if err:
         raise MediaError("decode_error", f"{fmt} with frames that do not decode: {err[:160]}")
@@ -185,12 +204,16 @@ def probe_media(data: bytes, limits: MediaLimits | None = None, thorough: bool =
     if fmt in ("jpeg", "png"):
         return _check_limits(MediaInfo(fmt, 1, 0.0, width, height, 0.0), limits)
     duration = _rate(st.get("duration")) or _rate((info.get("format") or {}).get("duration"))
-    fps = _rate(st.get("avg_frame_rate")) or (frames / duration if duration > 0 else _rate(st.get("r_frame_rate")))
+    fps = _rate(st.get("avg_frame_rate")) or (
+        frames / duration if duration > 0 else _rate(st.get("r_frame_rate"))
+    )
     if frames == 1 and duration == 0:
         fps = 0.0
     if fmt == "webm" and st.get("codec_name") not in ("vp8", "vp9", "av1"):
         fmt = "mkv"
-    return _check_limits(MediaInfo(fmt, frames, round(fps, 6), width, height, round(duration, 6)), limits)
+    return _check_limits(
+        MediaInfo(fmt, frames, round(fps, 6), width, height, round(duration, 6)), limits
+    )
 
 
 def _check_limits(info: MediaInfo, limits: MediaLimits) -> MediaInfo:

@@ -2,6 +2,7 @@
 
 Every module asks this one for paths, so the layout lives in one place.
 """
+
 from __future__ import annotations
 
 import os

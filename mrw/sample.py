@@ -10,6 +10,7 @@ The server serves a release folder on 127.0.0.1 and injects faults per URL path
     python -m mrw.sample serve DIR --port 0 --port-file DIR/port
     python -m mrw.sample demo --dataset mrw --out DIR --port-file DIR/port   # both, until killed
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,11 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -33,8 +34,13 @@ from mrw.errors import UsageError
 
 # -- the grammar ------------------------------------------------------------------------------
 COLOURS = {
-    "red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (235, 220, 30),
-    "purple": (140, 40, 180), "orange": (245, 140, 20), "white": (250, 250, 250),
+    "red": (220, 30, 30),
+    "green": (30, 180, 40),
+    "blue": (30, 60, 220),
+    "yellow": (235, 220, 30),
+    "purple": (140, 40, 180),
+    "orange": (245, 140, 20),
+    "white": (250, 250, 250),
     "cyan": (30, 210, 220),
 }
 SHAPES = ("square", "circle", "triangle")
@@ -46,13 +52,26 @@ MOTIONS = {
     "grow": ("grows", "gets bigger", "expands"),
     "shrink": ("shrinks", "gets smaller", "contracts"),
 }
-VIDEO_TEMPLATES = ("a {c} {s} {m}", "the {c} {s} {m}", "a {c} {s} {m} on a plain background",
-                   "there is a {c} {s} that {m}")
-POSITIONS = {"top left": (0.25, 0.25), "top right": (0.75, 0.25), "bottom left": (0.25, 0.75),
-             "bottom right": (0.75, 0.75), "center": (0.5, 0.5)}
-IMAGE_TEMPLATES = ("a {c} {s} in the {p}", "a picture of a {c} {s} in the {p}",
-                   "the {c} {s} sits in the {p} of the image", "there is a {c} {s} in the {p}",
-                   "a single {c} {s} on a plain background, in the {p}")
+VIDEO_TEMPLATES = (
+    "a {c} {s} {m}",
+    "the {c} {s} {m}",
+    "a {c} {s} {m} on a plain background",
+    "there is a {c} {s} that {m}",
+)
+POSITIONS = {
+    "top left": (0.25, 0.25),
+    "top right": (0.75, 0.25),
+    "bottom left": (0.25, 0.75),
+    "bottom right": (0.75, 0.75),
+    "center": (0.5, 0.5),
+}
+IMAGE_TEMPLATES = (
+    "a {c} {s} in the {p}",
+    "a picture of a {c} {s} in the {p}",
+    "the {c} {s} sits in the {p} of the image",
+    "there is a {c} {s} in the {p}",
+    "a single {c} {s} on a plain background, in the {p}",
+)
 BACKGROUNDS = ((40, 40, 40), (90, 90, 90), (128, 128, 128), (20, 24, 32))
 SIZES = (64, 80, 96, 112, 128, 144, 160)
 FPS = (6, 8, 10, 12, 15, 24, 25, 30)
@@ -68,17 +87,17 @@ FAULTS = {
     "404": "http_404",
     "500-then-ok": None,
     "429-then-ok": None,
-    "slow": "timeout",          # trickles bytes for longer than any sane timeout
-    "stall": "timeout",         # sends headers, then nothing
-    "truncated": "truncated",   # Content-Length promises more than the body holds
-    "html": "not_video",        # an HTML page instead of media, nothing embedded
-    "too-large": "too_large",   # over the byte cap, announced by Content-Length
+    "slow": "timeout",  # trickles bytes for longer than any sane timeout
+    "stall": "timeout",  # sends headers, then nothing
+    "truncated": "truncated",  # Content-Length promises more than the body holds
+    "html": "not_video",  # an HTML page instead of media, nothing embedded
+    "too-large": "too_large",  # over the byte cap, announced by Content-Length
     "too-large-chunked": "too_large",  # over the byte cap, no Content-Length
     "redirect": None,
     "redirect-loop": "redirect_loop",
-    "wrong-type": None,         # valid media served as text/html
-    "embed": None,              # an HTML page with <video src=...>: yt-dlp fetches it
-    "garbage": "not_video",     # random bytes served as video/mp4
+    "wrong-type": None,  # valid media served as text/html
+    "embed": None,  # an HTML page with <video src=...>: yt-dlp fetches it
+    "garbage": "not_video",  # random bytes served as video/mp4
     "corrupt": "decode_error",  # the media's header, then damaged data
 }
 #: how long the slow faults keep a connection open at most
@@ -102,16 +121,24 @@ class Clip:
 
     def sentence(self, variant: int = 0, template: int = 0) -> str:
         m = MOTIONS[self.motion][variant % len(MOTIONS[self.motion])]
-        return VIDEO_TEMPLATES[template % len(VIDEO_TEMPLATES)].format(c=self.colour, s=self.shape, m=m)
+        return VIDEO_TEMPLATES[template % len(VIDEO_TEMPLATES)].format(
+            c=self.colour, s=self.shape, m=m
+        )
 
 
 def random_clip(rng: random.Random) -> Clip:
     fps = rng.choice(FPS)
     seconds = rng.uniform(0.5, 3.0)
-    return Clip(colour=rng.choice(sorted(COLOURS)), shape=rng.choice(SHAPES),
-                motion=rng.choice(sorted(MOTIONS)), width=rng.choice(SIZES),
-                height=rng.choice(SIZES), fps=fps, num_frames=max(2, round(fps * seconds)),
-                background=rng.choice(BACKGROUNDS))
+    return Clip(
+        colour=rng.choice(sorted(COLOURS)),
+        shape=rng.choice(SHAPES),
+        motion=rng.choice(sorted(MOTIONS)),
+        width=rng.choice(SIZES),
+        height=rng.choice(SIZES),
+        fps=fps,
+        num_frames=max(2, round(fps * seconds)),
+        background=rng.choice(BACKGROUNDS),
+    )
 
 
 def _shape_mask(shape: str, h: int, w: int, cx: float, cy: float, r: float) -> np.ndarray:
@@ -154,19 +181,57 @@ def render_frames(clip: Clip) -> np.ndarray:
 
 def _ffmpeg(args: list[str], frames: np.ndarray, fps: int, out: Path) -> None:
     n, h, w, _ = frames.shape
-    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo",
-           "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
-           *args, "-threads", "1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
-           "-map_metadata", "-1", str(out)]
+    cmd = [
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{w}x{h}",
+        "-r",
+        str(fps),
+        "-i",
+        "pipe:0",
+        *args,
+        "-threads",
+        "1",
+        "-fflags",
+        "+bitexact",
+        "-flags:v",
+        "+bitexact",
+        "-map_metadata",
+        "-1",
+        str(out),
+    ]
     proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg failed on {out}: {proc.stderr.decode(errors='replace').strip()}")
+        raise RuntimeError(
+            f"ffmpeg failed on {out}: {proc.stderr.decode(errors='replace').strip()}"
+        )
 
 
 def encode_mp4(clip: Clip, out: Path) -> None:
     """H.264, yuv420p, moov first; one ffmpeg process fed raw frames through a pipe."""
-    _ffmpeg(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-             "-movflags", "+faststart"], render_frames(clip), clip.fps, out)
+    _ffmpeg(
+        [
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+        ],
+        render_frames(clip),
+        clip.fps,
+        out,
+    )
 
 
 def encode_gif(clip: Clip, out: Path) -> None:
@@ -175,14 +240,24 @@ def encode_gif(clip: Clip, out: Path) -> None:
     Pillow, not ffmpeg: ffmpeg's palettegen pass costs several times more per clip."""
     from PIL import Image
 
-    frames = [Image.fromarray(f).quantize(colors=8, method=Image.Quantize.MEDIANCUT)
-              for f in render_frames(clip)]
-    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:],
-                   duration=round(1000 / clip.fps), loop=0, optimize=False)
+    frames = [
+        Image.fromarray(f).quantize(colors=8, method=Image.Quantize.MEDIANCUT)
+        for f in render_frames(clip)
+    ]
+    frames[0].save(
+        out,
+        format="GIF",
+        save_all=True,
+        append_images=frames[1:],
+        duration=round(1000 / clip.fps),
+        loop=0,
+        optimize=False,
+    )
 
 
-def encode_jpeg(colour: str, shape: str, position: str, width: int, height: int,
-                background: tuple, out: Path) -> None:
+def encode_jpeg(
+    colour: str, shape: str, position: str, width: int, height: int, background: tuple, out: Path
+) -> None:
     import cv2
 
     img = np.empty((height, width, 3), dtype=np.uint8)
@@ -234,9 +309,17 @@ def _encode_all(jobs: list, workers: int) -> None:
             fut.result()
 
 
-def write_sample_release(out_dir, dataset: str, base_url: str, *, counts=None, seed: int = 0,
-                         faults: Sequence[str] = (), fault_split: str = "test",
-                         workers: int | None = None) -> Path:
+def write_sample_release(
+    out_dir,
+    dataset: str,
+    base_url: str,
+    *,
+    counts=None,
+    seed: int = 0,
+    faults: Sequence[str] = (),
+    fault_split: str = "test",
+    workers: int | None = None,
+) -> Path:
     """Write a synthetic release of `dataset` in its official format under `out_dir`.
 
     Media files live under `out_dir` too (MRW/TGIF: `media/`; COCO: `<filepath>/<filename>`) and
@@ -256,8 +339,12 @@ def write_sample_release(out_dir, dataset: str, base_url: str, *, counts=None, s
     workers = workers or min(4, (os.cpu_count() or 1) + 1)
     writer = {"mrw": _write_mrw, "tgif": _write_tgif, "coco": _write_coco}[dataset]
     plan = writer(out, base_url, n, rng, list(faults), fault_split, workers)
-    (out / "faults.json").write_text(json.dumps(
-        {i: {"fault": f, "error": FAULTS[f]} for i, f in plan.items()}, indent=1, sort_keys=True) + "\n")
+    (out / "faults.json").write_text(
+        json.dumps(
+            {i: {"fault": f, "error": FAULTS[f]} for i, f in plan.items()}, indent=1, sort_keys=True
+        )
+        + "\n"
+    )
     return out
 
 
@@ -278,8 +365,13 @@ def _write_mrw(out, base_url, n, rng, faults, fault_split, workers):
     jobs = []
     for item_id, (clip, variant, template) in clips.items():
         rel = f"media/{item_id}.mp4"
-        records.append({"id": item_id, "sentence": clip.sentence(variant, template),
-                        "images": {"mp4_url": _url(base_url, rel, plan.get(item_id))}})
+        records.append(
+            {
+                "id": item_id,
+                "sentence": clip.sentence(variant, template),
+                "images": {"mp4_url": _url(base_url, rel, plan.get(item_id))},
+            }
+        )
         jobs.append((encode_mp4, clip, out / rel))
     rng.shuffle(records)  # the release file is not in split order
     (out / "mrw-v1.0.json").write_text(json.dumps(records, indent=1) + "\n")
@@ -315,7 +407,8 @@ def _write_tgif(out, base_url, n, rng, faults, fault_split, workers):
     (out / "splits").mkdir(exist_ok=True)
     for split in ("train", "val", "test"):
         (out / "splits" / f"{split}.txt").write_text(
-            "".join(f"{url_of[i]}\n" for i in ids_by_split[split]))
+            "".join(f"{url_of[i]}\n" for i in ids_by_split[split])
+        )
     _encode_all(jobs, workers)
     return plan
 
@@ -323,8 +416,12 @@ def _write_tgif(out, base_url, n, rng, faults, fault_split, workers):
 def _write_coco(out, base_url, n, rng, faults, fault_split, workers):
     # Karpathy's split names: train comes from train2014, restval/val/test from val2014
     n_restval = n["train"] // 3
-    layout = ([("train", "train2014")] * (n["train"] - n_restval) + [("restval", "val2014")] * n_restval
-              + [("val", "val2014")] * n["val"] + [("test", "val2014")] * n["test"])
+    layout = (
+        [("train", "train2014")] * (n["train"] - n_restval)
+        + [("restval", "val2014")] * n_restval
+        + [("val", "val2014")] * n["val"]
+        + [("test", "val2014")] * n["test"]
+    )
     ids_by_split, images, jobs = {"train": [], "val": [], "test": []}, [], []
     cocoid = rng.randrange(1000, 5000)
     for sentid_base, (ksplit, folder) in enumerate(layout):
@@ -334,16 +431,40 @@ def _write_coco(out, base_url, n, rng, faults, fault_split, workers):
         position = rng.choice(sorted(POSITIONS))
         w, h = rng.choice(SIZES), rng.choice(SIZES)
         caps = [t.format(c=colour, s=shape, p=position) for t in IMAGE_TEMPLATES]
-        images.append({"filepath": folder, "filename": filename, "cocoid": cocoid, "imgid": len(images),
-                       "split": ksplit, "rel": f"{folder}/{filename}",
-                       "sentences": [{"raw": c[0].upper() + c[1:] + ".", "tokens": c.replace(",", "").split(),
-                                      "imgid": len(images), "sentid": 5 * len(images) + k}
-                                     for k, c in enumerate(caps)],
-                       "sentids": [5 * len(images) + k for k in range(5)]})
+        images.append(
+            {
+                "filepath": folder,
+                "filename": filename,
+                "cocoid": cocoid,
+                "imgid": len(images),
+                "split": ksplit,
+                "rel": f"{folder}/{filename}",
+                "sentences": [
+                    {
+                        "raw": c[0].upper() + c[1:] + ".",
+                        "tokens": c.replace(",", "").split(),
+                        "imgid": len(images),
+                        "sentid": 5 * len(images) + k,
+                    }
+                    for k, c in enumerate(caps)
+                ],
+                "sentids": [5 * len(images) + k for k in range(5)],
+            }
+        )
         ids_by_split["train" if ksplit == "restval" else ksplit].append(str(cocoid))
         (out / folder).mkdir(exist_ok=True)
-        jobs.append((encode_jpeg, colour, shape, position, w, h, rng.choice(BACKGROUNDS),
-                     out / folder / filename))
+        jobs.append(
+            (
+                encode_jpeg,
+                colour,
+                shape,
+                position,
+                w,
+                h,
+                rng.choice(BACKGROUNDS),
+                out / folder / filename,
+            )
+        )
     plan = _fault_plan(ids_by_split, faults, fault_split)
     for img in images:
         # not in Karpathy's file; COCO's own annotations name an image's URL `coco_url`
@@ -354,14 +475,22 @@ def _write_coco(out, base_url, n, rng, faults, fault_split, workers):
 
 
 # -- the server -------------------------------------------------------------------------------
-_CONTENT_TYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".jpg": "image/jpeg",
-                  ".jpeg": "image/jpeg", ".webm": "video/webm", ".json": "application/json",
-                  ".tsv": "text/tab-separated-values", ".txt": "text/plain",
-                  ".gz": "application/gzip", ".html": "text/html"}
+_CONTENT_TYPES = {
+    ".mp4": "video/mp4",
+    ".gif": "image/gif",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webm": "video/webm",
+    ".json": "application/json",
+    ".tsv": "text/tab-separated-values",
+    ".txt": "text/plain",
+    ".gz": "application/gzip",
+    ".html": "text/html",
+}
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):  # quiet: the tests and the demo read their own output
@@ -374,8 +503,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(head=False)
 
     # -- plumbing --
-    def _send(self, code: int, body: bytes = b"", ctype: str = "text/plain", headers=None,
-              head: bool = False, length: int | None = None):
+    def _send(
+        self,
+        code: int,
+        body: bytes = b"",
+        ctype: str = "text/plain",
+        headers=None,
+        head: bool = False,
+        length: int | None = None,
+    ):
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body) if length is None else length))
@@ -421,8 +557,12 @@ class _Handler(BaseHTTPRequestHandler):
         if f is None:
             return self._send(404, b"not found\n", head=head)
         if fault is None:
-            return self._send(200, f.read_bytes(), _CONTENT_TYPES.get(f.suffix.lower(),
-                                                                        "application/octet-stream"), head=head)
+            return self._send(
+                200,
+                f.read_bytes(),
+                _CONTENT_TYPES.get(f.suffix.lower(), "application/octet-stream"),
+                head=head,
+            )
         return self._fault(fault, path, f, head)
 
     def _fault(self, fault: str, rel: str, f: Path, head: bool):
@@ -450,7 +590,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if stop.wait(0.25) or time.monotonic() - t0 > FAULT_HOLD_SECONDS:
                     break
                 try:
-                    self.wfile.write(body[i:i + 1])
+                    self.wfile.write(body[i : i + 1])
                     self.wfile.flush()
                 except OSError:
                     return
@@ -498,8 +638,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, f.read_bytes(), "text/html; charset=utf-8", head=head)
         if fault == "embed":
             tag = "video" if f.suffix.lower() in (".mp4", ".webm", ".gif") else "img"
-            page = (f"<!DOCTYPE html><html><head><title>{f.stem}</title></head><body>"
-                    f"<h1>{f.stem}</h1><{tag} controls src=\"/{rel}\"></{tag}></body></html>").encode()
+            page = (
+                f"<!DOCTYPE html><html><head><title>{f.stem}</title></head><body>"
+                f'<h1>{f.stem}</h1><{tag} controls src="/{rel}"></{tag}></body></html>'
+            ).encode()
             return self._send(200, page, "text/html; charset=utf-8", head=head)
         if fault == "garbage":
             return self._send(200, _filler(4096), ctype, head=head)
@@ -585,9 +727,13 @@ class SampleServer:
         """The most requests this server was answering at once."""
         return self._server.max_in_flight
 
-    def start(self) -> "SampleServer":
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        daemon=True, name="mrw-sample-server")
+    def start(self) -> SampleServer:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            daemon=True,
+            name="mrw-sample-server",
+        )
         self._thread.start()
         return self
 
@@ -631,8 +777,13 @@ def main(argv=None) -> int:
     r.add_argument("--out", required=True)
     r.add_argument("--base-url", required=True)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--count", action="append", default=[], metavar="SPLIT=N",
-                   help="items of a split, e.g. --count test=100 (repeatable)")
+    r.add_argument(
+        "--count",
+        action="append",
+        default=[],
+        metavar="SPLIT=N",
+        help="items of a split, e.g. --count test=100 (repeatable)",
+    )
     r.add_argument("--faults", default="", help="comma-separated fault names for the test split")
     s = sub.add_parser("serve", help="serve a folder on 127.0.0.1 until killed")
     s.add_argument("directory")
@@ -651,13 +802,16 @@ def main(argv=None) -> int:
                 k, _, v = c.partition("=")
                 counts[k] = int(v)
             faults = [f for f in args.faults.split(",") if f]
-            out = write_sample_release(args.out, args.dataset, args.base_url, counts=counts,
-                                       seed=args.seed, faults=faults)
+            out = write_sample_release(
+                args.out, args.dataset, args.base_url, counts=counts, seed=args.seed, faults=faults
+            )
             print(out)
         elif args.cmd == "serve":
             if not Path(args.directory).is_dir():
                 raise UsageError(f"no such folder to serve: {args.directory}")
-            _serve_forever(SampleServer(args.directory, latency=args.latency).start(), args.port_file)
+            _serve_forever(
+                SampleServer(args.directory, latency=args.latency).start(), args.port_file
+            )
         else:
             # the release's URLs need the port, so listen first, then write, then announce
             server = SampleServer(args.out).start()

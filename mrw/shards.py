@@ -7,13 +7,14 @@ renamed, data first and status last. A shard is complete when its status file ex
 run leaves either a complete shard or nothing that counts, and a re-run redoes exactly the shards
 without a status file. Shards are independent, so Spark, Ray or Dask can map over them.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import uuid
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,7 +41,7 @@ def shard_name(index: int) -> str:
 
 
 def shard_index(path: Path) -> int:
-    return int(Path(path).stem[len(SHARD_PREFIX):])
+    return int(Path(path).stem[len(SHARD_PREFIX) :])
 
 
 def shard_ranges(num_items: int, shard_size: int) -> list[tuple[int, int]]:
@@ -109,8 +110,13 @@ def _is_blob(type_: pa.DataType) -> bool:
     return pa.types.is_binary(type_) or pa.types.is_large_binary(type_)
 
 
-def write_shard(stage_dir: Path, index: int, data: pa.Table | None, status_rows: Sequence[dict],
-                **parquet_options) -> None:
+def write_shard(
+    stage_dir: Path,
+    index: int,
+    data: pa.Table | None,
+    status_rows: Sequence[dict],
+    **parquet_options,
+) -> None:
     """Commit one shard: its data rows (if any succeeded) first, its status rows last.
 
     Unless `row_group_size` is given, row groups hold about `ROW_GROUP_BYTES` each; unless
@@ -119,8 +125,9 @@ def write_shard(stage_dir: Path, index: int, data: pa.Table | None, status_rows:
     """
     if data is not None and data.num_rows:
         parquet_options.setdefault("row_group_size", row_group_rows(data))
-        parquet_options.setdefault("use_dictionary",
-                                   [f.name for f in data.schema if not _is_blob(f.type)])
+        parquet_options.setdefault(
+            "use_dictionary", [f.name for f in data.schema if not _is_blob(f.type)]
+        )
         write_table_atomic(data, data_path(stage_dir, index), **parquet_options)
     else:
         stale = data_path(stage_dir, index)

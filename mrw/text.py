@@ -13,13 +13,14 @@ Typical use with `mrw.load_dataset(..., modality="features")`::
     vocab.save("mrw_vocab.json")
     loader = DataLoader(ds, batch_size=128, collate_fn=functools.partial(collate_features, vocab=vocab))
 """
+
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
@@ -64,16 +65,59 @@ _CLOSING_QUOTES = [
 # words the Treebank conventions split in two: cannot -> can not, gonna -> gon na, ...
 _SPLIT_WORDS = [
     re.compile(p, re.IGNORECASE)
-    for p in (r"\b(can)(not)\b", r"\b(d)('ye)\b", r"\b(gim)(me)\b", r"\b(gon)(na)\b",
-              r"\b(got)(ta)\b", r"\b(lem)(me)\b", r"\b(more)('n)\b", r"\b(wan)(na)(?=\s)",
-              r" ('t)(is)\b", r" ('t)(was)\b")
+    for p in (
+        r"\b(can)(not)\b",
+        r"\b(d)('ye)\b",
+        r"\b(gim)(me)\b",
+        r"\b(gon)(na)\b",
+        r"\b(got)(ta)\b",
+        r"\b(lem)(me)\b",
+        r"\b(more)('n)\b",
+        r"\b(wan)(na)(?=\s)",
+        r" ('t)(is)\b",
+        r" ('t)(was)\b",
+    )
 ]
 
 # A period, ? or ! followed by a space ends a sentence (NLTK splits sentences before tokenizing,
 # so every sentence's final period becomes a token), except after these abbreviations.
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc inc ltd co corp jan feb mar apr jun jul aug sep sept oct "
-    "nov dec no fig e.g i.e a.m p.m u.s u.k".split()
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "vs",
+        "etc",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "no",
+        "fig",
+        "e.g",
+        "i.e",
+        "a.m",
+        "p.m",
+        "u.s",
+        "u.k",
+    ]
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)")
 
@@ -88,7 +132,7 @@ def split_sentences(text: str) -> list[str]:
         core = word.rstrip(".!?\"')]").lstrip("\"'([").lower()
         if word.endswith(".") and (core in _ABBREVIATIONS or len(core) == 1 or "." in core):
             continue  # "dr. who", "j. smith", "u.s. army": not a sentence end
-        pieces.append(text[start:m.end()].strip())
+        pieces.append(text[start : m.end()].strip())
         start = m.end()
     tail = text[start:].strip()
     if tail:
@@ -167,16 +211,24 @@ class Vocabulary:
         return [w for w in words if not (skip_special and w in SPECIAL_TOKENS)]
 
     @classmethod
-    def build(cls, sentences: Iterable[str], min_count: int = 1) -> "Vocabulary":
+    def build(cls, sentences: Iterable[str], min_count: int = 1) -> Vocabulary:
         """Every token that occurs at least `min_count` times, most frequent first, ties by spelling."""
         counts = Counter(tok for s in sentences for tok in word_tokenize(s))
-        words = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIAL_TOKENS),
-                       key=lambda w: (-counts[w], w))
+        words = sorted(
+            (w for w, c in counts.items() if c >= min_count and w not in SPECIAL_TOKENS),
+            key=lambda w: (-counts[w], w),
+        )
         return cls(words)
 
     @classmethod
-    def from_split(cls, dataset: str, split: str = "train", root=None, min_count: int = 1,
-                   all_sentences: bool = True) -> "Vocabulary":
+    def from_split(
+        cls,
+        dataset: str,
+        split: str = "train",
+        root=None,
+        min_count: int = 1,
+        all_sentences: bool = True,
+    ) -> Vocabulary:
         """Build from a split's catalog: all its sentences (or only the protocol's ones).
 
         The reference code kept every word (`--threshold 0`); raise `min_count` to drop rare ones.
@@ -194,14 +246,19 @@ class Vocabulary:
         return {"format": "mrw-vocabulary", "version": 1, "words": list(self.idx2word)}
 
     @classmethod
-    def from_json(cls, obj: dict, where: str = "vocabulary") -> "Vocabulary":
+    def from_json(cls, obj: dict, where: str = "vocabulary") -> Vocabulary:
         words = obj.get("words") if isinstance(obj, dict) else None
-        if (not isinstance(words, list) or not all(isinstance(w, str) for w in words)
-                or tuple(words[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS
-                or len(set(words)) != len(words)):
-            raise UsageError(f"{where}: not an mrw vocabulary (expected a JSON object whose "
-                             f"'words' list starts with {', '.join(SPECIAL_TOKENS)}, no repeats)")
-        return cls(words[len(SPECIAL_TOKENS):])
+        if (
+            not isinstance(words, list)
+            or not all(isinstance(w, str) for w in words)
+            or tuple(words[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS
+            or len(set(words)) != len(words)
+        ):
+            raise UsageError(
+                f"{where}: not an mrw vocabulary (expected a JSON object whose "
+                f"'words' list starts with {', '.join(SPECIAL_TOKENS)}, no repeats)"
+            )
+        return cls(words[len(SPECIAL_TOKENS) :])
 
     def save(self, path) -> Path:
         """Write the vocabulary as JSON, atomically."""
@@ -211,7 +268,7 @@ class Vocabulary:
         return Path(path)
 
     @classmethod
-    def load(cls, path) -> "Vocabulary":
+    def load(cls, path) -> Vocabulary:
         path = Path(path)
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
@@ -222,17 +279,27 @@ class Vocabulary:
         return cls.from_json(obj, where=str(path))
 
 
-def build_vocabulary(root=None, dataset: str = "mrw", split: str = "train", out=None,
-                     min_count: int = 1, all_sentences: bool = True) -> tuple[Path, Vocabulary]:
+def build_vocabulary(
+    root=None,
+    dataset: str = "mrw",
+    split: str = "train",
+    out=None,
+    min_count: int = 1,
+    all_sentences: bool = True,
+) -> tuple[Path, Vocabulary]:
     """`mrw build-vocab`: a split's vocabulary written as JSON (default `<root>/<ds>/vocab-<split>.json`)."""
     from mrw import paths
 
     if min_count < 1:
         raise UsageError(f"--min-count must be at least 1, got {min_count}")
-    vocab = Vocabulary.from_split(dataset, split, root=root, min_count=min_count,
-                                  all_sentences=all_sentences)
-    path = Path(out) if out else (paths.dataset_dir(root, dataset)
-                                  / f"vocab-{paths.normalize_split(split)}.json")
+    vocab = Vocabulary.from_split(
+        dataset, split, root=root, min_count=min_count, all_sentences=all_sentences
+    )
+    path = (
+        Path(out)
+        if out
+        else (paths.dataset_dir(root, dataset) / f"vocab-{paths.normalize_split(split)}.json")
+    )
     return vocab.save(path), vocab
 
 
@@ -246,17 +313,23 @@ def pad_sequences(seqs: Sequence, pad_value=0, dtype=None) -> tuple[torch.Tensor
     if not tensors:
         raise UsageError("cannot collate an empty batch")
     lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
-    out = torch.full((len(tensors), int(lengths.max()), *tensors[0].shape[1:]), pad_value,
-                     dtype=dtype or tensors[0].dtype)
+    out = torch.full(
+        (len(tensors), int(lengths.max()), *tensors[0].shape[1:]),
+        pad_value,
+        dtype=dtype or tensors[0].dtype,
+    )
     for i, t in enumerate(tensors):
         out[i, : t.shape[0]] = t
     return out, lengths
 
 
-def collate_sentences(sentences: Sequence[str], vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_sentences(
+    sentences: Sequence[str], vocab: Vocabulary
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sentences -> (token ids [B, L] padded with `<pad>`, lengths [B] counting `<start>`/`<end>`)."""
-    return pad_sequences([vocab.encode(s) for s in sentences], pad_value=vocab.pad_id,
-                         dtype=torch.long)
+    return pad_sequences(
+        [vocab.encode(s) for s in sentences], pad_value=vocab.pad_id, dtype=torch.long
+    )
 
 
 def collate_features(batch: Sequence[dict], vocab: Vocabulary | None = None) -> dict:
@@ -279,12 +352,15 @@ def collate_features(batch: Sequence[dict], vocab: Vocabulary | None = None) -> 
                 out[key], lengths = pad_sequences(values)
             else:
                 out[key] = torch.stack(values)
-                lengths = torch.full((len(values),), values[0].shape[0] if values[0].dim() else 1,
-                                     dtype=torch.long)
+                lengths = torch.full(
+                    (len(values),), values[0].shape[0] if values[0].dim() else 1, dtype=torch.long
+                )
             if key in ("features", "frames"):
                 out[f"{key[:-1]}_lengths"] = lengths
         else:
             out[key] = values
     if vocab is not None:
-        out["tokens"], out["token_lengths"] = collate_sentences([it["sentence"] for it in batch], vocab)
+        out["tokens"], out["token_lengths"] = collate_sentences(
+            [it["sentence"] for it in batch], vocab
+        )
     return out

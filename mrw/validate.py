@@ -4,6 +4,7 @@ Every row must decode (the same full decode as the download), its `sha256` must 
 no id may appear twice or outside its shard's catalog range, and every catalog item must have
 exactly one status row, `ok` exactly when it has a data row.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,10 +46,14 @@ class ValidationReport:
         return sum(len(v) for v in self.problems.values())
 
     def format(self) -> str:
-        lines = [f"{self.dataset}/{self.split}: {self.catalog_items} catalog items, {self.rows} video rows, "
-                 f"status {self.ok_status} ok / {self.failed_status} failed ({self.stage_dir})"]
+        lines = [
+            f"{self.dataset}/{self.split}: {self.catalog_items} catalog items, {self.rows} video rows, "
+            f"status {self.ok_status} ok / {self.failed_status} failed ({self.stage_dir})"
+        ]
         if self.ok:
-            lines.append("all good: every row decodes, checksums match, no duplicates, one status row per item")
+            lines.append(
+                "all good: every row decodes, checksums match, no duplicates, one status row per item"
+            )
         for kind in sorted(self.problems):
             msgs = self.problems[kind]
             lines.append(f"{kind}: {len(msgs)}")
@@ -63,28 +68,41 @@ def _check_row(row: dict, limits: MediaLimits) -> list[tuple[str, str]]:
     data = row.get("video") or b""
     digest = hashlib.sha256(data).hexdigest()
     if digest != row.get("sha256"):
-        out.append(("checksum", f"id {row['id']!r}: sha256 of the bytes is {digest[:12]}..., "
-                                f"the row says {str(row.get('sha256'))[:12]}..."))
+        out.append(
+            (
+                "checksum",
+                f"id {row['id']!r}: sha256 of the bytes is {digest[:12]}..., "
+                f"the row says {str(row.get('sha256'))[:12]}...",
+            )
+        )
     try:  # thorough: ffprobe decodes every frame and reports concealed errors too
         info = probe_media(data, limits, thorough=True)
     except MediaError as e:
         out.append(("decode", f"id {row['id']!r}: {e}"))
         return out
     if info.num_frames != row.get("num_frames"):
-        out.append(("metadata", f"id {row['id']!r}: {info.num_frames} frames decode, the row says {row.get('num_frames')}"))
+        out.append(
+            (
+                "metadata",
+                f"id {row['id']!r}: {info.num_frames} frames decode, the row says {row.get('num_frames')}",
+            )
+        )
     return out
 
 
-def validate_split(root=None, dataset: str = "mrw", split: str = "test", workers: int = 4,
-                   decode: bool = True) -> ValidationReport:
+def validate_split(
+    root=None, dataset: str = "mrw", split: str = "test", workers: int = 4, decode: bool = True
+) -> ValidationReport:
     """Check the split's video shards and status rows; the report lists every problem."""
     dataset, split = paths.check_dataset(dataset), paths.normalize_split(split)
     catalog = read_catalog(root, dataset, split, columns=["id"])
     stage_dir = paths.videos_dir(root, dataset, split)
     manifest = shards.read_manifest(stage_dir)
     if manifest is None:
-        raise UsageError(f"no video shards for {dataset}/{split} under {paths.resolve_root(root)}: "
-                         f"run `mrw download --dataset {dataset} --split {split}` first")
+        raise UsageError(
+            f"no video shards for {dataset}/{split} under {paths.resolve_root(root)}: "
+            f"run `mrw download --dataset {dataset} --split {split}` first"
+        )
     if decode:
         require_ffprobe()
     report = ValidationReport(dataset, split, stage_dir)
@@ -110,7 +128,10 @@ def validate_split(root=None, dataset: str = "mrw", split: str = "test", workers
             if r["id"] not in position:
                 report.add("unknown_id", f"status/{f.name}: id {r['id']!r} is not in the catalog")
             elif size and position[r["id"]] // size != idx:
-                report.add("wrong_shard", f"status/{f.name}: id {r['id']!r} belongs in shard {position[r['id']] // size}")
+                report.add(
+                    "wrong_shard",
+                    f"status/{f.name}: id {r['id']!r} belongs in shard {position[r['id']] // size}",
+                )
     for i in cat_ids:
         n = len(status_of.get(i, []))
         if n == 0:
@@ -132,22 +153,36 @@ def validate_split(root=None, dataset: str = "mrw", split: str = "test", workers
                         report.rows += 1
                         seen[r["id"]] += 1
                         if seen[r["id"]] == 2:
-                            report.add("duplicate_id", f"{f.name}: id {r['id']!r} appears more than once")
+                            report.add(
+                                "duplicate_id", f"{f.name}: id {r['id']!r} appears more than once"
+                            )
                         if r["id"] not in position:
-                            report.add("unknown_id", f"{f.name}: id {r['id']!r} is not in the catalog")
+                            report.add(
+                                "unknown_id", f"{f.name}: id {r['id']!r} is not in the catalog"
+                            )
                         elif size and position[r["id"]] // size != idx:
-                            report.add("wrong_shard", f"{f.name}: id {r['id']!r} belongs in shard "
-                                                      f"{position[r['id']] // size}")
+                            report.add(
+                                "wrong_shard",
+                                f"{f.name}: id {r['id']!r} belongs in shard "
+                                f"{position[r['id']] // size}",
+                            )
                         if "ok" not in status_of.get(r["id"], ["ok"]):
-                            report.add("status_mismatch", f"{f.name}: id {r['id']!r} has a row but its status is failed")
+                            report.add(
+                                "status_mismatch",
+                                f"{f.name}: id {r['id']!r} has a row but its status is failed",
+                            )
                     if decode:
-                        for r, problems in zip(rows, pool.map(lambda r: _check_row(r, limits), rows)):
+                        for r, problems in zip(
+                            rows, pool.map(lambda r: _check_row(r, limits), rows)
+                        ):
                             for kind, msg in problems:
                                 report.add(kind, f"{f.name}: {msg}")
                     else:
                         for r in rows:
                             if hashlib.sha256(r["video"] or b"").hexdigest() != r["sha256"]:
-                                report.add("checksum", f"{f.name}: id {r['id']!r}: sha256 does not match")
+                                report.add(
+                                    "checksum", f"{f.name}: id {r['id']!r}: sha256 does not match"
+                                )
             except Exception as e:  # a damaged file: name it and go on with the others
                 report.add("unreadable", f"{f.name}: {type(e).__name__}: {str(e)[:120]}")
     for i, states in status_of.items():

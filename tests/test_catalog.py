@@ -1,4 +1,5 @@
 """Official releases -> catalogs: MRW, TGIF (real files) and COCO, and every malformed release."""
+
 import http.server
 import io
 import json
@@ -10,19 +11,35 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import SHARED_DATA
 
 from mrw.catalog import read_catalog, sentence_ids
 from mrw.cli import main
-from conftest import SHARED_DATA
 
 TGIF = SHARED_DATA / "tgif"
 
 MRW_RECORDS = [
-    {"id": "a1", "sentence": "MRW my code compiles on the first try", "images": {"mp4_url": "https://media.example.org/a1.mp4"}},
-    {"id": "b2", "sentence": "MFW the build is green", "images": {"mp4_url": "https://media.example.org/b2.mp4"}},
+    {
+        "id": "a1",
+        "sentence": "MRW my code compiles on the first try",
+        "images": {"mp4_url": "https://media.example.org/a1.mp4"},
+    },
+    {
+        "id": "b2",
+        "sentence": "MFW the build is green",
+        "images": {"mp4_url": "https://media.example.org/b2.mp4"},
+    },
     {"id": "c3", "sentence": "MRW someone says tabs", "mp4_url": "http://media.example.org/c3.mp4"},
-    {"id": "d4", "sentence": "MRW the coffee machine is broken", "url": "https://media.example.org/d4.mp4"},
-    {"id": 5, "sentence": "MRW a numeric id appears", "images": {"mp4_url": "https://media.example.org/5.mp4"}},
+    {
+        "id": "d4",
+        "sentence": "MRW the coffee machine is broken",
+        "url": "https://media.example.org/d4.mp4",
+    },
+    {
+        "id": 5,
+        "sentence": "MRW a numeric id appears",
+        "images": {"mp4_url": "https://media.example.org/5.mp4"},
+    },
 ]
 MRW_SPLITS = {"train": ["a1", "b2", "5"], "valid": ["c3"], "test": ["d4"]}
 
@@ -57,14 +74,25 @@ def test_mrw_release_gives_expected_catalogs(tmp_path, root, kind):
     release = write_mrw_release(tmp_path / "release")
     source = release if kind == "folder" else make_tar(release, tmp_path / "mrw-v1.0.tar.gz")
     expected = {
-        "train": [("a1", "MRW my code compiles on the first try"), ("b2", "MFW the build is green"),
-                  ("5", "MRW a numeric id appears")],
+        "train": [
+            ("a1", "MRW my code compiles on the first try"),
+            ("b2", "MFW the build is green"),
+            ("5", "MRW a numeric id appears"),
+        ],
         "val": [("c3", "MRW someone says tabs")],
         "test": [("d4", "MRW the coffee machine is broken")],
     }
     for split, rows in expected.items():
-        res = run("download", "--root", root, "--split", "valid" if split == "val" else split,
-                  "--metadata", source, "--catalog-only")
+        res = run(
+            "download",
+            "--root",
+            root,
+            "--split",
+            "valid" if split == "val" else split,
+            "--metadata",
+            source,
+            "--catalog-only",
+        )
         assert res.exit_code == 0, res.output
         table = read_catalog(root, "mrw", split)
         assert table.column("id").to_pylist() == [r[0] for r in rows]
@@ -77,8 +105,12 @@ def test_mrw_release_gives_expected_catalogs(tmp_path, root, kind):
 
 
 def test_mrw_missing_items_are_reported_not_fatal(tmp_path, root):
-    release = write_mrw_release(tmp_path / "rel", splits={"train": ["a1", "zz9", "b2"], "valid": [], "test": []})
-    res = run("download", "--root", root, "--split", "train", "--metadata", release, "--catalog-only")
+    release = write_mrw_release(
+        tmp_path / "rel", splits={"train": ["a1", "zz9", "b2"], "valid": [], "test": []}
+    )
+    res = run(
+        "download", "--root", root, "--split", "train", "--metadata", release, "--catalog-only"
+    )
     assert res.exit_code == 0, res.output
     assert "missing: 1 ids" in res.output and "zz9" in res.output
     assert read_catalog(root, "mrw", "train").column("id").to_pylist() == ["a1", "b2"]
@@ -107,13 +139,23 @@ def test_release_from_url_is_fetched_once_and_cached(tmp_path, root):
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/mrw-v1.0.tar.gz"
         for split in ("train", "test"):
-            res = run("download", "--root", root, "--split", split, "--metadata", url, "--catalog-only")
+            res = run(
+                "download", "--root", root, "--split", split, "--metadata", url, "--catalog-only"
+            )
             assert res.exit_code == 0, res.output
         assert _CountingHandler.hits == ["/mrw-v1.0.tar.gz"]
         assert (root / "mrw" / "release" / "mrw-v1.0.tar.gz").is_file()
         assert read_catalog(root, "mrw", "test").column("id").to_pylist() == ["d4"]
-        res = run("download", "--root", root, "--split", "train", "--catalog-only",
-                  "--metadata", url.replace("mrw-v1.0", "nothing-here"))
+        res = run(
+            "download",
+            "--root",
+            root,
+            "--split",
+            "train",
+            "--catalog-only",
+            "--metadata",
+            url.replace("mrw-v1.0", "nothing-here"),
+        )
         assert res.exit_code == 2 and "404" in res.output
     finally:
         httpd.shutdown()
@@ -137,11 +179,18 @@ def _independent_tgif_counts(split):
             url, sentence = line.split("\t")[:2]
             gif = url.strip().split("/")[-1]
             rows.setdefault(gif[:-4] if gif.endswith(".gif") else gif, []).append(sentence.strip())
-    split_ids = [u.strip().split("/")[-1][:-4] for u in (TGIF / "splits" / f"{split}.txt").read_text().split()]
+    split_ids = [
+        u.strip().split("/")[-1][:-4]
+        for u in (TGIF / "splits" / f"{split}.txt").read_text().split()
+    ]
     present = [i for i in split_ids if i in rows]
-    return {"items": len(present), "all_sentences": sum(len(rows[i]) for i in present),
-            "missing": len(split_ids) - len(present),
-            "last": {i: rows[i][-1] for i in present}, "order": present}
+    return {
+        "items": len(present),
+        "all_sentences": sum(len(rows[i]) for i in present),
+        "missing": len(split_ids) - len(present),
+        "last": {i: rows[i][-1] for i in present},
+        "order": present,
+    }
 
 
 @pytest.mark.parametrize("split", ["val", "test"])
@@ -149,8 +198,18 @@ def test_tgif_real_files_give_independently_computed_counts(tmp_path, root, spli
     if not TGIF.is_dir():
         pytest.skip("shared TGIF data not present")
     expected = _independent_tgif_counts(split)
-    res = run("download", "--root", root, "--dataset", "tgif", "--split", split,
-              "--metadata", _tgif_release(tmp_path), "--catalog-only")
+    res = run(
+        "download",
+        "--root",
+        root,
+        "--dataset",
+        "tgif",
+        "--split",
+        split,
+        "--metadata",
+        _tgif_release(tmp_path),
+        "--catalog-only",
+    )
     assert res.exit_code == 0, res.output
     assert f"missing: {expected['missing']} ids" in res.output
     table = read_catalog(root, "tgif", split)
@@ -171,9 +230,15 @@ def test_tgif_real_files_give_independently_computed_counts(tmp_path, root, spli
 def _coco_release(tmp_path):
     images = []
     for i, split in enumerate(["train", "restval", "val", "test", "test", "train"]):
-        images.append({"filepath": "val2014" if split != "train" else "train2014",
-                       "filename": f"COCO_x_{i:012d}.jpg", "cocoid": 100 + i, "split": split,
-                       "sentences": [{"raw": f"caption {k} of image {i}"} for k in range(5 + (i == 0))]})
+        images.append(
+            {
+                "filepath": "val2014" if split != "train" else "train2014",
+                "filename": f"COCO_x_{i:012d}.jpg",
+                "cocoid": 100 + i,
+                "split": split,
+                "sentences": [{"raw": f"caption {k} of image {i}"} for k in range(5 + (i == 0))],
+            }
+        )
     rel = tmp_path / "coco-release"
     rel.mkdir()
     (rel / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
@@ -182,48 +247,129 @@ def _coco_release(tmp_path):
 
 def test_coco_restval_joins_train_with_five_protocol_captions(tmp_path, root):
     rel = _coco_release(tmp_path)
-    res = run("download", "--root", root, "--dataset", "coco", "--split", "train", "--metadata", rel, "--catalog-only")
+    res = run(
+        "download",
+        "--root",
+        root,
+        "--dataset",
+        "coco",
+        "--split",
+        "train",
+        "--metadata",
+        rel,
+        "--catalog-only",
+    )
     assert res.exit_code == 0, res.output
     table = read_catalog(root, "coco", "train")
     assert table.column("id").to_pylist() == ["100", "101", "105"]
     assert table.column("sentences").to_pylist()[0][5] == "caption 5 of image 0"  # all kept
     assert sentence_ids(table)[:5] == [f"100#{k}" for k in range(5)]  # protocol: five
     assert len(sentence_ids(table)) == 15
-    assert table.column("url").to_pylist()[1] == "http://images.cocodataset.org/val2014/COCO_x_000000000001.jpg"
-    res = run("download", "--root", root, "--dataset", "coco", "--split", "test", "--metadata", rel, "--catalog-only")
+    assert (
+        table.column("url").to_pylist()[1]
+        == "http://images.cocodataset.org/val2014/COCO_x_000000000001.jpg"
+    )
+    res = run(
+        "download",
+        "--root",
+        root,
+        "--dataset",
+        "coco",
+        "--split",
+        "test",
+        "--metadata",
+        rel,
+        "--catalog-only",
+    )
     assert read_catalog(root, "coco", "test").column("id").to_pylist() == ["103", "104"]
     # an image that names its own URL (COCO's `coco_url`) keeps it
     data = json.loads((rel / "dataset_coco.json").read_text())
     data["images"][3]["coco_url"] = "https://mirror.example.org/103.jpg"
     (rel / "dataset_coco.json").write_text(json.dumps(data))
-    run("download", "--root", root, "--dataset", "coco", "--split", "test", "--metadata", rel, "--catalog-only")
-    assert read_catalog(root, "coco", "test").column("url").to_pylist()[0] == "https://mirror.example.org/103.jpg"
+    run(
+        "download",
+        "--root",
+        root,
+        "--dataset",
+        "coco",
+        "--split",
+        "test",
+        "--metadata",
+        rel,
+        "--catalog-only",
+    )
+    assert (
+        read_catalog(root, "coco", "test").column("url").to_pylist()[0]
+        == "https://mirror.example.org/103.jpg"
+    )
     data["images"][3]["coco_url"] = "javascript:alert(1)"
     (rel / "dataset_coco.json").write_text(json.dumps(data))
-    res = run("download", "--root", root, "--dataset", "coco", "--split", "test", "--metadata", rel, "--catalog-only")
+    res = run(
+        "download",
+        "--root",
+        root,
+        "--dataset",
+        "coco",
+        "--split",
+        "test",
+        "--metadata",
+        rel,
+        "--catalog-only",
+    )
     assert res.exit_code == 2 and "not an http(s) URL" in res.output
 
 
 # -- malformed releases: exit 2, one line naming file/id/problem, no catalog -------------------
 def _bad(records=None, splits=None):
-    return (records if records is not None else MRW_RECORDS, splits if splits is not None else MRW_SPLITS)
+    return (
+        records if records is not None else MRW_RECORDS,
+        splits if splits is not None else MRW_SPLITS,
+    )
 
 
 BAD_MRW = {
-    "conflicting duplicate id": (_bad(MRW_RECORDS + [{"id": "a1", "sentence": "other", "url": "https://x.org/a.mp4"}]),
-                                 "'a1': duplicate id"),
-    "duplicate id in split list": (_bad(splits={"train": ["a1", "b2", "a1"], "valid": [], "test": []}),
-                                   "'a1': duplicate id in the split list"),
-    "empty sentence": (_bad([{"id": "a1", "sentence": "   ", "url": "https://x.org/a.mp4"}]), "'a1': empty sentence"),
-    "ftp url": (_bad([{"id": "a1", "sentence": "s", "url": "ftp://x.org/a.mp4"}]), "is not an http(s) URL"),
-    "file url": (_bad([{"id": "a1", "sentence": "s", "url": "file:///etc/passwd"}]), "is not an http(s) URL"),
+    "conflicting duplicate id": (
+        _bad(MRW_RECORDS + [{"id": "a1", "sentence": "other", "url": "https://x.org/a.mp4"}]),
+        "'a1': duplicate id",
+    ),
+    "duplicate id in split list": (
+        _bad(splits={"train": ["a1", "b2", "a1"], "valid": [], "test": []}),
+        "'a1': duplicate id in the split list",
+    ),
+    "empty sentence": (
+        _bad([{"id": "a1", "sentence": "   ", "url": "https://x.org/a.mp4"}]),
+        "'a1': empty sentence",
+    ),
+    "ftp url": (
+        _bad([{"id": "a1", "sentence": "s", "url": "ftp://x.org/a.mp4"}]),
+        "is not an http(s) URL",
+    ),
+    "file url": (
+        _bad([{"id": "a1", "sentence": "s", "url": "file:///etc/passwd"}]),
+        "is not an http(s) URL",
+    ),
     "no url": (_bad([{"id": "a1", "sentence": "s"}]), "'a1': no video URL"),
-    "dotdot id": (_bad([{"id": "../../x", "sentence": "s", "url": "https://x.org/a.mp4"}]), "unsafe id"),
-    "slash id": (_bad([{"id": "a/b", "sentence": "s", "url": "https://x.org/a.mp4"}]), "path separator"),
-    "control char id": (_bad([{"id": "a\x07b", "sentence": "s", "url": "https://x.org/a.mp4"}]), "control character"),
+    "dotdot id": (
+        _bad([{"id": "../../x", "sentence": "s", "url": "https://x.org/a.mp4"}]),
+        "unsafe id",
+    ),
+    "slash id": (
+        _bad([{"id": "a/b", "sentence": "s", "url": "https://x.org/a.mp4"}]),
+        "path separator",
+    ),
+    "control char id": (
+        _bad([{"id": "a\x07b", "sentence": "s", "url": "https://x.org/a.mp4"}]),
+        "control character",
+    ),
     "empty id": (_bad([{"id": "", "sentence": "s", "url": "https://x.org/a.mp4"}]), "empty id"),
-    "unsafe id in split list": (_bad(splits={"train": ["../../etc"], "valid": [], "test": []}), "unsafe id"),
-    "missing id field": (_bad([{"sentence": "s", "url": "https://x.org/a.mp4"}]), "record has no 'id'"),
+    "unsafe id in split list": (
+        _bad(splits={"train": ["../../etc"], "valid": [], "test": []}),
+        "unsafe id",
+    ),
+    "missing id field": (
+        _bad([{"sentence": "s", "url": "https://x.org/a.mp4"}]),
+        "record has no 'id'",
+    ),
     "not an array": (_bad({"id": "a1"}), "expected a JSON array"),
 }
 
@@ -242,7 +388,7 @@ def test_malformed_mrw_release_exits_2_without_catalog(tmp_path, root, case):
 
 def test_malformed_files_exit_2(tmp_path, root):
     rel = write_mrw_release(tmp_path / "rel")
-    (rel / "mrw-v1.0" / "mrw-v1.0.json").write_text("[{\"id\": \"a1\", ")
+    (rel / "mrw-v1.0" / "mrw-v1.0.json").write_text('[{"id": "a1", ')
     res = run("download", "--root", root, "--split", "train", "--metadata", rel, "--catalog-only")
     assert res.exit_code == 2 and "not valid JSON" in res.output
     rel2 = write_mrw_release(tmp_path / "rel2")
@@ -251,15 +397,37 @@ def test_malformed_files_exit_2(tmp_path, root):
     assert res.exit_code == 2 and "'test' split list" in res.output
     bad_tar = tmp_path / "broken.tar.gz"
     bad_tar.write_bytes(b"\x1f\x8b not really gzip")
-    res = run("download", "--root", root, "--split", "test", "--metadata", bad_tar, "--catalog-only")
+    res = run(
+        "download", "--root", root, "--split", "test", "--metadata", bad_tar, "--catalog-only"
+    )
     assert res.exit_code == 2 and "not a readable archive" in res.output
-    res = run("download", "--root", root, "--split", "test", "--metadata", tmp_path / "nope", "--catalog-only")
+    res = run(
+        "download",
+        "--root",
+        root,
+        "--split",
+        "test",
+        "--metadata",
+        tmp_path / "nope",
+        "--catalog-only",
+    )
     assert res.exit_code == 2 and "no such file" in res.output
     tgif = tmp_path / "tgif"
     (tgif / "splits").mkdir(parents=True)
     (tgif / "tgif-v1.0.tsv").write_text("https://x.org/a.gif a sentence without a tab\n")
     (tgif / "splits" / "test.txt").write_text("https://x.org/a.gif\n")
-    res = run("download", "--root", root, "--dataset", "tgif", "--split", "test", "--metadata", tgif, "--catalog-only")
+    res = run(
+        "download",
+        "--root",
+        root,
+        "--dataset",
+        "tgif",
+        "--split",
+        "test",
+        "--metadata",
+        tgif,
+        "--catalog-only",
+    )
     assert res.exit_code == 2 and "tgif-v1.0.tsv:1" in res.output and "<TAB>" in res.output
     assert catalog_files(root) == []
 
@@ -277,7 +445,16 @@ def test_archive_with_escaping_member_is_refused(tmp_path, root):
 
 
 def test_catalog_file_is_written_atomically(tmp_path, root):
-    run("download", "--root", root, "--split", "train", "--metadata", write_mrw_release(tmp_path / "r"), "--catalog-only")
+    run(
+        "download",
+        "--root",
+        root,
+        "--split",
+        "train",
+        "--metadata",
+        write_mrw_release(tmp_path / "r"),
+        "--catalog-only",
+    )
     files = catalog_files(root / "mrw" / "catalog")
     assert [f.name for f in files] == ["train.parquet"]
     assert pq.read_table(files[0]).num_rows == 3

@@ -1,5 +1,6 @@
 """`mrw download` (media part) against the real local server: faults, resume after SIGKILL,
 --from-dir, COCO images, bad input."""
+
 import hashlib
 import json
 import os
@@ -19,11 +20,15 @@ from mrw.sample import FAULTS, SampleServer, write_sample_release
 
 
 def _mrw(*args, env_root=None, **kw):
-    return subprocess.run([sys.executable, "-m", "mrw.cli", *map(str, args)], capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "mrw.cli", *map(str, args)], capture_output=True, text=True, **kw
+    )
 
 
 def _status(root, dataset="mrw", split="test"):
-    return {r["id"]: r for r in shards.read_status(paths.videos_dir(root, dataset, split)).to_pylist()}
+    return {
+        r["id"]: r for r in shards.read_status(paths.videos_dir(root, dataset, split)).to_pylist()
+    }
 
 
 def _rows(root, dataset="mrw", split="test"):
@@ -38,12 +43,28 @@ def faulty(tmp_path_factory):
     rel = base / "rel"
     rel.mkdir()
     with SampleServer(rel) as srv:
-        write_sample_release(rel, "mrw", srv.url, counts={"train": 0, "val": 0, "test": 200},
-                             faults=list(FAULTS), seed=11)
+        write_sample_release(
+            rel,
+            "mrw",
+            srv.url,
+            counts={"train": 0, "val": 0, "test": 200},
+            faults=list(FAULTS),
+            seed=11,
+        )
         root = base / "root"
         build_catalog("mrw", "test", root=root, source=str(rel))
-        report = download_split(root=root, dataset="mrw", split="test", workers=16, shard_size=64,
-                                timeout=2.0, retries=1, max_bytes=1 << 20, backoff=0.05, progress=False)
+        report = download_split(
+            root=root,
+            dataset="mrw",
+            split="test",
+            workers=16,
+            shard_size=64,
+            timeout=2.0,
+            retries=1,
+            max_bytes=1 << 20,
+            backoff=0.05,
+            progress=False,
+        )
         yield rel, root, report, srv
 
 
@@ -64,7 +85,8 @@ def test_every_fault_is_classified_and_every_ok_row_is_the_served_file(faulty):
     rows = _rows(root)
     ok_ids = {i for i, r in status.items() if r["status"] == "ok"}
     assert {r["id"] for r in rows} == ok_ids and len(rows) == len(ok_ids) == 200 - sum(
-        1 for f in plan.values() if f["error"])
+        1 for f in plan.values() if f["error"]
+    )
     for r in rows:
         served = (rel / "media" / f"{r['id']}.mp4").read_bytes()
         assert r["video"] == served and r["sha256"] == hashlib.sha256(served).hexdigest()
@@ -81,8 +103,9 @@ def test_rerun_skips_complete_shards_and_changes_nothing(faulty):
     stage = paths.videos_dir(root, "mrw", "test")
     before = {p.name: p.read_bytes() for p in stage.rglob("*.parquet")}
     requests_before = sum(srv.requests.values())
-    report = download_split(root=root, dataset="mrw", split="test", shard_size=64, max_bytes=1 << 20,
-                            progress=False)
+    report = download_split(
+        root=root, dataset="mrw", split="test", shard_size=64, max_bytes=1 << 20, progress=False
+    )
     assert report.skipped_shards == report.shards == 4 and report.ok + report.failed == 200
     assert {p.name: p.read_bytes() for p in stage.rglob("*.parquet")} == before
     assert sum(srv.requests.values()) == requests_before, "a complete shard was fetched again"
@@ -91,12 +114,16 @@ def test_rerun_skips_complete_shards_and_changes_nothing(faulty):
 def test_other_settings_are_refused(faulty):
     _, root, _, _ = faulty
     with pytest.raises(UsageError, match="shard_size"):
-        download_split(root=root, dataset="mrw", split="test", shard_size=10, max_bytes=1 << 20, progress=False)
+        download_split(
+            root=root, dataset="mrw", split="test", shard_size=10, max_bytes=1 << 20, progress=False
+        )
 
 
 # -- acceptance 2: SIGKILL at three moments, resume, byte-identical ----------------------------------
 def _files(stage):
-    return {str(p.relative_to(stage)): p.read_bytes() for p in sorted(stage.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(stage)): p.read_bytes() for p in sorted(stage.rglob("*")) if p.is_file()
+    }
 
 
 def test_kill_and_resume_gives_byte_identical_shards(tmp_path):
@@ -105,9 +132,26 @@ def test_kill_and_resume_gives_byte_identical_shards(tmp_path):
     # only stateless faults: a fault that answers differently the second time would change `attempts`
     faults = ["404", "garbage", "corrupt", "redirect", "wrong-type", "too-large", "404", "garbage"]
     with SampleServer(rel, latency=0.1) as srv:
-        write_sample_release(rel, "mrw", srv.url, counts={"train": 0, "val": 0, "test": 56}, faults=faults, seed=5)
-        args = ["download", "--dataset", "mrw", "--split", "test", "--metadata", rel, "--workers", 2,
-                "--shard-size", 8, "--timeout", 10, "--max-bytes", 1 << 20]
+        write_sample_release(
+            rel, "mrw", srv.url, counts={"train": 0, "val": 0, "test": 56}, faults=faults, seed=5
+        )
+        args = [
+            "download",
+            "--dataset",
+            "mrw",
+            "--split",
+            "test",
+            "--metadata",
+            rel,
+            "--workers",
+            2,
+            "--shard-size",
+            8,
+            "--timeout",
+            10,
+            "--max-bytes",
+            1 << 20,
+        ]
         ref_root, root = tmp_path / "ref", tmp_path / "killed"
         done = _mrw(*args, "--root", ref_root)
         assert done.returncode == 0, done.stderr
@@ -120,8 +164,11 @@ def test_kill_and_resume_gives_byte_identical_shards(tmp_path):
         kills = 0
         for step in range(3):
             start = status_count()
-            proc = subprocess.Popen([sys.executable, "-m", "mrw.cli", *map(str, args), "--root", str(root)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mrw.cli", *map(str, args), "--root", str(root)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + 120
             # 1: right after the first shard; 2: in the middle of the shard after the next one;
             # 3: two shards further on
@@ -147,14 +194,27 @@ def test_kill_and_resume_gives_byte_identical_shards(tmp_path):
 
 # -- acceptance 3: --from-dir -----------------------------------------------------------------------
 def test_from_dir_ingests_a_folder_and_reports_missing_files(tmp_path):
-    rel = write_sample_release(tmp_path / "rel", "mrw", "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 12})
+    rel = write_sample_release(
+        tmp_path / "rel", "mrw", "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 12}
+    )
     media = rel / "media"
     gone = sorted(media.iterdir())[:3]
     for p in gone:
         p.unlink()
     root = tmp_path / "root"
-    res = _mrw("download", "--root", root, "--split", "test", "--metadata", rel, "--from-dir", media,
-               "--shard-size", 5)
+    res = _mrw(
+        "download",
+        "--root",
+        root,
+        "--split",
+        "test",
+        "--metadata",
+        rel,
+        "--from-dir",
+        media,
+        "--shard-size",
+        5,
+    )
     assert res.returncode == 0, res.stderr
     assert "missing files: 3" in res.stderr and "9 ok, 3 failed" in res.stderr
     status = _status(root)
@@ -162,24 +222,36 @@ def test_from_dir_ingests_a_folder_and_reports_missing_files(tmp_path):
     assert missing == {p.stem for p in gone}
     assert all(status[i]["error"].startswith("missing:") for i in missing)
     rows = _rows(root)
-    assert all(r["video"] == (media / f"{r['id']}.mp4").read_bytes() for r in rows) and len(rows) == 9
+    assert (
+        all(r["video"] == (media / f"{r['id']}.mp4").read_bytes() for r in rows) and len(rows) == 9
+    )
 
 
 def test_coco_images_go_through_the_same_pipeline(tmp_path):
-    rel = write_sample_release(tmp_path / "rel", "coco", "http://127.0.0.1:9", counts={"train": 3, "val": 2, "test": 7})
+    rel = write_sample_release(
+        tmp_path / "rel", "coco", "http://127.0.0.1:9", counts={"train": 3, "val": 2, "test": 7}
+    )
     root = tmp_path / "root"
     build_catalog("coco", "test", root=root, source=str(rel))
-    report = download_split(root=root, dataset="coco", split="test", from_dir=rel, shard_size=4, progress=False)
+    report = download_split(
+        root=root, dataset="coco", split="test", from_dir=rel, shard_size=4, progress=False
+    )
     assert report.ok == 7 and report.failed == 0
     rows = _rows(root, "coco")
-    assert len(rows) == 7 and {r["format"] for r in rows} == {"jpeg"} and {r["num_frames"] for r in rows} == {1}
+    assert (
+        len(rows) == 7
+        and {r["format"] for r in rows} == {"jpeg"}
+        and {r["num_frames"] for r in rows} == {1}
+    )
 
 
 def test_coco_over_http(tmp_path):
     """COCO's catalog URLs point at images.cocodataset.org; rewritten to the local server here."""
     from mrw.catalog import read_catalog, write_catalog
 
-    rel = write_sample_release(tmp_path / "rel", "coco", "http://unused", counts={"train": 3, "val": 2, "test": 4})
+    rel = write_sample_release(
+        tmp_path / "rel", "coco", "http://unused", counts={"train": 3, "val": 2, "test": 4}
+    )
     root = tmp_path / "root"
     build_catalog("coco", "test", root=root, source=str(rel))
     with SampleServer(rel) as srv:
@@ -187,7 +259,9 @@ def test_coco_over_http(tmp_path):
         for r in rows:
             r["url"] = f"{srv.url}/{r['filepath']}/{r['filename']}"
         write_catalog(rows, root, "coco", "test")
-        report = download_split(root=root, dataset="coco", split="test", shard_size=3, progress=False)
+        report = download_split(
+            root=root, dataset="coco", split="test", shard_size=3, progress=False
+        )
     assert report.ok == 4
     for r in _rows(root, "coco"):
         cat = next(c for c in rows if c["id"] == r["id"])
@@ -195,20 +269,38 @@ def test_coco_over_http(tmp_path):
 
 
 def test_limit_downloads_the_first_items_and_a_later_run_completes_the_shard(tmp_path):
-    rel = write_sample_release(tmp_path / "rel", "tgif", "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 7})
+    rel = write_sample_release(
+        tmp_path / "rel", "tgif", "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 7}
+    )
     root = tmp_path / "root"
     build_catalog("tgif", "test", root=root, source=str(rel))
-    r1 = download_split(root=root, dataset="tgif", split="test", from_dir=rel / "media", limit=3,
-                        shard_size=5, progress=False)
+    r1 = download_split(
+        root=root,
+        dataset="tgif",
+        split="test",
+        from_dir=rel / "media",
+        limit=3,
+        shard_size=5,
+        progress=False,
+    )
     assert (r1.items, r1.ok) == (3, 3)
-    r2 = download_split(root=root, dataset="tgif", split="test", from_dir=rel / "media", shard_size=5, progress=False)
+    r2 = download_split(
+        root=root,
+        dataset="tgif",
+        split="test",
+        from_dir=rel / "media",
+        shard_size=5,
+        progress=False,
+    )
     assert (r2.items, r2.ok, r2.skipped_shards) == (7, 7, 0)
     assert {r["format"] for r in _rows(root, "tgif")} == {"gif"} and len(_status(root, "tgif")) == 7
 
 
 # -- acceptance 5: bad input exits 2, nothing half-written -------------------------------------------
 def test_bad_input_exits_2(tmp_path):
-    rel = write_sample_release(tmp_path / "rel", "mrw", "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 3})
+    rel = write_sample_release(
+        tmp_path / "rel", "mrw", "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 3}
+    )
     root = tmp_path / "root"
     res = _mrw("download", "--root", root, "--split", "nope", "--metadata", rel)
     assert res.returncode == 2 and "unknown split" in res.stderr and "Traceback" not in res.stderr
@@ -217,13 +309,28 @@ def test_bad_input_exits_2(tmp_path):
     res = _mrw("download", "--root", root, "--split", "test", "--metadata", rel, "--shard-size", 0)
     assert res.returncode == 2 and "--shard-size" in res.stderr
     assert not paths.videos_dir(root, "mrw", "test").exists()
-    for opt, value in (("--workers", 0), ("--timeout", 0), ("--max-bytes", -1), ("--retries", -1),
-                       ("--per-host", 0)):
+    for opt, value in (
+        ("--workers", 0),
+        ("--timeout", 0),
+        ("--max-bytes", -1),
+        ("--retries", -1),
+        ("--per-host", 0),
+    ):
         res = _mrw("download", "--root", root, "--split", "test", "--metadata", rel, opt, value)
         assert res.returncode == 2 and opt in res.stderr, (opt, res.stderr)
     # an unwritable place for the shards: a file where the videos folder should be
     (paths.dataset_dir(root, "mrw") / "videos").write_text("in the way")
-    res = _mrw("download", "--root", root, "--split", "test", "--metadata", rel, "--from-dir", rel / "media")
+    res = _mrw(
+        "download",
+        "--root",
+        root,
+        "--split",
+        "test",
+        "--metadata",
+        rel,
+        "--from-dir",
+        rel / "media",
+    )
     assert res.returncode == 2 and "cannot write" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -231,19 +338,39 @@ def test_missing_catalog_and_missing_from_dir_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="no catalog"):
         download_split(root=tmp_path / "r", dataset="mrw", split="val", progress=False)
     with pytest.raises(UsageError, match="from-dir"):
-        download_split(root=tmp_path / "r", dataset="mrw", split="val", from_dir=tmp_path / "nope", progress=False)
+        download_split(
+            root=tmp_path / "r",
+            dataset="mrw",
+            split="val",
+            from_dir=tmp_path / "nope",
+            progress=False,
+        )
 
 
 def test_no_ffprobe_stops_at_once_with_what_to_install(tmp_path, monkeypatch):
     """Without ffprobe nothing could be checked: one line saying what to install, not a run of
     per-item failures."""
-    rel = write_sample_release(tmp_path / "rel", "mrw", "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 3})
+    rel = write_sample_release(
+        tmp_path / "rel", "mrw", "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 3}
+    )
     root = tmp_path / "root"
     bin_dir = tmp_path / "bin"  # python, and nothing of ffmpeg's
     bin_dir.mkdir()
     (bin_dir / "python").symlink_to(sys.executable)
-    res = _mrw("download", "--root", root, "--split", "test", "--metadata", rel,
-               "--from-dir", rel / "media", env={**os.environ, "PATH": str(bin_dir)})
-    assert res.returncode == 1 and "ffprobe not found on PATH: install ffmpeg" in res.stderr, res.stderr
+    res = _mrw(
+        "download",
+        "--root",
+        root,
+        "--split",
+        "test",
+        "--metadata",
+        rel,
+        "--from-dir",
+        rel / "media",
+        env={**os.environ, "PATH": str(bin_dir)},
+    )
+    assert res.returncode == 1 and "ffprobe not found on PATH: install ffmpeg" in res.stderr, (
+        res.stderr
+    )
     assert "Traceback" not in res.stderr
     assert not shards.status_shards(paths.videos_dir(root, "mrw", "test"))

@@ -4,6 +4,7 @@ Embeddings are drawn on a grid (multiples of 2^-11 in [-0.5, 0.5), D <= 16) so t
 is a multiple of 2^-22 and every partial sum stays within 4 = 2^24 x 2^-22: exact in float32: the evaluator's float32 BLAS blocks and the loops below in float64
 then see the very same numbers, and any disagreement is a bug, not rounding.
 """
+
 import json
 
 import numpy as np
@@ -23,8 +24,12 @@ def pair_scores(items, sents, dtype=np.float64):
     flat = b.reshape(-1, b.shape[-1])
     out = np.empty((len(a), len(b)), dtype=dtype)
     for c in range(0, len(a), 256):
-        p = (a[c:c + 256].reshape(-1, a.shape[2]) @ flat.T).reshape(-1, a.shape[1], len(b), b.shape[1])
-        out[c:c + 256] = np.max([p[:, k, :, m] for k in range(a.shape[1]) for m in range(b.shape[1])], axis=0)
+        p = (a[c : c + 256].reshape(-1, a.shape[2]) @ flat.T).reshape(
+            -1, a.shape[1], len(b), b.shape[1]
+        )
+        out[c : c + 256] = np.max(
+            [p[:, k, :, m] for k in range(a.shape[1]) for m in range(b.shape[1])], axis=0
+        )
     return out
 
 
@@ -70,9 +75,11 @@ def reference(items, sents, owner):
         c = i // 64
         if c not in chunk:
             chunk.clear()
-            p = a[c * 64:(c + 1) * 64].reshape(-1, a.shape[2]) @ flat.T
+            p = a[c * 64 : (c + 1) * 64].reshape(-1, a.shape[2]) @ flat.T
             p = p.reshape(-1, a.shape[1], b.shape[0], b.shape[1])
-            chunk[c] = np.max([p[:, k, :, l] for k in range(p.shape[1]) for l in range(p.shape[3])], axis=0)
+            chunk[c] = np.max(
+                [p[:, k, :, l] for k in range(p.shape[1]) for l in range(p.shape[3])], axis=0
+            )
         return chunk[c][i - c * 64]
 
     i2t, t2i = loop_ranks(row, right, owner, len(items))
@@ -80,7 +87,9 @@ def reference(items, sents, owner):
 
 
 def mean_of(folds):
-    out = {d: {m: float(np.mean([f[d][m] for f in folds])) for m in METRICS} for d in ("i2t", "t2i")}
+    out = {
+        d: {m: float(np.mean([f[d][m] for f in folds])) for m in METRICS} for d in ("i2t", "t2i")
+    }
     out["rsum"] = float(np.mean([f["rsum"] for f in folds]))
     return out
 
@@ -103,8 +112,14 @@ def related_pairs(rng, n, per_item, k, d, noise=1024):
     """Items and sentences whose right pairs are similar, so ranks are small and informative."""
     items = grid(rng, (n, k, d))
     owner = np.repeat(np.arange(n), per_item)
-    sents = np.clip(items[owner] * 2048 + rng.integers(-noise, noise + 1, size=(len(owner), k, d)),
-                    -1024, 1023) / 2048.0
+    sents = (
+        np.clip(
+            items[owner] * 2048 + rng.integers(-noise, noise + 1, size=(len(owner), k, d)),
+            -1024,
+            1023,
+        )
+        / 2048.0
+    )
     return items, sents.astype(np.float32), owner
 
 
@@ -131,8 +146,12 @@ def untied(seed, make):
 def write_split(root, dataset, n, per_item, split="test"):
     rows = []
     for i in range(n):
-        row = {"id": f"{dataset[0]}{i:05d}", "sentences": [f"sentence {i}.{s}" for s in range(per_item)],
-               "url": f"http://127.0.0.1/{i}.gif", "protocol_sentences": list(range(per_item))}
+        row = {
+            "id": f"{dataset[0]}{i:05d}",
+            "sentences": [f"sentence {i}.{s}" for s in range(per_item)],
+            "url": f"http://127.0.0.1/{i}.gif",
+            "protocol_sentences": list(range(per_item)),
+        }
         if dataset == "tgif":
             row["protocol_sentences"] = [per_item - 1]
         if dataset == "coco":
@@ -160,10 +179,14 @@ def write_preds(folder, dataset, kind, payload, name="preds.json", **extra):
 
 def rankings_from(scores, item_ids, sent_ids, top=None):
     """Best first; a stable sort of the negated score (the inputs have no ties that matter)."""
-    i2t = {item_ids[i]: [sent_ids[j] for j in np.argsort(-scores[i], kind="stable")[:top]]
-           for i in range(len(item_ids))}
-    t2i = {sent_ids[j]: [item_ids[i] for i in np.argsort(-scores[:, j], kind="stable")[:top]]
-           for j in range(len(sent_ids))}
+    i2t = {
+        item_ids[i]: [sent_ids[j] for j in np.argsort(-scores[i], kind="stable")[:top]]
+        for i in range(len(item_ids))
+    }
+    t2i = {
+        sent_ids[j]: [item_ids[i] for i in np.argsort(-scores[:, j], kind="stable")[:top]]
+        for j in range(len(sent_ids))
+    }
     return {"i2t": i2t, "t2i": t2i}
 
 
@@ -171,14 +194,19 @@ def rankings_from(scores, item_ids, sent_ids, top=None):
 @pytest.mark.parametrize("k", [1, 5])
 def test_mrw_like_matches_independent_loops_for_every_input_kind(root, tmp_path, k):
     n = 1000
-    items, sents, owner = untied(k, lambda rng: (grid(rng, (n, k, 16)), grid(rng, (n, k, 16)), np.arange(n)))
+    items, sents, owner = untied(
+        k, lambda rng: (grid(rng, (n, k, 16)), grid(rng, (n, k, 16)), np.arange(n))
+    )
     want = reference(items, sents, owner)
     ids = write_split(root, "mrw", n, 1)
     sids = [f"{i}#0" for i in ids]
     scores = pair_scores(items, sents)
     got = {}
-    for kind, payload in (("embeddings", (items, sents)), ("scores", scores.astype(np.float32)),
-                          ("rankings", rankings_from(scores, ids, sids))):
+    for kind, payload in (
+        ("embeddings", (items, sents)),
+        ("scores", scores.astype(np.float32)),
+        ("rankings", rankings_from(scores, ids, sids)),
+    ):
         res, _ = evaluate_submission(write_preds(tmp_path / kind, "mrw", kind, payload), root=root)
         assert list(res["protocols"]) == ["full"]
         got[kind] = res["protocols"]["full"]
@@ -192,11 +220,19 @@ def test_coco_like_5k_and_1k_match_independent_loops(root, tmp_path):
     rng = np.random.default_rng(7)
     items, sents, owner = related_pairs(rng, n, per, k, d, noise=1600)
     write_split(root, "coco", n, per)
-    res, _ = evaluate_submission(write_preds(tmp_path, "coco", "embeddings", (items, sents)), root=root)
+    res, _ = evaluate_submission(
+        write_preds(tmp_path, "coco", "embeddings", (items, sents)), root=root
+    )
     assert set(res["protocols"]) == {"5k", "1k"}
     assert_same(res["protocols"]["5k"], reference(items, sents, owner))
-    folds = [reference(items[f * 1000:(f + 1) * 1000], sents[f * 5000:(f + 1) * 5000],
-                       owner[f * 5000:(f + 1) * 5000] - f * 1000) for f in range(5)]
+    folds = [
+        reference(
+            items[f * 1000 : (f + 1) * 1000],
+            sents[f * 5000 : (f + 1) * 5000],
+            owner[f * 5000 : (f + 1) * 5000] - f * 1000,
+        )
+        for f in range(5)
+    ]
     assert res["protocols"]["1k"]["folds"] == 5
     assert_same(res["protocols"]["1k"], mean_of(folds))
     # the two protocols really differ (1,000 candidates are easier than 5,000)
@@ -208,21 +244,47 @@ def test_coco_like_scores_and_embeddings_agree_with_ids_in_another_order(root, t
     items, sents, owner = untied(3, lambda rng: related_pairs(rng, n, per, 2, 16, noise=2400))
     ids = write_split(root, "coco", n, per)
     sids = [f"{ids[o]}#{j % per}" for j, o in enumerate(owner)]
-    want = evaluate_submission(write_preds(tmp_path / "e", "coco", "embeddings", (items, sents)),
-                               root=root)[0]["protocols"]
-    pi, ps = np.random.default_rng(1).permutation(n), np.random.default_rng(2).permutation(len(sids))
+    want = evaluate_submission(
+        write_preds(tmp_path / "e", "coco", "embeddings", (items, sents)), root=root
+    )[0]["protocols"]
+    pi, ps = (
+        np.random.default_rng(1).permutation(n),
+        np.random.default_rng(2).permutation(len(sids)),
+    )
     scores = pair_scores(items, sents, np.float32)[pi][:, ps]
-    got = evaluate_submission(write_preds(tmp_path / "s", "coco", "scores", scores,
-                                          item_ids=[ids[i] for i in pi],
-                                          sentence_ids=[sids[j] for j in ps]), root=root)[0]["protocols"]
-    shuffled = evaluate_submission(write_preds(tmp_path / "p", "coco", "embeddings", (items[pi], sents[ps]),
-                                               item_ids=[ids[i] for i in pi],
-                                               sentence_ids=[sids[j] for j in ps]), root=root)[0]["protocols"]
+    got = evaluate_submission(
+        write_preds(
+            tmp_path / "s",
+            "coco",
+            "scores",
+            scores,
+            item_ids=[ids[i] for i in pi],
+            sentence_ids=[sids[j] for j in ps],
+        ),
+        root=root,
+    )[0]["protocols"]
+    shuffled = evaluate_submission(
+        write_preds(
+            tmp_path / "p",
+            "coco",
+            "embeddings",
+            (items[pi], sents[ps]),
+            item_ids=[ids[i] for i in pi],
+            sentence_ids=[sids[j] for j in ps],
+        ),
+        root=root,
+    )[0]["protocols"]
     for name in ("5k", "1k"):
         assert_same(got[name], want[name])
         assert_same(shuffled[name], want[name])
-    folds = [reference(items[f * 1000:(f + 1) * 1000], sents[f * 5000:(f + 1) * 5000],
-                       owner[f * 5000:(f + 1) * 5000] - f * 1000) for f in range(2)]
+    folds = [
+        reference(
+            items[f * 1000 : (f + 1) * 1000],
+            sents[f * 5000 : (f + 1) * 5000],
+            owner[f * 5000 : (f + 1) * 5000] - f * 1000,
+        )
+        for f in range(2)
+    ]
     assert_same(want["1k"], mean_of(folds))
 
 
@@ -232,12 +294,16 @@ def test_tgif_protocol_uses_the_last_sentence_and_all_sentences_on_request(root,
     items, sents_all, owner_all = related_pairs(rng, n, per, 1, 16, noise=800)
     write_split(root, "tgif", n, per)
     last = np.arange(n) * per + per - 1
-    res, _ = evaluate_submission(write_preds(tmp_path / "p", "tgif", "embeddings", (items, sents_all[last])),
-                                 root=root)
+    res, _ = evaluate_submission(
+        write_preds(tmp_path / "p", "tgif", "embeddings", (items, sents_all[last])), root=root
+    )
     assert (res["num_items"], res["num_sentences"]) == (n, n)
     assert_same(res["protocols"]["full"], reference(items, sents_all[last], np.arange(n)))
-    res, _ = evaluate_submission(write_preds(tmp_path / "a", "tgif", "embeddings", (items, sents_all)),
-                                 root=root, all_sentences=True)
+    res, _ = evaluate_submission(
+        write_preds(tmp_path / "a", "tgif", "embeddings", (items, sents_all)),
+        root=root,
+        all_sentences=True,
+    )
     assert res["sentences"] == "all" and res["num_sentences"] == n * per
     assert_same(res["protocols"]["full"], reference(items, sents_all, owner_all))
 
@@ -256,9 +322,7 @@ def test_block_size_does_not_change_ranks():
 def test_ties_count_against_the_submission():
     # item 0's right sentence ties with a wrong one, so does item 1's; sentence 1's item ties
     # with item 2 and trails item 0
-    scores = np.array([[1.0, 1.0, 0.0],
-                       [0.5, 0.5, 0.0],
-                       [0.0, 0.5, 2.0]])
+    scores = np.array([[1.0, 1.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.5, 2.0]])
     i2t, t2i = ranks_from_scores(scores, np.arange(3))
     assert i2t.tolist() == [1, 1, 0]
     assert t2i.tolist() == [0, 2, 0]
@@ -267,8 +331,9 @@ def test_ties_count_against_the_submission():
 def test_constant_scores_score_nothing(root, tmp_path):
     n = 200
     write_split(root, "mrw", n, 1)
-    res, _ = evaluate_submission(write_preds(tmp_path, "mrw", "scores", np.zeros((n, n), np.float32)),
-                                 root=root)
+    res, _ = evaluate_submission(
+        write_preds(tmp_path, "mrw", "scores", np.zeros((n, n), np.float32)), root=root
+    )
     full = res["protocols"]["full"]
     for d in ("i2t", "t2i"):
         assert [full[d][f"R@{k}"] for k in (1, 5, 10)] == [0.0, 0.0, 0.0]
@@ -280,7 +345,9 @@ def test_constant_embeddings_score_nothing_with_k_embeddings(root, tmp_path):
     n = 50
     write_split(root, "coco", n, 5)
     items, sents = np.ones((n, 2, 8), np.float32), np.ones((5 * n, 2, 8), np.float32)
-    res, _ = evaluate_submission(write_preds(tmp_path, "coco", "embeddings", (items, sents)), root=root)
+    res, _ = evaluate_submission(
+        write_preds(tmp_path, "coco", "embeddings", (items, sents)), root=root
+    )
     assert list(res["protocols"]) == ["5k"]  # fewer than 1,000 images: no 1k folds
     p = res["protocols"]["5k"]
     assert p["i2t"]["R@10"] == 0.0 and p["t2i"]["R@10"] == 0.0
@@ -294,8 +361,10 @@ def test_truncated_rankings_keep_recalls_exact_and_null_what_they_cannot_bound(r
     sids = [f"{i}#0" for i in ids]
     scores = pair_scores(items, sents)
     full = evaluate_submission(write_preds(tmp_path / "s", "mrw", "scores", scores), root=root)[0]
-    cut = evaluate_submission(write_preds(tmp_path / "r", "mrw", "rankings",
-                                          rankings_from(scores, ids, sids, top=top)), root=root)[0]
+    cut = evaluate_submission(
+        write_preds(tmp_path / "r", "mrw", "rankings", rankings_from(scores, ids, sids, top=top)),
+        root=root,
+    )[0]
     want, got = full["protocols"]["full"], cut["protocols"]["full"]
     ranks = ranks_from_scores(scores, owner)
     for d, r in zip(("i2t", "t2i"), ranks):
@@ -305,18 +374,28 @@ def test_truncated_rankings_keep_recalls_exact_and_null_what_they_cannot_bound(r
         assert got[d]["MedR"] == want[d]["MedR"]  # the median lies inside the lists
         assert got[d]["nMR"] == want[d]["nMR"]
         assert got[d]["MeanR"] is None
-        assert "truncated" in got[d]["reasons"]["MeanR"] and f"top {top}" in got[d]["reasons"]["MeanR"]
+        assert (
+            "truncated" in got[d]["reasons"]["MeanR"] and f"top {top}" in got[d]["reasons"]["MeanR"]
+        )
     assert got["rsum"] == want["rsum"]
 
 
 def test_truncated_rankings_null_the_median_when_it_lies_beyond_the_lists(root, tmp_path):
     n, top = 300, 10
-    items, sents, owner = untied(9, lambda rng: (grid(rng, (n, 1, 16)), grid(rng, (n, 1, 16)), np.arange(n)))
+    items, sents, owner = untied(
+        9, lambda rng: (grid(rng, (n, 1, 16)), grid(rng, (n, 1, 16)), np.arange(n))
+    )
     ids = write_split(root, "mrw", n, 1)
     scores = pair_scores(items, sents)
-    res = evaluate_submission(write_preds(tmp_path, "mrw", "rankings",
-                                          rankings_from(scores, ids, [f"{i}#0" for i in ids], top=top)),
-                              root=root)[0]["protocols"]["full"]
+    res = evaluate_submission(
+        write_preds(
+            tmp_path,
+            "mrw",
+            "rankings",
+            rankings_from(scores, ids, [f"{i}#0" for i in ids], top=top),
+        ),
+        root=root,
+    )[0]["protocols"]["full"]
     want = loop_metrics(*ranks_from_scores(scores, owner), n, n)
     for d in ("i2t", "t2i"):
         assert res[d]["R@10"] == want[d]["R@10"]
@@ -344,4 +423,6 @@ def test_the_torch_scorer_gives_the_numpy_scores():
     plain, torched = _BlockScorer(items, sents), _BlockScorer(items, sents, use_torch=True)
     assert torched.use_torch and not plain.use_torch
     for rows, cols in ((slice(0, 50), slice(0, 50)), (slice(7, 19), slice(30, 45))):
-        np.testing.assert_allclose(torched.scores(rows, cols), plain.scores(rows, cols), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            torched.scores(rows, cols), plain.scores(rows, cols), rtol=1e-5, atol=1e-5
+        )

@@ -1,5 +1,6 @@
 """`mrw extract-features`: stored features equal the backbone's own output (acceptance 2), resume
 after SIGKILL (3), the --gpu path and its error without CUDA (5), weights from the torch cache."""
+
 from __future__ import annotations
 
 import io
@@ -14,17 +15,26 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from test_frames import cli, kill_when_first_shard_lands, read_stage
+from test_frames_decode import make_clip, make_jpeg, write_video_stage
 from torchvision import transforms
 
 from mrw import paths, shards
-from mrw.features import IMAGE_FEATURES_SCHEMA, FEATURES_SCHEMA, imagenet_weights_file, read_features
-from test_frames import cli, kill_when_first_shard_lands, read_stage
-from test_frames_decode import make_clip, make_jpeg, write_video_stage
+from mrw.features import (
+    FEATURES_SCHEMA,
+    IMAGE_FEATURES_SCHEMA,
+    imagenet_weights_file,
+    read_features,
+)
 
-REFERENCE_TRANSFORM = transforms.Compose([  # the reference's test transform, written out here
-    transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-    transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-])
+REFERENCE_TRANSFORM = transforms.Compose(
+    [  # the reference's test transform, written out here
+        transforms.Resize(256),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ]
+)
 
 
 def reference_model(name="resnet18", seed=0, state=None):
@@ -56,10 +66,12 @@ def pil(jpeg: bytes) -> Image.Image:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("clips")
-    return {"pattern": make_clip(d / "pattern.mp4", "mp4", 24, 1.0),
-            "gif": make_clip(d / "moving.gif", "gif", 6, 1.0, size=(160, 120)),
-            "green": make_clip(d / "green.mp4", "mp4", 8, 0.5, colour="0x1EB428"),
-            "photo": make_jpeg(d / "photo.jpg", "0x1E3CDC", size=(500, 375))}
+    return {
+        "pattern": make_clip(d / "pattern.mp4", "mp4", 24, 1.0),
+        "gif": make_clip(d / "moving.gif", "gif", 6, 1.0, size=(160, 120)),
+        "green": make_clip(d / "green.mp4", "mp4", 8, 0.5, colour="0x1EB428"),
+        "photo": make_jpeg(d / "photo.jpg", "0x1E3CDC", size=(500, 375)),
+    }
 
 
 def features_of(stage_dir: Path) -> dict:
@@ -73,8 +85,15 @@ FAST = ["--backbone", "resnet18", "--weights", "none", "--batch-size", "5", "--w
 
 
 def test_stored_features_equal_the_backbone_on_stored_frames(root, clips):
-    write_video_stage(root, "mrw", "test", [[("a", clips["pattern"], None), ("b", clips["gif"], None)],
-                                            [("c", clips["green"], None), ("d", None, None)]])
+    write_video_stage(
+        root,
+        "mrw",
+        "test",
+        [
+            [("a", clips["pattern"], None), ("b", clips["gif"], None)],
+            [("c", clips["green"], None), ("d", None, None)],
+        ],
+    )
     assert cli("extract-frames", "--root", root, "--split", "test").exit_code == 0
     result = cli("extract-features", "--root", root, "--split", "test", *FAST)
     assert result.exit_code == 0, result.output
@@ -108,10 +127,21 @@ def test_stored_features_equal_the_backbone_on_stored_frames(root, clips):
 
 def test_from_video_shards_with_max_frames_and_a_broken_video(root, clips):
     broken = b"GIF89a" + bytes(300)
-    write_video_stage(root, "tgif", "val", [[("p", clips["pattern"], None),
-                                             ("x", clips["gif"], broken)]])
-    result = cli("extract-features", "--root", root, "--dataset", "tgif", "--split", "val",
-                 *FAST, "--max-frames", "3")
+    write_video_stage(
+        root, "tgif", "val", [[("p", clips["pattern"], None), ("x", clips["gif"], broken)]]
+    )
+    result = cli(
+        "extract-features",
+        "--root",
+        root,
+        "--dataset",
+        "tgif",
+        "--split",
+        "val",
+        *FAST,
+        "--max-frames",
+        "3",
+    )
     assert result.exit_code == 0, result.output
     stage = paths.features_dir(root, "tgif", "val", "resnet18")
     assert json.loads((stage / "_stage.json").read_text())["source"] == "videos"
@@ -125,13 +155,17 @@ def test_from_video_shards_with_max_frames_and_a_broken_video(root, clips):
     from mrw.frames import decode_video
 
     video = decode_video(clips["pattern"]["path"].read_bytes(), "mp4")
-    direct = direct_features(reference_model(), [Image.fromarray(video.frames[k]) for k in (0, 4, 7)])
+    direct = direct_features(
+        reference_model(), [Image.fromarray(video.frames[k]) for k in (0, 4, 7)]
+    )
     assert_close_after_float16(read_features(row), direct)
 
 
 def test_coco_images_keep_the_7x7_grid(root, clips):
     write_video_stage(root, "coco", "test", [[("1", clips["photo"], None)]])
-    assert cli("extract-frames", "--root", root, "--dataset", "coco", "--split", "test").exit_code == 0
+    assert (
+        cli("extract-frames", "--root", root, "--dataset", "coco", "--split", "test").exit_code == 0
+    )
     result = cli("extract-features", "--root", root, "--dataset", "coco", "--split", "test", *FAST)
     assert result.exit_code == 0, result.output
     stage = paths.features_dir(root, "coco", "test", "resnet18")
@@ -154,24 +188,41 @@ def test_weights_from_a_state_dict_path(tmp_path, root, clips):
     write_video_stage(root, "mrw", "val", [[("a", clips["green"], None)]])
     other = reference_model(seed=7)
     torch.manual_seed(7)
-    state = getattr(torchvision.models, "resnet18")(weights=None).state_dict()
+    state = torchvision.models.resnet18(weights=None).state_dict()
     path = tmp_path / "mine.pt"
     torch.save({"state_dict": state}, path)
-    result = cli("extract-features", "--root", root, "--split", "val", "--backbone", "resnet18",
-                 "--weights", path, "--batch-size", "4", "--workers", "0")
+    result = cli(
+        "extract-features",
+        "--root",
+        root,
+        "--split",
+        "val",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        path,
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+    )
     assert result.exit_code == 0, result.output
     row = features_of(paths.features_dir(root, "mrw", "val", "resnet18"))["a"]
     from mrw.frames import decode_video
 
     video = decode_video(clips["green"]["path"].read_bytes(), "mp4")
-    assert_close_after_float16(read_features(row),
-                               direct_features(other, [Image.fromarray(f) for f in video.frames]))
+    assert_close_after_float16(
+        read_features(row), direct_features(other, [Image.fromarray(f) for f in video.frames])
+    )
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"not a checkpoint", "cannot load --weights"),
-    ("resnet34", "does not fit resnet18: missing"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"not a checkpoint", "cannot load --weights"),
+        ("resnet34", "does not fit resnet18: missing"),
+    ],
+)
 def test_bad_weights_files_exit_2(tmp_path, root, clips, content, message):
     write_video_stage(root, "mrw", "val", [[("a", clips["green"], None)]])
     path = tmp_path / "bad.pt"
@@ -179,8 +230,17 @@ def test_bad_weights_files_exit_2(tmp_path, root, clips, content, message):
         path.write_bytes(content)
     else:
         torch.save({"layer9.weight": torch.zeros(1)}, path)
-    result = cli("extract-features", "--root", root, "--split", "val", "--backbone", "resnet18",
-                 "--weights", path)
+    result = cli(
+        "extract-features",
+        "--root",
+        root,
+        "--split",
+        "val",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        path,
+    )
     assert result.exit_code == 2 and message in result.output, result.output
     assert not paths.features_dir(root, "mrw", "val", "resnet18").exists()
 
@@ -216,7 +276,7 @@ def test_imagenet_weights_missing_and_not_fetchable_exit_2(root, clips, mirror, 
     result = cli("extract-features", "--root", root, "--split", "val", "--backbone", "resnet18")
     assert result.exit_code == 2
     folder = tmp_path / "torch-home" / "hub" / "checkpoints"
-    assert f"put resnet18-f37072fd.pth" in result.output and str(folder) in result.output
+    assert "put resnet18-f37072fd.pth" in result.output and str(folder) in result.output
     assert "Traceback" not in result.output
     assert not list(folder.glob("*")) if folder.exists() else True
 
@@ -234,16 +294,26 @@ def test_imagenet_weights_come_from_the_torch_cache(root, clips, mirror):
     torch.manual_seed(3)
     state = torchvision.models.resnet18(weights=None).state_dict()
     torch.save(state, cached)
-    result = cli("extract-features", "--root", root, "--split", "val", "--backbone", "resnet18",
-                 "--workers", "0")
+    result = cli(
+        "extract-features",
+        "--root",
+        root,
+        "--split",
+        "val",
+        "--backbone",
+        "resnet18",
+        "--workers",
+        "0",
+    )
     assert result.exit_code == 0, result.output
     stage = paths.features_dir(root, "mrw", "val", "resnet18")
     assert "IMAGENET1K_V1" in json.loads((stage / "_stage.json").read_text())["weights"]
     from mrw.frames import decode_video
 
     video = decode_video(clips["green"]["path"].read_bytes(), "mp4")
-    direct = direct_features(reference_model(state=state),
-                             [Image.fromarray(f) for f in video.frames])
+    direct = direct_features(
+        reference_model(state=state), [Image.fromarray(f) for f in video.frames]
+    )
     assert_close_after_float16(read_features(features_of(stage)["a"]), direct)
 
 
@@ -262,12 +332,25 @@ def test_gpu_features_match_the_cpu_ones(tmp_path, clips):
     roots = {k: tmp_path / k for k in ("cpu", "gpu")}
     for r in roots.values():
         write_video_stage(r, "coco", "val", [[("1", clips["photo"], None)]])
-        write_video_stage(r, "mrw", "val", [[("a", clips["pattern"], None), ("b", clips["gif"], None)]])
+        write_video_stage(
+            r, "mrw", "val", [[("a", clips["pattern"], None), ("b", clips["gif"], None)]]
+        )
     for name, r in roots.items():
         extra = ["--gpu"] if name == "gpu" else []
         for ds in ("mrw", "coco"):
-            args = ["--root", r, "--dataset", ds, "--split", "val", "--backbone", "resnet18",
-                    "--weights", "none", *extra]
+            args = [
+                "--root",
+                r,
+                "--dataset",
+                ds,
+                "--split",
+                "val",
+                "--backbone",
+                "resnet18",
+                "--weights",
+                "none",
+                *extra,
+            ]
             result = cli("extract-features", *args)
             assert result.exit_code == 0, result.output
     for ds in ("mrw", "coco"):
@@ -275,10 +358,14 @@ def test_gpu_features_match_the_cpu_ones(tmp_path, clips):
         gpu = features_of(paths.features_dir(roots["gpu"], ds, "val", "resnet18"))
         assert sorted(cpu) == sorted(gpu)
         for k in cpu:
-            a, b = read_features(cpu[k]).astype(np.float32), read_features(gpu[k]).astype(np.float32)
+            a, b = (
+                read_features(cpu[k]).astype(np.float32),
+                read_features(gpu[k]).astype(np.float32),
+            )
             assert np.abs(a - b).max() <= 0.02 * max(1.0, np.abs(a).max())  # float16 autocast
-    manifest = json.loads((paths.features_dir(roots["gpu"], "mrw", "val", "resnet18")
-                           / "_stage.json").read_text())
+    manifest = json.loads(
+        (paths.features_dir(roots["gpu"], "mrw", "val", "resnet18") / "_stage.json").read_text()
+    )
     assert manifest["precision"] == "autocast float16"
 
 
@@ -293,17 +380,21 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, clips):
     kill_when_first_shard_lands([*args, "--root", roots["killed"]], stage, total=5)
     resumed = cli(*args, "--root", roots["killed"])
     assert resumed.exit_code == 0, resumed.output
-    assert read_stage(stage) == read_stage(paths.features_dir(roots["whole"], "mrw", "train",
-                                                              "resnet18"))
+    assert read_stage(stage) == read_stage(
+        paths.features_dir(roots["whole"], "mrw", "train", "resnet18")
+    )
 
 
 def test_bad_options_exit_2(root, clips):
     write_video_stage(root, "mrw", "val", [[("a", clips["green"], None)]])
-    for args, message in ((["--batch-size", "0"], "--batch-size must be a positive integer"),
-                          (["--max-frames", "0"], "--max-frames must be a positive integer"),
-                          (["--weights", "/no/such.pt"], "--weights /no/such.pt: no such file")):
-        result = cli("extract-features", "--root", root, "--split", "val", "--backbone", "resnet18",
-                     *args)
+    for args, message in (
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--max-frames", "0"], "--max-frames must be a positive integer"),
+        (["--weights", "/no/such.pt"], "--weights /no/such.pt: no such file"),
+    ):
+        result = cli(
+            "extract-features", "--root", root, "--split", "val", "--backbone", "resnet18", *args
+        )
         assert result.exit_code == 2 and message in result.output, result.output
     result = cli("extract-features", "--root", root, "--split", "test", *FAST)
     assert result.exit_code == 2 and "no video shards for mrw/test" in result.output

@@ -1,4 +1,5 @@
 """fetch.py against the real local server: every fault, its class, its retries and its time."""
+
 import threading
 
 import pytest
@@ -11,8 +12,12 @@ TIMEOUT = 3.0  # generous: the first yt-dlp page of a process costs about a seco
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    out = write_sample_release(tmp_path_factory.mktemp("fetch") / "rel", "mrw", "http://unused",
-                               counts={"train": 0, "val": 0, "test": 1})
+    out = write_sample_release(
+        tmp_path_factory.mktemp("fetch") / "rel",
+        "mrw",
+        "http://unused",
+        counts={"train": 0, "val": 0, "test": 1},
+    )
     name = next((out / "media").iterdir()).name
     with SampleServer(out) as srv:
         yield srv, name, (out / "media" / name).read_bytes()
@@ -77,11 +82,16 @@ def test_connection_refused_is_retried_then_classified():
 
 
 def test_per_host_limit(tmp_path):
-    out = write_sample_release(tmp_path / "rel", "mrw", "http://unused", counts={"train": 0, "val": 0, "test": 1})
+    out = write_sample_release(
+        tmp_path / "rel", "mrw", "http://unused", counts={"train": 0, "val": 0, "test": 1}
+    )
     name = next((out / "media").iterdir()).name
     with SampleServer(out, latency=0.2) as srv:
         fetcher = _fetcher(per_host=2)
-        threads = [threading.Thread(target=fetcher.fetch, args=(f"{srv.url}/media/{name}",)) for _ in range(8)]
+        threads = [
+            threading.Thread(target=fetcher.fetch, args=(f"{srv.url}/media/{name}",))
+            for _ in range(8)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -106,7 +116,8 @@ def test_a_read_timeout_wrapped_as_connection_error_is_a_timeout():
     from mrw.fetch import _read_timed_out
 
     wrapped = requests.exceptions.ConnectionError(
-        urllib3.exceptions.ReadTimeoutError(None, "/x", "Read timed out."))
+        urllib3.exceptions.ReadTimeoutError(None, "/x", "Read timed out.")
+    )
     assert _read_timed_out(wrapped) and _read_timed_out(requests.exceptions.ReadTimeout("slow"))
     assert not _read_timed_out(requests.exceptions.ConnectionError("connection refused"))
     assert not _read_timed_out(ConnectionResetError(104, "reset by peer"))

@@ -1,4 +1,5 @@
 """The package's frame: CLI help, the citation file, the descriptors the code reads, mrw info."""
+
 import json
 import subprocess
 import sys
@@ -19,7 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_console_script_help_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "mrw.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "mrw.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for name in main.commands:
         assert name in out
     assert {"info", "download"} <= set(main.commands)
@@ -39,15 +42,30 @@ def test_every_command_and_option_is_described(name):
 
 def test_download_help_names_every_contract_option():
     out = CliRunner().invoke(main, ["download", "--help"]).output
-    for opt in ["--root", "--dataset", "--split", "--metadata", "--catalog-only", "--from-dir", "--limit",
-                "--workers", "--shard-size", "--timeout", "--retries", "--max-bytes", "--per-host"]:
+    for opt in [
+        "--root",
+        "--dataset",
+        "--split",
+        "--metadata",
+        "--catalog-only",
+        "--from-dir",
+        "--limit",
+        "--workers",
+        "--shard-size",
+        "--timeout",
+        "--retries",
+        "--max-bytes",
+        "--per-host",
+    ]:
         assert opt in out
 
 
 def test_citation_file_validates_against_the_cff_schema():
     import cffconvert
 
-    schema = json.loads((Path(cffconvert.__file__).parent / "schemas" / "1.2.0" / "schema.json").read_text())
+    schema = json.loads(
+        (Path(cffconvert.__file__).parent / "schemas" / "1.2.0" / "schema.json").read_text()
+    )
     data = yaml.safe_load((REPO / "CITATION.cff").read_text())
     jsonschema.validate(data, schema, cls=jsonschema.Draft7Validator)
     assert data["cff-version"] == "1.2.0"
@@ -69,9 +87,14 @@ def test_descriptors_hold_the_published_figures():
     assert mrw["statistics"]["vocabulary_size"] == 34835
     assert published_size("mrw", "valid") == 1000
     tgif = load_descriptor("tgif")
-    assert sum(tgif["splits"][s]["items"] for s in paths.SPLITS) == tgif["statistics"]["total_items"]
+    assert (
+        sum(tgif["splits"][s]["items"] for s in paths.SPLITS) == tgif["statistics"]["total_items"]
+    )
     coco = load_descriptor("coco")
-    assert coco["splits"]["train"]["items"] == coco["statistics"]["train_without_restval"] + coco["statistics"]["restval"]
+    assert (
+        coco["splits"]["train"]["items"]
+        == coco["statistics"]["train_without_restval"] + coco["statistics"]["restval"]
+    )
     for d in (mrw, tgif, coco):
         assert d["terms_of_use"] and d["citation"]["bibtex"].startswith("@")
         assert d["release"].get("url") or d["release"].get("files")
@@ -92,7 +115,19 @@ def test_info_reports_published_sizes_and_catalogs(tmp_path):
 
     root = tmp_path / "r"
     rel = write_mrw_release(tmp_path / "rel")
-    CliRunner().invoke(main, ["download", "--root", str(root), "--split", "train", "--metadata", str(rel), "--catalog-only"])
+    CliRunner().invoke(
+        main,
+        [
+            "download",
+            "--root",
+            str(root),
+            "--split",
+            "train",
+            "--metadata",
+            str(rel),
+            "--catalog-only",
+        ],
+    )
     res = CliRunner().invoke(main, ["info", "--root", str(root), "--json"])
     assert res.exit_code == 0
     report = json.loads(res.output)

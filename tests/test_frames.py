@@ -1,4 +1,5 @@
 """`mrw extract-frames`: video shards -> frame shards, atomic and resumable (acceptance 1 and 3)."""
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from test_frames_decode import make_clip, make_jpeg, write_video_stage
 
 from mrw import paths, shards
 from mrw.cli import main
 from mrw.frames import FRAMES_SCHEMA, decode_jpeg
-from test_frames_decode import make_clip, make_jpeg, write_video_stage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,16 +43,21 @@ def video_stage(tmp_path, root):
 
 def read_stage(stage_dir: Path) -> dict:
     """Every file of a stage folder, as bytes (manifest included)."""
-    return {str(p.relative_to(stage_dir)): p.read_bytes()
-            for p in sorted(stage_dir.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(stage_dir)): p.read_bytes()
+        for p in sorted(stage_dir.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_frame_shards_follow_video_shards(root, video_stage):
     result = cli("extract-frames", "--root", root, "--split", "test")
     assert result.exit_code == 0, result.output
     stage = paths.frames_dir(root, "mrw", "test")
-    assert [p.name for p in shards.data_shards(stage)] == ["shard-00000.parquet",
-                                                            "shard-00001.parquet"]
+    assert [p.name for p in shards.data_shards(stage)] == [
+        "shard-00000.parquet",
+        "shard-00001.parquet",
+    ]
     s0 = pq.read_table(shards.data_path(stage, 0))
     assert s0.schema.equals(FRAMES_SCHEMA)
     jpeg_column = pq.ParquetFile(shards.data_path(stage, 0)).metadata.row_group(0).column(1)
@@ -63,11 +69,17 @@ def test_frame_shards_follow_video_shards(root, video_stage):
     assert by_id["v0"]["status"] == "ok" and by_id["v0"]["url"] == "http://127.0.0.1/v0"
     assert by_id["v4"]["status"] == "failed" and by_id["v4"]["error"].startswith("decode_error: ")
 
-    rows = {r["id"]: r for r in pq.read_table(shards.data_path(stage, 0)).to_pylist()
-            + pq.read_table(shards.data_path(stage, 1)).to_pylist()}
+    rows = {
+        r["id"]: r
+        for r in pq.read_table(shards.data_path(stage, 0)).to_pylist()
+        + pq.read_table(shards.data_path(stage, 1)).to_pylist()
+    }
     assert set(rows) == {"v0", "v2", "v3"}
-    for item_id, clip, expected in (("v0", video_stage["red"], 16), ("v2", video_stage["pattern"], 12),
-                                    ("v3", video_stage["slow"], 10)):
+    for item_id, clip, expected in (
+        ("v0", video_stage["red"], 16),
+        ("v2", video_stage["pattern"], 12),
+        ("v3", video_stage["slow"], 10),
+    ):
         row = rows[item_id]
         assert abs(row["num_frames"] - expected) <= 1
         assert len(row["frames"]) == len(row["timestamps"]) == row["num_frames"]
@@ -113,7 +125,9 @@ def test_a_deleted_shard_is_redone_identically(root, video_stage):
 def test_coco_images_are_one_frame_items(tmp_path, root):
     blue = make_jpeg(tmp_path / "blue.jpg", "0x1E3CDC", size=(640, 480))
     write_video_stage(root, "coco", "val", [[("391895", blue, None), ("522418", blue, None)]])
-    assert cli("extract-frames", "--root", root, "--dataset", "coco", "--split", "val").exit_code == 0
+    assert (
+        cli("extract-frames", "--root", root, "--dataset", "coco", "--split", "val").exit_code == 0
+    )
     table = pq.read_table(shards.data_path(paths.frames_dir(root, "coco", "val"), 0))
     for row in table.to_pylist():
         assert row["num_frames"] == 1 and row["timestamps"] == [0.0]
@@ -121,12 +135,15 @@ def test_coco_images_are_one_frame_items(tmp_path, root):
         assert np.all(np.abs(decode_jpeg(row["frames"][0]).mean(axis=(0, 1)) - (30, 60, 220)) <= 6)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--fps", "0"], "--fps must be a positive number"),
-    (["--size", "4"], "--size must be between"),
-    (["--quality", "101"], "--quality must be between 1 and 100"),
-    (["--workers", "0"], "--workers must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--fps", "0"], "--fps must be a positive number"),
+        (["--size", "4"], "--size must be between"),
+        (["--quality", "101"], "--quality must be between 1 and 100"),
+        (["--workers", "0"], "--workers must be a positive integer"),
+    ],
+)
 def test_bad_options_exit_2(root, video_stage, args, message):
     result = cli("extract-frames", "--root", root, "--split", "test", *args)
     assert result.exit_code == 2 and message in result.output, result.output
@@ -140,8 +157,13 @@ def test_no_video_shards_exit_2_naming_the_command(root):
 
 
 def _run_cli(args, env):
-    return subprocess.Popen([sys.executable, "-m", "mrw.cli", *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mrw.cli", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def kill_when_first_shard_lands(args, stage_dir: Path, total: int) -> None:

@@ -1,5 +1,6 @@
 """Decoding and sampling (acceptance 1), on real clips made with ffmpeg; also the clip makers and
 the video-stage writer that the frames and features tests share."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,38 +16,82 @@ from mrw.download import VIDEO_SCHEMA
 from mrw.frames import DecodeError, decode_jpeg, decode_video, encode_jpeg
 
 
-def make_clip(path: Path, fmt: str, fps: float, duration: float, size=(320, 240),
-              colour: str | None = None) -> dict:
+def make_clip(
+    path: Path, fmt: str, fps: float, duration: float, size=(320, 240), colour: str | None = None
+) -> dict:
     """A real clip: a solid `colour` or ffmpeg's moving test pattern, as MP4 (H.264) or GIF."""
     w, h = size
-    source = (f"color=c={colour}:size={w}x{h}:rate={fps}:duration={duration}" if colour
-              else f"testsrc=size={w}x{h}:rate={fps}:duration={duration}")
+    source = (
+        f"color=c={colour}:size={w}x{h}:rate={fps}:duration={duration}"
+        if colour
+        else f"testsrc=size={w}x{h}:rate={fps}:duration={duration}"
+    )
     if fmt == "mp4":
         codec = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
     else:  # a palette made from the clip itself, so a solid colour is stored exactly, undithered
         codec = ["-vf", "split[a][b];[a]palettegen=stats_mode=single[p];[b][p]paletteuse=new=1"]
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", source, *codec,
-                    str(path)],
-                   check=True, stdin=subprocess.DEVNULL)
-    return {"path": path, "format": fmt, "fps": float(fps), "duration": float(duration),
-            "width": w, "height": h, "num_frames": int(round(fps * duration))}
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", source, *codec, str(path)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    return {
+        "path": path,
+        "format": fmt,
+        "fps": float(fps),
+        "duration": float(duration),
+        "width": w,
+        "height": h,
+        "num_frames": int(round(fps * duration)),
+    }
 
 
 def make_jpeg(path: Path, colour: str, size=(640, 480)) -> dict:
     w, h = size
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    f"color=c={colour}:size={w}x{h}", "-frames:v", "1", "-q:v", "2", str(path)],
-                   check=True, stdin=subprocess.DEVNULL)
-    return {"path": path, "format": "jpg", "fps": 0.0, "duration": 0.0, "width": w, "height": h,
-            "num_frames": 1}
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"color=c={colour}:size={w}x{h}",
+            "-frames:v",
+            "1",
+            "-q:v",
+            "2",
+            str(path),
+        ],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    return {
+        "path": path,
+        "format": "jpg",
+        "fps": 0.0,
+        "duration": 0.0,
+        "width": w,
+        "height": h,
+        "num_frames": 1,
+    }
 
 
 def video_row(item_id: str, clip: dict, data: bytes | None = None) -> dict:
     data = Path(clip["path"]).read_bytes() if data is None else data
-    return {"id": item_id, "video": data, "format": clip["format"],
-            "sha256": hashlib.sha256(data).hexdigest(), "num_frames": clip["num_frames"],
-            "fps": clip["fps"], "width": clip["width"], "height": clip["height"],
-            "duration": clip["duration"]}
+    return {
+        "id": item_id,
+        "video": data,
+        "format": clip["format"],
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "num_frames": clip["num_frames"],
+        "fps": clip["fps"],
+        "width": clip["width"],
+        "height": clip["height"],
+        "duration": clip["duration"],
+    }
 
 
 def write_video_stage(root: Path, dataset: str, split: str, shard_items: list[list[tuple]]):
@@ -58,8 +103,12 @@ def write_video_stage(root: Path, dataset: str, split: str, shard_items: list[li
     rows, extra = [], catalog.EXTRA_COLUMNS[dataset]
     for items in shard_items:
         for item_id, _clip, _data in items:
-            row = {"id": item_id, "sentences": [f"a clip called {item_id}"],
-                   "url": f"http://127.0.0.1/{item_id}", "protocol_sentences": [0]}
+            row = {
+                "id": item_id,
+                "sentences": [f"a clip called {item_id}"],
+                "url": f"http://127.0.0.1/{item_id}",
+                "protocol_sentences": [0],
+            }
             row.update({name: None for name, _ in extra})
             rows.append(row)
     catalog.write_catalog(rows, root, dataset, split)
@@ -68,10 +117,16 @@ def write_video_stage(root: Path, dataset: str, split: str, shard_items: list[li
     shards.check_manifest(videos_dir, {"stage": "videos", "shard_size": shard_size})
     for index, items in enumerate(shard_items):
         data = [video_row(i, c, d) for i, c, d in items if c is not None]
-        status = [{"id": i, "url": f"http://127.0.0.1/{i}", "attempts": 1,
-                   "status": "ok" if c is not None else "failed",
-                   "error": None if c is not None else "http_404: not found"}
-                  for i, c, _ in items]
+        status = [
+            {
+                "id": i,
+                "url": f"http://127.0.0.1/{i}",
+                "attempts": 1,
+                "status": "ok" if c is not None else "failed",
+                "error": None if c is not None else "http_404: not found",
+            }
+            for i, c, _ in items
+        ]
         table = pa.Table.from_pylist(data, schema=VIDEO_SCHEMA) if data else None
         shards.write_shard(videos_dir, index, table, status)
     return videos_dir
@@ -113,8 +168,11 @@ def test_fps_option_thins_a_faster_clip(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["mp4", "gif", "jpg"])
 def test_solid_colour_survives_decoding_and_jpeg(tmp_path, fmt):
-    colours = {"mp4": ("0xDC1E1E", (220, 30, 30)), "gif": ("0x1E3CDC", (30, 60, 220)),
-               "jpg": ("0x1EB428", (30, 180, 40))}
+    colours = {
+        "mp4": ("0xDC1E1E", (220, 30, 30)),
+        "gif": ("0x1E3CDC", (30, 60, 220)),
+        "jpg": ("0x1EB428", (30, 180, 40)),
+    }
     name, rgb = colours[fmt]
     if fmt == "jpg":
         clip = make_jpeg(tmp_path / "c.jpg", name)

@@ -1,4 +1,5 @@
 """load_dataset (mrw.loader) over catalogs and shards written here with the documented schemas."""
+
 import functools
 import io
 import pickle
@@ -22,16 +23,38 @@ from mrw.text import Vocabulary, collate_features
 
 DIM = 8
 
-FEATURE_SCHEMA = pa.schema([("id", pa.string()), ("features", pa.binary()),
-                            ("num_frames", pa.int32()), ("dim", pa.int32()),
-                            ("timestamps", pa.list_(pa.float64()))])
-FRAME_SCHEMA = pa.schema([("id", pa.string()), ("frames", pa.list_(pa.binary())),
-                          ("timestamps", pa.list_(pa.float64())), ("num_frames", pa.int32()),
-                          ("width", pa.int32()), ("height", pa.int32())])
-VIDEO_SCHEMA = pa.schema([("id", pa.string()), ("video", pa.binary()), ("format", pa.string()),
-                          ("sha256", pa.string()), ("num_frames", pa.int32()),
-                          ("fps", pa.float64()), ("width", pa.int32()), ("height", pa.int32()),
-                          ("duration", pa.float64())])
+FEATURE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("features", pa.binary()),
+        ("num_frames", pa.int32()),
+        ("dim", pa.int32()),
+        ("timestamps", pa.list_(pa.float64())),
+    ]
+)
+FRAME_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("frames", pa.list_(pa.binary())),
+        ("timestamps", pa.list_(pa.float64())),
+        ("num_frames", pa.int32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
+VIDEO_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("video", pa.binary()),
+        ("format", pa.string()),
+        ("sha256", pa.string()),
+        ("num_frames", pa.int32()),
+        ("fps", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("duration", pa.float64()),
+    ]
+)
 
 
 def _catalog_rows(dataset, split, n):
@@ -40,16 +63,36 @@ def _catalog_rows(dataset, split, n):
         item = f"{split}{i:04d}"
         if dataset == "coco":
             sentences = [f"caption {k} of image {i}" for k in range(5 + i % 2)]
-            rows.append({"id": item, "sentences": sentences, "url": None,
-                         "protocol_sentences": [0, 1, 2, 3, 4], "cocoid": i,
-                         "filepath": "val2014", "filename": f"{item}.jpg"})
+            rows.append(
+                {
+                    "id": item,
+                    "sentences": sentences,
+                    "url": None,
+                    "protocol_sentences": [0, 1, 2, 3, 4],
+                    "cocoid": i,
+                    "filepath": "val2014",
+                    "filename": f"{item}.jpg",
+                }
+            )
         elif dataset == "tgif":
             sentences = [f"a cat number {i} jumps", f"a dog number {i} runs"][: 1 + i % 2]
-            rows.append({"id": item, "sentences": sentences, "url": f"http://x/{item}.gif",
-                         "protocol_sentences": [len(sentences) - 1]})
+            rows.append(
+                {
+                    "id": item,
+                    "sentences": sentences,
+                    "url": f"http://x/{item}.gif",
+                    "protocol_sentences": [len(sentences) - 1],
+                }
+            )
         else:
-            rows.append({"id": item, "sentences": [f"mrw when item {i} happens"],
-                         "url": f"http://x/{item}.mp4", "protocol_sentences": [0]})
+            rows.append(
+                {
+                    "id": item,
+                    "sentences": [f"mrw when item {i} happens"],
+                    "url": f"http://x/{item}.mp4",
+                    "protocol_sentences": [0],
+                }
+            )
     return rows
 
 
@@ -61,48 +104,93 @@ def _jpeg(i, t):
     return buf.getvalue()
 
 
-def write_split(root, dataset, split, n, *, shard_size=7, failed=(), modalities=("features",),
-                row_group_size=None, frames_of=lambda i: 3 + i % 9):
+def write_split(
+    root,
+    dataset,
+    split,
+    n,
+    *,
+    shard_size=7,
+    failed=(),
+    modalities=("features",),
+    row_group_size=None,
+    frames_of=lambda i: 3 + i % 9,
+):
     """A catalog of `n` items and shards of each modality; items in `failed` have no row."""
     rows = _catalog_rows(dataset, split, n)
     write_catalog(rows, root, dataset, split)
     rng = np.random.default_rng(len(split) * 1000 + n)
     for modality in modalities:
-        folder = {"features": paths.features_dir(root, dataset, split),
-                  "frames": paths.frames_dir(root, dataset, split),
-                  "video": paths.videos_dir(root, dataset, split)}[modality]
+        folder = {
+            "features": paths.features_dir(root, dataset, split),
+            "frames": paths.frames_dir(root, dataset, split),
+            "video": paths.videos_dir(root, dataset, split),
+        }[modality]
         for k, (a, b) in enumerate(shard_ranges(n, shard_size)):
             data, status = [], []
             for i in range(a, b):
                 item = rows[i]["id"]
                 ok = i not in failed
-                status.append({"id": item, "url": rows[i]["url"], "status": "ok" if ok else "failed",
-                               "error": None if ok else "http_404: gone", "attempts": 1})
+                status.append(
+                    {
+                        "id": item,
+                        "url": rows[i]["url"],
+                        "status": "ok" if ok else "failed",
+                        "error": None if ok else "http_404: gone",
+                        "attempts": 1,
+                    }
+                )
                 if not ok:
                     continue
                 t = 1 if dataset == "coco" else frames_of(i)
                 stamps = [j / 8 for j in range(t)]
                 if modality == "features":
                     feats = rng.standard_normal((t, DIM)).astype("<f2")
-                    row = {"id": item, "features": feats.tobytes(), "num_frames": t, "dim": DIM,
-                           "timestamps": stamps}
+                    row = {
+                        "id": item,
+                        "features": feats.tobytes(),
+                        "num_frames": t,
+                        "dim": DIM,
+                        "timestamps": stamps,
+                    }
                     if dataset == "coco":
                         row["grid"] = rng.standard_normal((49, DIM)).astype("<f2").tobytes()
                 elif modality == "frames":
-                    row = {"id": item, "frames": [_jpeg(i, j) for j in range(t)],
-                           "timestamps": stamps, "num_frames": t, "width": 16, "height": 12}
+                    row = {
+                        "id": item,
+                        "frames": [_jpeg(i, j) for j in range(t)],
+                        "timestamps": stamps,
+                        "num_frames": t,
+                        "width": 16,
+                        "height": 12,
+                    }
                 else:
                     blob = rng.bytes(100 + i)
-                    row = {"id": item, "video": blob, "format": "mp4", "sha256": f"sha{i}",
-                           "num_frames": t, "fps": 8.0, "width": 16, "height": 12,
-                           "duration": t / 8}
+                    row = {
+                        "id": item,
+                        "video": blob,
+                        "format": "mp4",
+                        "sha256": f"sha{i}",
+                        "num_frames": t,
+                        "fps": 8.0,
+                        "width": 16,
+                        "height": 12,
+                        "duration": t / 8,
+                    }
                 data.append(row)
-            schema = {"features": FEATURE_SCHEMA, "frames": FRAME_SCHEMA, "video": VIDEO_SCHEMA}[modality]
+            schema = {"features": FEATURE_SCHEMA, "frames": FRAME_SCHEMA, "video": VIDEO_SCHEMA}[
+                modality
+            ]
             if modality == "features" and dataset == "coco":
                 schema = schema.append(pa.field("grid", pa.binary()))
             options = {"row_group_size": row_group_size} if row_group_size else {}
-            write_shard(folder, k, pa.Table.from_pylist(data, schema=schema) if data else None,
-                        status, **options)
+            write_shard(
+                folder,
+                k,
+                pa.Table.from_pylist(data, schema=schema) if data else None,
+                status,
+                **options,
+            )
     return rows
 
 
@@ -123,8 +211,9 @@ def f16(blob, shape):
 @pytest.mark.parametrize("dataset", ["mrw", "tgif"])
 def test_video_datasets_every_modality_equals_shards(tmp_path, dataset):
     failed = {2, 9, 10}
-    rows = write_split(tmp_path, dataset, "test", 23, failed=failed,
-                       modalities=("features", "frames", "video"))
+    rows = write_split(
+        tmp_path, dataset, "test", 23, failed=failed, modalities=("features", "frames", "video")
+    )
     expected_ids = [r["id"] for i, r in enumerate(rows) if i not in failed]
     by_id = {r["id"]: r for r in rows}
 
@@ -150,8 +239,15 @@ def test_video_datasets_every_modality_equals_shards(tmp_path, dataset):
     for i in (0, 7, 19):
         item = frames[i]
         row = stored[item["id"]]
-        want = np.stack([np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in row["frames"]])
-        assert item["frames"].dtype == torch.uint8 and item["frames"].shape == (row["num_frames"], 12, 16, 3)
+        want = np.stack(
+            [np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in row["frames"]]
+        )
+        assert item["frames"].dtype == torch.uint8 and item["frames"].shape == (
+            row["num_frames"],
+            12,
+            16,
+            3,
+        )
         np.testing.assert_array_equal(item["frames"].numpy(), want)
 
     videos = load_dataset(dataset, split="test", root=tmp_path, modality="video")
@@ -163,8 +259,9 @@ def test_video_datasets_every_modality_equals_shards(tmp_path, dataset):
 
 
 def test_coco_features_grid_pooled_and_captions(tmp_path):
-    rows = write_split(tmp_path, "coco", "test", 12, failed={5},
-                       modalities=("features", "frames", "video"))
+    rows = write_split(
+        tmp_path, "coco", "test", 12, failed={5}, modalities=("features", "frames", "video")
+    )
     stored = shard_rows(paths.features_dir(tmp_path, "coco", "test"))
     ds = load_dataset("coco", split="test", root=tmp_path)
     assert len(ds) == 11
@@ -192,10 +289,18 @@ def test_slices_give_the_same_ids_as_slicing_the_id_list(tmp_path):
     ids = load_dataset("mrw", split="train", root=tmp_path).ids
     val = load_dataset("mrw", split="val", root=tmp_path).ids
     assert len(ids) == 38
-    cases = {"train[:10%]": ids[:4], "train[10%:20%]": ids[4:8], "train[5:12]": ids[5:12],
-             "train[-5:]": ids[-5:], "train[:-30]": ids[:-30], "train[:]": ids,
-             "train[:10%]+val": ids[:4] + val, "val+train[30:]": val + ids[30:],
-             "valid[2:4]": val[2:4], "train[100:200]": []}
+    cases = {
+        "train[:10%]": ids[:4],
+        "train[10%:20%]": ids[4:8],
+        "train[5:12]": ids[5:12],
+        "train[-5:]": ids[-5:],
+        "train[:-30]": ids[:-30],
+        "train[:]": ids,
+        "train[:10%]+val": ids[:4] + val,
+        "val+train[30:]": val + ids[30:],
+        "valid[2:4]": val[2:4],
+        "train[100:200]": [],
+    }
     for spec, want in cases.items():
         ds = load_dataset("mrw", split=spec, root=tmp_path)
         assert ds.ids == want, spec
@@ -229,8 +334,12 @@ def test_missing_stage_names_the_command(tmp_path):
         load_dataset("mrw", split="test", root=tmp_path, backbone="resnet50")
     with pytest.raises(UsageError, match="--catalog-only"):
         load_dataset("tgif", split="test", root=tmp_path)
-    for kwargs in ({"modality": "audio"}, {"sampling": "middle"}, {"num_frames": 0},
-                   {"dtype": torch.int8}):
+    for kwargs in (
+        {"modality": "audio"},
+        {"sampling": "middle"},
+        {"num_frames": 0},
+        {"dtype": torch.int8},
+    ):
         with pytest.raises(UsageError):
             load_dataset("mrw", split="test", root=tmp_path, **kwargs)
 
@@ -246,8 +355,12 @@ def test_unfinished_stage_warns_and_corrupt_rows_are_reported(tmp_path):
     table = pq.read_table(folder / "shard-00000.parquet")
     feats = table.column("features").to_pylist()
     feats[3] = feats[3][:-2]
-    write_shard(folder, 0, table.set_column(1, "features", pa.array(feats, pa.binary())),
-                pq.read_table(folder / "status" / "shard-00000.parquet").to_pylist())
+    write_shard(
+        folder,
+        0,
+        table.set_column(1, "features", pa.array(feats, pa.binary())),
+        pq.read_table(folder / "status" / "shard-00000.parquet").to_pylist(),
+    )
     with pytest.warns(UserWarning):
         ds = load_dataset("mrw", split="test", root=tmp_path)
     ds[2]
@@ -267,7 +380,7 @@ def test_uniform_and_random_sampling_as_the_reference():
     for _ in range(200):
         idx = sample_frame_indices(40, 8, "random", rng=rng)
         steps = set(np.diff(idx))
-        assert len(idx) == 8 and len(steps) == 1 and 0 <= idx[0] and idx[-1] < 40
+        assert len(idx) == 8 and len(steps) == 1 and idx[0] >= 0 and idx[-1] < 40
         skips |= steps
     assert skips == {1, 2, 3}
     short = sample_frame_indices(4, 8, "random", rng=rng)
@@ -289,18 +402,22 @@ def test_num_frames_samples_feature_rows(tmp_path):
     half = load_dataset("mrw", split="test", root=tmp_path, dtype=torch.float16)
     item = half[5]
     assert item["features"].dtype == torch.float16 and "frame_indices" not in item
-    np.testing.assert_array_equal(item["features"].numpy(),
-                                  np.frombuffer(stored[item["id"]]["features"], "<f2").reshape(54, DIM))
+    np.testing.assert_array_equal(
+        item["features"].numpy(),
+        np.frombuffer(stored[item["id"]]["features"], "<f2").reshape(54, DIM),
+    )
     item["features"] += 1  # a copy of its own, not a view into the shard's buffer
     assert half[5]["features"].float().sub(item["features"].float()).abs().max() > 0.5
     rand = load_dataset("mrw", split="test", root=tmp_path, num_frames=8, sampling="random")
     random.seed(3)
     starts = {rand[5]["frame_indices"][0].item() for _ in range(30)}
     assert len(starts) > 1
-    frames = load_dataset("mrw", split="test", root=tmp_path, num_frames=2,
-                          transform=lambda x: x * 2)
-    np.testing.assert_array_equal(frames[1]["features"].numpy(),
-                                  2 * f16(stored[frames.ids[1]]["features"], (14, DIM))[[0, 7]])
+    frames = load_dataset(
+        "mrw", split="test", root=tmp_path, num_frames=2, transform=lambda x: x * 2
+    )
+    np.testing.assert_array_equal(
+        frames[1]["features"].numpy(), 2 * f16(stored[frames.ids[1]]["features"], (14, DIM))[[0, 7]]
+    )
 
 
 # -- O(1) access, workers, pickling -------------------------------------------------------------------
@@ -309,8 +426,11 @@ def test_getitem_reads_one_row_group(tmp_path, monkeypatch):
     ds = load_dataset("mrw", split="test", root=tmp_path)
     reads = []
     original = pq.ParquetFile.read_row_group
-    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
-                        lambda self, i, *a, **k: reads.append(i) or original(self, i, *a, **k))
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "read_row_group",
+        lambda self, i, *a, **k: reads.append(i) or original(self, i, *a, **k),
+    )
     for i in (57, 3, 31):
         assert ds[i]["id"] == f"test{i:04d}"
     assert reads == [(57 - 30) // 4, 3 // 4, (31 - 30) // 4]
@@ -324,14 +444,16 @@ def test_dataloader_two_workers_and_collate(tmp_path):
     ds = load_dataset("mrw", split="train", root=tmp_path, num_frames=4)
     ds[0]  # the parent opens files before forking
     vocab = Vocabulary.from_split("mrw", "train", root=tmp_path)
-    loader = DataLoader(ds, batch_size=4, num_workers=2,
-                        collate_fn=functools.partial(collate_features, vocab=vocab))
+    loader = DataLoader(
+        ds, batch_size=4, num_workers=2, collate_fn=functools.partial(collate_features, vocab=vocab)
+    )
     seen = []
     for batch in loader:
         assert batch["features"].shape[1:] == (4, DIM) and batch["tokens"].dtype == torch.long
         for j, item_id in enumerate(batch["id"]):
-            np.testing.assert_array_equal(batch["features"][j].numpy(),
-                                          ds[ds.ids.index(item_id)]["features"].numpy())
+            np.testing.assert_array_equal(
+                batch["features"][j].numpy(), ds[ds.ids.index(item_id)]["features"].numpy()
+            )
         seen += batch["id"]
     assert seen == ds.ids
     clone = pickle.loads(pickle.dumps(ds))
@@ -351,16 +473,25 @@ def test_info_and_to_pandas(tmp_path):
     stored = shard_rows(paths.features_dir(tmp_path, "mrw", "test"))
     assert df["num_frames"].tolist() == [stored[i]["num_frames"] for i in ds.ids]
     vids = load_dataset("mrw", split="test", root=tmp_path, modality="video").to_pandas()
-    assert list(vids["duration"]) == [shard_rows(paths.videos_dir(tmp_path, "mrw", "test"))[i]["duration"]
-                                      for i in vids["id"]]
+    assert list(vids["duration"]) == [
+        shard_rows(paths.videos_dir(tmp_path, "mrw", "test"))[i]["duration"] for i in vids["id"]
+    ]
 
 
 # -- acceptance 2: streaming over workers and ranks ----------------------------------------------
 def _epoch_order(root, epoch, world_size=2, num_workers=2, seed=7):
     order = []
     for rank in range(world_size):
-        ds = load_dataset("tgif", split="train", root=root, streaming=True, seed=seed,
-                          shuffle_buffer=16, rank=rank, world_size=world_size)
+        ds = load_dataset(
+            "tgif",
+            split="train",
+            root=root,
+            streaming=True,
+            seed=seed,
+            shuffle_buffer=16,
+            rank=rank,
+            world_size=world_size,
+        )
         ds.set_epoch(epoch)
         loader = DataLoader(ds, batch_size=None, num_workers=num_workers)
         order += [item["id"] for item in loader]
@@ -380,10 +511,12 @@ def test_streaming_each_item_once_per_epoch_seeded_order(tmp_path):
     plain = load_dataset("tgif", split="train", root=tmp_path, streaming=True)
     assert isinstance(plain, StreamingSplitDataset)
     assert [item["id"] for item in plain] == ids
-    part = load_dataset("tgif", split="train[10:30]", root=tmp_path, streaming=True, rank=1,
-                        world_size=2)
-    other = load_dataset("tgif", split="train[10:30]", root=tmp_path, streaming=True, rank=0,
-                         world_size=2)
+    part = load_dataset(
+        "tgif", split="train[10:30]", root=tmp_path, streaming=True, rank=1, world_size=2
+    )
+    other = load_dataset(
+        "tgif", split="train[10:30]", root=tmp_path, streaming=True, rank=0, world_size=2
+    )
     got = [item["id"] for item in part] + [item["id"] for item in other]
     assert sorted(got) == sorted(ids[10:30]) and len(got) == 20
     with pytest.raises(UsageError):
@@ -405,8 +538,9 @@ def test_float16_conversion_on_one_thread_equals_torch():
 
 def test_items_never_share_memory_with_later_reads(tmp_path):
     write_split(tmp_path, "mrw", "test", 6, shard_size=6)
-    ds = load_dataset("mrw", split="test", root=tmp_path,
-                      transform=lambda x: x.sub_(1.0))  # an in-place transform
+    ds = load_dataset(
+        "mrw", split="test", root=tmp_path, transform=lambda x: x.sub_(1.0)
+    )  # an in-place transform
     stored = shard_rows(paths.features_dir(tmp_path, "mrw", "test"))
     for _ in range(3):  # the row group stays cached: every read must start from the shard again
         for i in (0, 1, 2, 2, 1):
@@ -433,7 +567,9 @@ def test_streaming_takes_rank_and_world_size_from_torch_distributed(tmp_path, mo
 def test_sequential_iteration_equals_indexing_across_row_groups_and_shards(tmp_path):
     """`for item in ds` reads many row groups at once; it must give exactly `ds[i]` for each i,
     whatever the slice, the failed items and the row-group boundaries."""
-    write_split(tmp_path, "mrw", "test", 70, shard_size=30, failed={3, 31, 32, 69}, row_group_size=4)
+    write_split(
+        tmp_path, "mrw", "test", 70, shard_size=30, failed={3, 31, 32, 69}, row_group_size=4
+    )
     for spec in ("test", "test[5:47]", "test[40:]+test[:7]"):
         ds = load_dataset("mrw", split=spec, root=tmp_path)
         seq = list(ds)
@@ -457,7 +593,7 @@ def test_sequential_items_own_their_values_across_workers_and_in_place_transform
     ds = load_dataset("mrw", split="test", root=tmp_path, transform=lambda x: x.mul_(2.0))
     kept = list(ds)  # every item kept while later runs are read and converted
     for epoch in range(2):
-        for item in (kept if epoch == 0 else ds):
+        for item in kept if epoch == 0 else ds:
             n = stored[item["id"]]["num_frames"]
             want = f16(stored[item["id"]]["features"], (n, DIM)) * 2.0
             np.testing.assert_array_equal(item["features"].numpy(), want)

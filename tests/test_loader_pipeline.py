@@ -1,5 +1,6 @@
 """Acceptance 1 on the real pipeline: the sample release served over HTTP on 127.0.0.1, the
 catalog, download, frames and features stages, then load_dataset over what they wrote."""
+
 import io
 import warnings
 
@@ -30,29 +31,56 @@ def _rows(folder):
 def test_sample_release_through_every_stage(tmp_path, dataset):
     rel, root = tmp_path / "release", tmp_path / "root"
     if dataset == "coco":  # images from a local COCO folder, one of them missing
-        write_sample_release(rel, dataset, "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 7},
-                             seed=3)
+        write_sample_release(
+            rel, dataset, "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 7}, seed=3
+        )
         build_catalog(dataset, "test", root=root, source=str(rel))
         first = pq.read_table(paths.catalog_path(root, dataset, "test")).to_pylist()[2]
         (rel / first["filepath"] / first["filename"]).unlink()
-        download_split(root=root, dataset=dataset, split="test", from_dir=rel, shard_size=3,
-                       progress=False)
+        download_split(
+            root=root, dataset=dataset, split="test", from_dir=rel, shard_size=3, progress=False
+        )
     else:
         with SampleServer(rel) as server:
-            write_sample_release(rel, dataset, server.url, counts={"train": 0, "val": 0, "test": 7},
-                                 faults=["404"], seed=3)
+            write_sample_release(
+                rel,
+                dataset,
+                server.url,
+                counts={"train": 0, "val": 0, "test": 7},
+                faults=["404"],
+                seed=3,
+            )
             build_catalog(dataset, "test", root=root, source=str(rel))
-            download_split(root=root, dataset=dataset, split="test", workers=2, shard_size=3,
-                           timeout=10, retries=0, progress=False)
-    extract_frames(root=root, dataset=dataset, split="test", fps=4, size=64, workers=1,
-                   progress=False)
-    extract_features(root=root, dataset=dataset, split="test", backbone="resnet18",
-                     weights="none", max_frames=4, workers=0, progress=False)
+            download_split(
+                root=root,
+                dataset=dataset,
+                split="test",
+                workers=2,
+                shard_size=3,
+                timeout=10,
+                retries=0,
+                progress=False,
+            )
+    extract_frames(
+        root=root, dataset=dataset, split="test", fps=4, size=64, workers=1, progress=False
+    )
+    extract_features(
+        root=root,
+        dataset=dataset,
+        split="test",
+        backbone="resnet18",
+        weights="none",
+        max_frames=4,
+        workers=0,
+        progress=False,
+    )
 
     warnings.simplefilter("error")  # a complete pipeline: no "unfinished stage" warning
     catalog = pq.read_table(paths.catalog_path(root, dataset, "test")).to_pylist()
-    status = {r["id"]: r["status"] for r in
-              pq.read_table(paths.videos_dir(root, dataset, "test") / "status").to_pylist()}
+    status = {
+        r["id"]: r["status"]
+        for r in pq.read_table(paths.videos_dir(root, dataset, "test") / "status").to_pylist()
+    }
     expected = [r["id"] for r in catalog if status[r["id"]] == "ok"]
     assert 0 < len(expected) < len(catalog)  # the 404 item is skipped
     by_id = {r["id"]: r for r in catalog}
@@ -71,7 +99,9 @@ def test_sample_release_through_every_stage(tmp_path, dataset):
     assert frames.ids == [i for i in expected if i in stored]
     for item in frames:
         row = stored[item["id"]]
-        want = np.stack([np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in row["frames"]])
+        want = np.stack(
+            [np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in row["frames"]]
+        )
         np.testing.assert_array_equal(item["frames"].numpy(), want)
 
     feats = load_dataset(dataset, split="test", root=root, backbone="resnet18")

@@ -1,4 +1,5 @@
 """Each PVSE loss term against a direct, loop-by-loop reading of the paper's equations."""
+
 import math
 
 import pytest
@@ -24,11 +25,15 @@ def direct_ranking(items, sentences, margin, hardest):
     n = len(items)
     s = [[direct_score(items[i], sentences[j]) for j in range(n)] for i in range(n)]
     hinge = lambda v: max(0.0, v)
-    i2t = [[hinge(margin + s[i][j] - s[i][i]) if i != j else 0.0 for j in range(n)] for i in range(n)]
-    t2i = [[hinge(margin + s[i][j] - s[j][j]) if i != j else 0.0 for i in range(n)] for j in range(n)]
+    i2t = [
+        [hinge(margin + s[i][j] - s[i][i]) if i != j else 0.0 for j in range(n)] for i in range(n)
+    ]
+    t2i = [
+        [hinge(margin + s[i][j] - s[j][j]) if i != j else 0.0 for i in range(n)] for j in range(n)
+    ]
     if hardest:
         return sum(max(r) for r in i2t) / n + sum(max(r) for r in t2i) / n
-    return sum(map(sum, i2t)) / n ** 2 + sum(map(sum, t2i)) / n ** 2
+    return sum(map(sum, i2t)) / n**2 + sum(map(sum, t2i)) / n**2
 
 
 def direct_diversity(residuals):
@@ -36,8 +41,10 @@ def direct_diversity(residuals):
     for r in residuals:
         k = len(r)
         u = [v / v.norm() for v in r]
-        frob = math.sqrt(sum((float(u[a] @ u[b]) - (a == b)) ** 2 for a in range(k) for b in range(k)))
-        total += frob / k ** 2
+        frob = math.sqrt(
+            sum((float(u[a] @ u[b]) - (a == b)) ** 2 for a in range(k) for b in range(k))
+        )
+        total += frob / k**2
     return total / len(residuals)
 
 
@@ -62,7 +69,9 @@ def test_pair_scores_take_the_best_of_k_by_k():
     assert scores.shape == (4, 5)
     for i in range(4):
         for j in range(5):
-            assert float(scores[i, j]) == pytest.approx(direct_score(items[i], sentences[j]), abs=1e-12)
+            assert float(scores[i, j]) == pytest.approx(
+                direct_score(items[i], sentences[j]), abs=1e-12
+            )
 
 
 def test_ranking_loss_is_zero_when_true_pairs_win_by_the_margin():
@@ -74,7 +83,9 @@ def test_ranking_loss_is_zero_when_true_pairs_win_by_the_margin():
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_diversity_loss_matches_the_equation(k):
     g = torch.Generator().manual_seed(k)
-    residual = torch.rand(6, k, 12, generator=g, dtype=torch.float64)  # sigmoid outputs are positive
+    residual = torch.rand(
+        6, k, 12, generator=g, dtype=torch.float64
+    )  # sigmoid outputs are positive
     got = float(diversity_loss(residual))
     assert got == pytest.approx(direct_diversity(residual), abs=1e-6)
     assert (got == 0.0) == (k == 1)
@@ -82,7 +93,10 @@ def test_diversity_loss_matches_the_equation(k):
 
 @pytest.mark.parametrize("k", [1, 4])
 def test_mmd_loss_matches_the_equation(k):
-    x, y = unit_rows(5 * k, 10, seed=3).reshape(5 * k, 10), unit_rows(5 * k, 10, seed=4).reshape(5 * k, 10)
+    x, y = (
+        unit_rows(5 * k, 10, seed=3).reshape(5 * k, 10),
+        unit_rows(5 * k, 10, seed=4).reshape(5 * k, 10),
+    )
     got = float(mmd_loss(x, y, gamma=0.5))
     assert got == pytest.approx(direct_mmd(x, y, 0.5), abs=1e-6)
     assert got > 0
@@ -96,12 +110,15 @@ def test_total_is_the_weighted_sum_of_the_terms(name):
     items, sentences = unit_rows(n, k, d, seed=5), unit_rows(n, k, d, seed=6)
     res_v = torch.rand(n, k, d, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     res_t = torch.rand(n, k, d, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    total, parts = pvse_loss(Embedding(items, None, res_v), Embedding(sentences, None, res_t), config)
+    total, parts = pvse_loss(
+        Embedding(items, None, res_v), Embedding(sentences, None, res_t), config
+    )
     expected = direct_ranking(items, sentences, config.margin, config.max_violation)
     if config.div_weight:
         expected += config.div_weight * (direct_diversity(res_v) + direct_diversity(res_t))
     if config.mmd_weight:
-        expected += config.mmd_weight * direct_mmd(items.reshape(-1, d), sentences.reshape(-1, d),
-                                                   config.mmd_gamma)
+        expected += config.mmd_weight * direct_mmd(
+            items.reshape(-1, d), sentences.reshape(-1, d), config.mmd_gamma
+        )
     assert float(total) == pytest.approx(expected, abs=1e-6)
     assert set(parts) == {"ranking"} | ({"diversity", "mmd"} if k > 1 else set())

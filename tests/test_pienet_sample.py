@@ -5,6 +5,7 @@ The whole journey is real: the release served on 127.0.0.1, `mrw download`, `ext
 `extract-features` (resnet18, seeded random weights: offline), then train, predict and the
 evaluator. The data stages dominate the time on a small CPU, hence `slow`.
 """
+
 import json
 import os
 import subprocess
@@ -27,8 +28,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def mrw_cli(root, *args):
     env = dict(os.environ, MRW_HOME=str(root), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "mrw.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "mrw.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done
 
@@ -40,10 +47,24 @@ def sample_root(tmp_path_factory):
     with SampleServer(release) as server:
         write_sample_release(release, "mrw", server.url)
         for split in ("train", "val", "test"):
-            mrw_cli(root, "download", "--split", split, "--metadata", str(release), "--workers", "4")
+            mrw_cli(
+                root, "download", "--split", split, "--metadata", str(release), "--workers", "4"
+            )
             mrw_cli(root, "extract-frames", "--split", split, "--fps", "4", "--workers", "2")
-            mrw_cli(root, "extract-features", "--split", split, "--backbone", "resnet18",
-                    "--weights", "none", "--max-frames", "8", "--workers", "1")
+            mrw_cli(
+                root,
+                "extract-features",
+                "--split",
+                split,
+                "--backbone",
+                "resnet18",
+                "--weights",
+                "none",
+                "--max-frames",
+                "8",
+                "--workers",
+                "1",
+            )
     return root
 
 
@@ -63,7 +84,7 @@ def test_short_cpu_training_beats_chance_and_the_untrained_model(sample_root, tm
     before = evaluate(tmp_path / "untrained", sample_root, tmp_path / "untrained.json")
     after = evaluate(tmp_path / "trained", sample_root, tmp_path / "trained.json")
     test_items = len(json.loads((tmp_path / "trained.json").read_text())["item_ids"])
-    chance = 100.0 / test_items   # R@1 of a random ranking: one right answer per query
+    chance = 100.0 / test_items  # R@1 of a random ranking: one right answer per query
     assert test_items == 60
     assert after["i2t"]["R@1"] >= 5 * chance, after
     assert after["t2i"]["R@1"] >= 5 * chance, after

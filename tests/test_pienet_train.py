@@ -1,5 +1,6 @@
 """Training, resuming and predicting on a small synthetic dataset written as real catalog and
 feature shards (the schema of `mrw extract-features`), read back through `mrw.loader`."""
+
 import json
 import random
 
@@ -47,28 +48,53 @@ def write_split(root, dataset, split, n, rng, prototypes, failed=()):
         colour, motion = COLOURS[c % 4], MOTIONS[c // 4]
         item_id = f"{split}{i:03d}"
         sentences = [f"a {colour} thing {motion}", f"the {colour} one {motion} again"]
-        rows.append({"id": item_id, "sentences": sentences, "url": f"http://127.0.0.1/{item_id}",
-                     "protocol_sentences": [0, 1] if image else [0],
-                     **({"cocoid": i, "filepath": "x", "filename": f"{item_id}.jpg"} if image else {})})
+        rows.append(
+            {
+                "id": item_id,
+                "sentences": sentences,
+                "url": f"http://127.0.0.1/{item_id}",
+                "protocol_sentences": [0, 1] if image else [0],
+                **({"cocoid": i, "filepath": "x", "filename": f"{item_id}.jpg"} if image else {}),
+            }
+        )
         if item_id in failed:
             continue
         t = 1 if image else rng.randrange(3, 9)
         noise = np.random.default_rng(rng.randrange(1 << 30))
         cells = 49 if image else t
         feats = (prototypes[c] + 0.5 * noise.standard_normal((cells, DIM))).astype("<f2")
-        row = {"id": item_id, "num_frames": t, "dim": DIM, "timestamps": [0.1 * j for j in range(t)]}
+        row = {
+            "id": item_id,
+            "num_frames": t,
+            "dim": DIM,
+            "timestamps": [0.1 * j for j in range(t)],
+        }
         if image:
             row["grid"] = feats.tobytes()
-            row["features"] = feats.astype(np.float32).mean(0, keepdims=True).astype("<f2").tobytes()
+            row["features"] = (
+                feats.astype(np.float32).mean(0, keepdims=True).astype("<f2").tobytes()
+            )
         else:
             row["features"] = feats.tobytes()
         data.append(row)
     write_catalog(rows, root, dataset, split)
     schema = IMAGE_FEATURES_SCHEMA if image else FEATURES_SCHEMA
-    status = [{"id": r["id"], "url": r["url"], "status": "failed" if r["id"] in failed else "ok",
-               "error": "http_404: gone" if r["id"] in failed else None, "attempts": 1} for r in rows]
-    write_shard(paths.features_dir(root, dataset, split), 0, pa.Table.from_pylist(data, schema=schema),
-                status)
+    status = [
+        {
+            "id": r["id"],
+            "url": r["url"],
+            "status": "failed" if r["id"] in failed else "ok",
+            "error": "http_404: gone" if r["id"] in failed else None,
+            "attempts": 1,
+        }
+        for r in rows
+    ]
+    write_shard(
+        paths.features_dir(root, dataset, split),
+        0,
+        pa.Table.from_pylist(data, schema=schema),
+        status,
+    )
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -106,8 +132,13 @@ def test_training_improves_on_the_untrained_model_and_keeps_the_best(data_root, 
     assert {"ranking", "diversity", "mmd", "loss"} <= set(log[1]["train"])
     assert log[1]["train"]["pairs"] == 160
     assert all(r["lr"] == 0.003 for r in log[1:])
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint.pt", "config.yaml",
-                                                     "log.jsonl", "vocab.json"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt",
+        "checkpoint.pt",
+        "config.yaml",
+        "log.jsonl",
+        "vocab.json",
+    ]
     _, _, state = load_checkpoint(run, torch.device("cpu"))
     assert state["epoch"] == best["epoch"] and state["val"]["rsum"] == best["rsum"]
     with pytest.raises(UsageError, match="already holds a run"):
@@ -133,9 +164,9 @@ def test_resume_continues_exactly_where_it_stopped(data_root, tmp_path):
 
 
 def test_predict_writes_embeddings_that_mrw_evaluate_reads(data_root, tmp_path):
-    from mrw.evaluate import evaluate_submission
     from baselines.pienet.predict import embed_split
     from baselines.pienet.train import validation_metrics
+    from mrw.evaluate import evaluate_submission
 
     run = tmp_path / "run"
     train(small_config(tmp_path, epochs=2), run, root=data_root, progress=False, log=lambda m: None)
@@ -167,8 +198,13 @@ def test_predict_writes_embeddings_that_mrw_evaluate_reads(data_root, tmp_path):
 
 def test_images_train_on_the_grid_and_pooled_vector(data_root, tmp_path):
     run = tmp_path / "coco"
-    best = train(small_config(tmp_path, dataset="coco", frames=1, k=2, epochs=2), run, root=data_root,
-                 progress=False, log=lambda m: None)
+    best = train(
+        small_config(tmp_path, dataset="coco", frames=1, k=2, epochs=2),
+        run,
+        root=data_root,
+        progress=False,
+        log=lambda m: None,
+    )
     log = read_log(run)
     assert log[1]["train"]["pairs"] == 64
     assert best["rsum"] >= log[0]["val"]["rsum"]
@@ -176,21 +212,54 @@ def test_images_train_on_the_grid_and_pooled_vector(data_root, tmp_path):
     preds = json.loads(out.read_text())
     # one item failed to download: it has no embedding, its two captions still do
     assert "val005" not in preds["item_ids"] and len(preds["item_ids"]) == 23
-    assert len(preds["sentence_ids"]) == 48 and preds["sentence_ids"][:2] == ["val000#0", "val000#1"]
+    assert len(preds["sentence_ids"]) == 48 and preds["sentence_ids"][:2] == [
+        "val000#0",
+        "val000#1",
+    ]
 
 
 def test_cli_reports_bad_input_in_one_line(data_root, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(pienet_cli, ["predict", "--checkpoint", str(tmp_path / "none"), "--out",
-                                   str(tmp_path / "p.json"), "--root", str(data_root)])
+    r = runner.invoke(
+        pienet_cli,
+        [
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "p.json"),
+            "--root",
+            str(data_root),
+        ],
+    )
     assert r.exit_code == 2 and "no checkpoint" in r.output
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    r = runner.invoke(pienet_cli, ["predict", "--checkpoint", str(tmp_path / "junk.pt"), "--out",
-                                   str(tmp_path / "p.json"), "--root", str(data_root)])
+    r = runner.invoke(
+        pienet_cli,
+        [
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "junk.pt"),
+            "--out",
+            str(tmp_path / "p.json"),
+            "--root",
+            str(data_root),
+        ],
+    )
     assert r.exit_code == 2 and "not a PIE-Net checkpoint" in r.output
     assert not (tmp_path / "p.json").exists()
-    r = runner.invoke(pienet_cli, ["train", "--config", "mrw", "--out", str(tmp_path / "r"),
-                                   "--root", str(tmp_path / "empty")])
+    r = runner.invoke(
+        pienet_cli,
+        [
+            "train",
+            "--config",
+            "mrw",
+            "--out",
+            str(tmp_path / "r"),
+            "--root",
+            str(tmp_path / "empty"),
+        ],
+    )
     assert r.exit_code == 2 and "mrw download" in r.output
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
     r = runner.invoke(pienet_cli, ["train", "--out", str(tmp_path / "r")])
@@ -199,8 +268,13 @@ def test_cli_reports_bad_input_in_one_line(data_root, tmp_path):
 
 def test_features_of_another_size_are_refused(data_root, tmp_path):
     with pytest.raises(UsageError, match="feature_dim 64"):
-        train(small_config(tmp_path, feature_dim=64), tmp_path / "r", root=data_root, progress=False,
-              log=lambda m: None)
+        train(
+            small_config(tmp_path, feature_dim=64),
+            tmp_path / "r",
+            root=data_root,
+            progress=False,
+            log=lambda m: None,
+        )
     assert not (tmp_path / "r").exists()
 
 
@@ -224,13 +298,20 @@ def test_training_and_predicting_on_cuda(data_root, tmp_path, mixed):
     from mrw.evaluate import evaluate_submission
 
     run = tmp_path / "run"
-    best = train(small_config(tmp_path, mixed_precision=mixed), run, root=data_root, gpu=True,
-                 progress=False, log=lambda m: None)
+    best = train(
+        small_config(tmp_path, mixed_precision=mixed),
+        run,
+        root=data_root,
+        gpu=True,
+        progress=False,
+        log=lambda m: None,
+    )
     log = read_log(run)
     assert best["rsum"] > log[0]["val"]["rsum"]
     scores = {}
     for device in ("cpu", "cuda"):
-        out = predict(run, "test", tmp_path / device / "preds.json", root=data_root,
-                      gpu=device == "cuda")
+        out = predict(
+            run, "test", tmp_path / device / "preds.json", root=data_root, gpu=device == "cuda"
+        )
         scores[device] = evaluate_submission(out, root=data_root)[0]["protocols"]["full"]["rsum"]
     assert scores["cuda"] == pytest.approx(scores["cpu"], abs=20.0 if mixed else 7.0)

@@ -1,4 +1,5 @@
 """Tokenizer, vocabulary and collate (mrw.text)."""
+
 import json
 from pathlib import Path
 
@@ -7,8 +8,15 @@ import torch
 
 from mrw.catalog import write_catalog
 from mrw.errors import UsageError
-from mrw.text import (SPECIAL_TOKENS, Vocabulary, collate_features, collate_sentences,
-                      pad_sequences, split_sentences, word_tokenize)
+from mrw.text import (
+    SPECIAL_TOKENS,
+    Vocabulary,
+    collate_features,
+    collate_sentences,
+    pad_sequences,
+    split_sentences,
+    word_tokenize,
+)
 
 TGIF_TSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "tgif" / "tgif-v1.0.part.tsv"
 
@@ -17,24 +25,135 @@ TGIF_TSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "tgif" / "t
 EXPECTED_TGIF_TOKENS = {
     1: ["a", "man", "is", "glaring", ",", "and", "someone", "with", "sunglasses", "appears", "."],
     29: ["some", "zombie", "are", "attacking", "a", "read", "head", "woman", ","],
-    72: ["a", "man", "and", "a", "woman", "stare", "into", "each", "other", "'s", "eyes", "and",
-         "talk"],
+    72: [
+        "a",
+        "man",
+        "and",
+        "a",
+        "woman",
+        "stare",
+        "into",
+        "each",
+        "other",
+        "'s",
+        "eyes",
+        "and",
+        "talk",
+    ],
     188: ["man", "dancing", "or", "rapping", "on", "street", ".", "has", "pink", "shoes"],
-    613: ["two", "men", "are", "doing", "some", "other", "form", "of", "wrestling", ";", "one",
-          "of", "them", "is", "stronger", "and", "easily", "pins", "the", "first", "guy", "down",
-          "."],
-    814: ["a", "pale", "white", "man", "straightens", "himself", "and", "then", "blinks", "at",
-          "someone", "as", "if", "he", "does", "n't", "understand", "something", "."],
+    613: [
+        "two",
+        "men",
+        "are",
+        "doing",
+        "some",
+        "other",
+        "form",
+        "of",
+        "wrestling",
+        ";",
+        "one",
+        "of",
+        "them",
+        "is",
+        "stronger",
+        "and",
+        "easily",
+        "pins",
+        "the",
+        "first",
+        "guy",
+        "down",
+        ".",
+    ],
+    814: [
+        "a",
+        "pale",
+        "white",
+        "man",
+        "straightens",
+        "himself",
+        "and",
+        "then",
+        "blinks",
+        "at",
+        "someone",
+        "as",
+        "if",
+        "he",
+        "does",
+        "n't",
+        "understand",
+        "something",
+        ".",
+    ],
     905: ["a", "kitten", "is", "playing", "with", "a", "dog", "'s", "snout", "."],
-    988: ["there", "'s", "three", "dancing", "men", "followed", "by", "a", "couple", "and", "the",
-          "woman", "rejects", "him", "."],
-    1526: ["one", "girl", "is", "talking", "and", "the", "other", "goes", "'", "snip-snip", "'",
-           "with", "her", "fingers", "."],
-    2058: ["a", "long-haired", "man", "in", "shiny", "trousers", "and", "an", "open", "shirt",
-           "spins", "180", "degrees", "."],
+    988: [
+        "there",
+        "'s",
+        "three",
+        "dancing",
+        "men",
+        "followed",
+        "by",
+        "a",
+        "couple",
+        "and",
+        "the",
+        "woman",
+        "rejects",
+        "him",
+        ".",
+    ],
+    1526: [
+        "one",
+        "girl",
+        "is",
+        "talking",
+        "and",
+        "the",
+        "other",
+        "goes",
+        "'",
+        "snip-snip",
+        "'",
+        "with",
+        "her",
+        "fingers",
+        ".",
+    ],
+    2058: [
+        "a",
+        "long-haired",
+        "man",
+        "in",
+        "shiny",
+        "trousers",
+        "and",
+        "an",
+        "open",
+        "shirt",
+        "spins",
+        "180",
+        "degrees",
+        ".",
+    ],
     2204: ["a", "band", "hugging", "their", "fans", "when", "they", "'re", "meeting", "them"],
-    3266: ["it", "is", "a", "black", "man", "being", "ignored", "by", "people", "with", "the",
-           "time", "19:30"],
+    3266: [
+        "it",
+        "is",
+        "a",
+        "black",
+        "man",
+        "being",
+        "ignored",
+        "by",
+        "people",
+        "with",
+        "the",
+        "time",
+        "19:30",
+    ],
 }
 
 
@@ -53,11 +172,48 @@ def test_tokenizer_on_real_tgif_sentences(tgif_sentences, line):
 
 def test_tokenizer_treebank_conventions():
     assert word_tokenize('He said "I can\'t go" and left...') == [
-        "he", "said", "``", "i", "ca", "n't", "go", "''", "and", "left", "..."]
+        "he",
+        "said",
+        "``",
+        "i",
+        "ca",
+        "n't",
+        "go",
+        "''",
+        "and",
+        "left",
+        "...",
+    ]
     assert word_tokenize("I'm gonna pay $3.50 (or 1,000 yen)!") == [
-        "i", "'m", "gon", "na", "pay", "$", "3.50", "(", "or", "1,000", "yen", ")", "!"]
+        "i",
+        "'m",
+        "gon",
+        "na",
+        "pay",
+        "$",
+        "3.50",
+        "(",
+        "or",
+        "1,000",
+        "yen",
+        ")",
+        "!",
+    ]
     assert word_tokenize("MRW my boss says it'll be fine; it won't.") == [
-        "mrw", "my", "boss", "says", "it", "'ll", "be", "fine", ";", "it", "wo", "n't", "."]
+        "mrw",
+        "my",
+        "boss",
+        "says",
+        "it",
+        "'ll",
+        "be",
+        "fine",
+        ";",
+        "it",
+        "wo",
+        "n't",
+        ".",
+    ]
     assert word_tokenize("Cannot.", lower=False) == ["Can", "not", "."]
     assert word_tokenize("") == []
 
@@ -97,16 +253,25 @@ def test_vocabulary_min_count_and_bad_files(tmp_path):
 
 
 def test_vocabulary_from_split_catalog(tmp_path):
-    rows = [{"id": "g1", "sentences": ["A dog runs.", "a dog jumps"], "url": None,
-             "protocol_sentences": [1]},
-            {"id": "g2", "sentences": ["a cat runs"], "url": None, "protocol_sentences": [0]}]
+    rows = [
+        {
+            "id": "g1",
+            "sentences": ["A dog runs.", "a dog jumps"],
+            "url": None,
+            "protocol_sentences": [1],
+        },
+        {"id": "g2", "sentences": ["a cat runs"], "url": None, "protocol_sentences": [0]},
+    ]
     write_catalog(rows, tmp_path, "tgif", "train")
     everything = Vocabulary.from_split("tgif", "train", root=tmp_path)
     assert set(everything.idx2word[4:]) == {"a", "dog", "runs", ".", "jumps", "cat"}
     protocol = Vocabulary.from_split("tgif", "train", root=tmp_path, all_sentences=False)
     assert set(protocol.idx2word[4:]) == {"a", "dog", "jumps", "cat", "runs"}
     assert Vocabulary.from_split("tgif", "train", root=tmp_path, min_count=2).idx2word[4:] == [
-        "a", "dog", "runs"]
+        "a",
+        "dog",
+        "runs",
+    ]
 
 
 def test_collate_pads_and_returns_lengths():
@@ -114,22 +279,28 @@ def test_collate_pads_and_returns_lengths():
     tokens, lengths = collate_sentences(["a cat", "a cat sits on a mat"], vocab)
     assert tokens.dtype == torch.long and tokens.shape == (2, 8)
     assert lengths.tolist() == [4, 8]
-    assert tokens[0, 4:].tolist() == [0, 0, 0, 0] and tokens[0, :4].tolist() == vocab.encode("a cat")
+    assert tokens[0, 4:].tolist() == [0, 0, 0, 0] and tokens[0, :4].tolist() == vocab.encode(
+        "a cat"
+    )
     padded, lens = pad_sequences([torch.ones(2, 3), torch.ones(5, 3)])
     assert padded.shape == (2, 5, 3) and lens.tolist() == [2, 5] and padded[0, 2:].abs().sum() == 0
 
 
 def test_collate_features_batch():
     vocab = Vocabulary.build(["a cat", "a dog runs"])
-    batch = [{"id": "x", "sentence": "a cat", "features": torch.full((3, 4), 1.0)},
-             {"id": "y", "sentence": "a dog runs", "features": torch.full((5, 4), 2.0)}]
+    batch = [
+        {"id": "x", "sentence": "a cat", "features": torch.full((3, 4), 1.0)},
+        {"id": "y", "sentence": "a dog runs", "features": torch.full((5, 4), 2.0)},
+    ]
     out = collate_features(batch, vocab)
     assert out["id"] == ["x", "y"]
     assert out["features"].shape == (2, 5, 4) and out["feature_lengths"].tolist() == [3, 5]
     assert out["features"][0, 3:].abs().sum() == 0 and out["features"][1].eq(2).all()
     assert out["tokens"].shape == (2, 5) and out["token_lengths"].tolist() == [4, 5]
-    images = [{"id": str(i), "sentence": "a cat", "features": torch.rand(49, 4),
-               "pooled": torch.rand(4)} for i in range(3)]
+    images = [
+        {"id": str(i), "sentence": "a cat", "features": torch.rand(49, 4), "pooled": torch.rand(4)}
+        for i in range(3)
+    ]
     out = collate_features(images)
     assert out["features"].shape == (3, 49, 4) and out["pooled"].shape == (3, 4)
     assert out["feature_lengths"].tolist() == [49, 49, 49] and "tokens" not in out
@@ -142,21 +313,41 @@ def test_build_vocab_command(tmp_path):
 
     from mrw.cli import main
 
-    rows = [{"id": "a", "sentences": ["MRW a cat sits", "a dog"], "url": None, "protocol_sentences": [0]},
-            {"id": "b", "sentences": ["a cat runs"], "url": None, "protocol_sentences": [0]}]
+    rows = [
+        {
+            "id": "a",
+            "sentences": ["MRW a cat sits", "a dog"],
+            "url": None,
+            "protocol_sentences": [0],
+        },
+        {"id": "b", "sentences": ["a cat runs"], "url": None, "protocol_sentences": [0]},
+    ]
     write_catalog(rows, tmp_path, "tgif", "train")
     runner = CliRunner()
-    result = runner.invoke(main, ["build-vocab", "--root", str(tmp_path), "--dataset", "tgif",
-                                  "--min-count", "2"])
+    result = runner.invoke(
+        main, ["build-vocab", "--root", str(tmp_path), "--dataset", "tgif", "--min-count", "2"]
+    )
     assert result.exit_code == 0, result.output
     written = Vocabulary.load(tmp_path / "tgif" / "vocab-train.json")
     assert written.idx2word == ["<pad>", "<start>", "<end>", "<unk>", "a", "cat"]
     out = tmp_path / "v.json"
-    result = runner.invoke(main, ["build-vocab", "--root", str(tmp_path), "--dataset", "tgif",
-                                  "--protocol-only", "--out", str(out)])
+    result = runner.invoke(
+        main,
+        [
+            "build-vocab",
+            "--root",
+            str(tmp_path),
+            "--dataset",
+            "tgif",
+            "--protocol-only",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0 and "dog" not in Vocabulary.load(out)
     result = runner.invoke(main, ["build-vocab", "--root", str(tmp_path), "--split", "test"])
     assert result.exit_code == 2 and "mrw download --dataset mrw --split test" in result.output
-    result = runner.invoke(main, ["build-vocab", "--root", str(tmp_path), "--dataset", "tgif",
-                                  "--min-count", "0"])
+    result = runner.invoke(
+        main, ["build-vocab", "--root", str(tmp_path), "--dataset", "tgif", "--min-count", "0"]
+    )
     assert result.exit_code == 2 and "--min-count" in result.output

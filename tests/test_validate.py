@@ -1,4 +1,5 @@
 """`mrw validate` finds damaged bytes, duplicated ids and missing status rows, and passes good shards."""
+
 import subprocess
 import sys
 
@@ -9,27 +10,40 @@ import pytest
 from mrw import paths, shards
 from mrw.datasets import build_catalog
 from mrw.download import PARQUET_OPTIONS, download_split
-from mrw.validate import validate_split
 from mrw.sample import write_sample_release
+from mrw.validate import validate_split
 
 
 def _validate(root):
-    return subprocess.run([sys.executable, "-m", "mrw.cli", "validate", "--root", str(root), "--split", "test"],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "mrw.cli", "validate", "--root", str(root), "--split", "test"],
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    return write_sample_release(tmp_path_factory.mktemp("val") / "rel", "mrw", "http://127.0.0.1:9",
-                                counts={"train": 0, "val": 0, "test": 10})
+    return write_sample_release(
+        tmp_path_factory.mktemp("val") / "rel",
+        "mrw",
+        "http://127.0.0.1:9",
+        counts={"train": 0, "val": 0, "test": 10},
+    )
 
 
 @pytest.fixture
 def downloaded(release, tmp_path):
     root = tmp_path / "root"
     build_catalog("mrw", "test", root=root, source=str(release))
-    download_split(root=root, dataset="mrw", split="test", from_dir=release / "media", shard_size=4,
-                   progress=False)
+    download_split(
+        root=root,
+        dataset="mrw",
+        split="test",
+        from_dir=release / "media",
+        shard_size=4,
+        progress=False,
+    )
     return root, paths.videos_dir(root, "mrw", "test")
 
 
@@ -46,11 +60,15 @@ def test_flipped_bytes_are_found(downloaded):
     row = pq.read_table(shard).to_pylist()[1]
     raw = bytearray(shard.read_bytes())
     at = raw.find(row["video"]) + len(row["video"]) // 2  # the video column is stored uncompressed
-    raw[at:at + 8] = bytes(b ^ 0xFF for b in raw[at:at + 8])
+    raw[at : at + 8] = bytes(b ^ 0xFF for b in raw[at : at + 8])
     shard.write_bytes(bytes(raw))
     res = _validate(root)
     assert res.returncode == 1
-    assert f"checksum: 1" in res.stdout and row["id"] in res.stdout and "shard-00001.parquet" in res.stdout
+    assert (
+        "checksum: 1" in res.stdout
+        and row["id"] in res.stdout
+        and "shard-00001.parquet" in res.stdout
+    )
 
 
 def test_duplicated_id_is_found(downloaded):
@@ -60,7 +78,11 @@ def test_duplicated_id_is_found(downloaded):
     pq.write_table(pa.concat_tables([t, t.slice(2, 1)]), shard, **PARQUET_OPTIONS)
     res = _validate(root)
     dup = t.column("id")[2].as_py()
-    assert res.returncode == 1 and "duplicate_id: 1" in res.stdout and f"id {dup!r} appears more than once" in res.stdout
+    assert (
+        res.returncode == 1
+        and "duplicate_id: 1" in res.stdout
+        and f"id {dup!r} appears more than once" in res.stdout
+    )
 
 
 def test_missing_status_row_is_found(downloaded):

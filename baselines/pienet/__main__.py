@@ -1,4 +1,5 @@
 """`python -m baselines.pienet train|predict|summary`: the reference PIE-Net / PVSE baseline."""
+
 from __future__ import annotations
 
 import click
@@ -22,8 +23,14 @@ def _overrides(pairs) -> dict:
 def _config(name, epochs=None, batch_size=None, seed=None, word_vectors=None, settings=()):
     from baselines.pienet.config import load_config
 
-    return load_config(name, epochs=epochs, batch_size=batch_size, seed=seed,
-                       word_vectors=word_vectors, **_overrides(settings))
+    return load_config(
+        name,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        word_vectors=word_vectors,
+        **_overrides(settings),
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,8 +39,12 @@ def main():
 
 
 @main.command()
-@click.option("--config", "config_name", required=True,
-              help="A YAML file, or a name in baselines/pienet/configs (mrw, mrw_k1, tgif, coco, ...).")
+@click.option(
+    "--config",
+    "config_name",
+    required=True,
+    help="A YAML file, or a name in baselines/pienet/configs (mrw, mrw_k1, tgif, coco, ...).",
+)
 @click.option("--vocab-size", type=int, required=True, help="Words in the vocabulary.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a setting.")
 @handle_errors
@@ -45,53 +56,121 @@ def summary(config_name, vocab_size, settings):
 
 
 @main.command()
-@click.option("--config", "config_name", default=None,
-              help="A YAML file or a config name (mrw, tgif, coco, *_k1); optional with --resume.")
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False),
-              help="The run folder: checkpoints, vocabulary, config and log.jsonl.")
-@click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="Data root (default: $MRW_HOME, else ~/.cache/mrw).")
+@click.option(
+    "--config",
+    "config_name",
+    default=None,
+    help="A YAML file or a config name (mrw, tgif, coco, *_k1); optional with --resume.",
+)
+@click.option(
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The run folder: checkpoints, vocabulary, config and log.jsonl.",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Data root (default: $MRW_HOME, else ~/.cache/mrw).",
+)
 @click.option("--epochs", type=int, default=None, help="Override the config's epochs.")
 @click.option("--batch-size", type=int, default=None, help="Override the config's batch size.")
 @click.option("--seed", type=int, default=None, help="Override the config's seed.")
-@click.option("--word-vectors", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="GloVe-format text file to initialise the word embeddings.")
+@click.option(
+    "--word-vectors",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="GloVe-format text file to initialise the word embeddings.",
+)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any setting.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
-@click.option("--gpu", is_flag=True, help="Train on CUDA (float32; `--set mixed_precision=true` for float16 autocast).")
+@click.option(
+    "--gpu",
+    is_flag=True,
+    help="Train on CUDA (float32; `--set mixed_precision=true` for float16 autocast).",
+)
 @click.option("--workers", type=int, default=0, show_default=True, help="Data loader processes.")
 @handle_errors
-def train(config_name, run_dir, root, epochs, batch_size, seed, word_vectors, settings, resume, gpu,
-          workers):
+def train(
+    config_name,
+    run_dir,
+    root,
+    epochs,
+    batch_size,
+    seed,
+    word_vectors,
+    settings,
+    resume,
+    gpu,
+    workers,
+):
     """Train on the train split, validating on val every epoch."""
     from baselines.pienet.train import train as run_training
 
-    if config_name is None and (batch_size is not None or seed is not None or word_vectors or settings):
+    if config_name is None and (
+        batch_size is not None or seed is not None or word_vectors or settings
+    ):
         raise UsageError("only --epochs may change on --resume without --config")
-    config = _config(config_name, epochs, batch_size, seed, word_vectors, settings) if config_name else None
-    best = run_training(config, run_dir, root=root, gpu=gpu, resume=resume, workers=workers,
-                        epochs=epochs, log=lambda m: click.echo(m, err=True))
+    config = (
+        _config(config_name, epochs, batch_size, seed, word_vectors, settings)
+        if config_name
+        else None
+    )
+    best = run_training(
+        config,
+        run_dir,
+        root=root,
+        gpu=gpu,
+        resume=resume,
+        workers=workers,
+        epochs=epochs,
+        log=lambda m: click.echo(m, err=True),
+    )
     click.echo(f"best: epoch {best['epoch']}, val rsum {best['rsum']:.2f} ({run_dir}/best.pt)")
 
 
 @main.command()
-@click.option("--checkpoint", required=True, type=click.Path(),
-              help="A run folder (its best.pt) or a checkpoint file.")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(),
+    help="A run folder (its best.pt) or a checkpoint file.",
+)
 @click.option("--split", default="test", show_default=True, help="train, val or test.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The preds.json to write.")
-@click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="Data root (default: $MRW_HOME, else ~/.cache/mrw).")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="The preds.json to write."
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Data root (default: $MRW_HOME, else ~/.cache/mrw).",
+)
 @click.option("--name", default=None, help="A label added to the model's name in preds.json.")
 @click.option("--gpu", is_flag=True, help="Embed on CUDA, in the precision the model trained in.")
-@click.option("--batch-size", type=int, default=None, help="Items per batch (default: the config's).")
+@click.option(
+    "--batch-size", type=int, default=None, help="Items per batch (default: the config's)."
+)
 @click.option("--workers", type=int, default=0, show_default=True, help="Data loader processes.")
 @handle_errors
 def predict(checkpoint, split, out, root, name, gpu, batch_size, workers):
     """Embed a split and write preds.json with embeddings, for `mrw evaluate`."""
     from baselines.pienet.predict import predict as run_predict
 
-    click.echo(run_predict(checkpoint, split, out, root=root, gpu=gpu, name=name, batch_size=batch_size,
-                           workers=workers))
+    click.echo(
+        run_predict(
+            checkpoint,
+            split,
+            out,
+            root=root,
+            gpu=gpu,
+            name=name,
+            batch_size=batch_size,
+            workers=workers,
+        )
+    )
 
 
 if __name__ == "__main__":

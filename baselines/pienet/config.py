@@ -1,4 +1,5 @@
 """The baseline's settings as plain data: one dataclass, loaded from a YAML file in `configs/`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,19 +22,19 @@ class Config:
 
     # data
     dataset: str = "mrw"
-    num_frames: int = 4            # 1 means still images (COCO): pooled vector + 7x7 grid
+    num_frames: int = 4  # 1 means still images (COCO): pooled vector + 7x7 grid
     backbone: str = "resnet152"
-    feature_dim: int = 2048        # the backbone's feature size (resnet152: 2048)
+    feature_dim: int = 2048  # the backbone's feature size (resnet152: 2048)
     # model
-    num_embeds: int = 5            # K, embeddings per instance
+    num_embeds: int = 5  # K, embeddings per instance
     embed_size: int = 1024
     word_dim: int = 300
-    word_vectors: str | None = None   # GloVe-format text file to initialise word embeddings
+    word_vectors: str | None = None  # GloVe-format text file to initialise word embeddings
     finetune_word_embeddings: bool = False
     dropout: float = 0.0
     # loss
     margin: float = 0.1
-    max_violation: bool = False    # hardest negative instead of the sum over negatives
+    max_violation: bool = False  # hardest negative instead of the sum over negatives
     mmd_weight: float = 0.01
     div_weight: float = 0.1
     mmd_gamma: float = 0.5
@@ -43,7 +44,7 @@ class Config:
     lr: float = 2e-4
     weight_decay: float = 0.0
     grad_clip: float = 2.0
-    lr_factor: float = 0.5         # ReduceLROnPlateau on the validation rsum
+    lr_factor: float = 0.5  # ReduceLROnPlateau on the validation rsum
     lr_patience: int = 10
     min_lr: float = 1e-10
     eval_batch_size: int = 64
@@ -57,15 +58,20 @@ class Config:
             (self.dataset in ("mrw", "tgif", "coco"), "dataset must be mrw, tgif or coco"),
             (self.num_embeds >= 1, "num_embeds must be >= 1"),
             (self.num_frames >= 1, "num_frames must be >= 1"),
-            (self.embed_size >= 2 and self.embed_size % 2 == 0, "embed_size must be even (bidirectional GRU)"),
+            (
+                self.embed_size >= 2 and self.embed_size % 2 == 0,
+                "embed_size must be even (bidirectional GRU)",
+            ),
             (self.word_dim >= 2, "word_dim must be >= 2"),
             (self.feature_dim >= 2, "feature_dim must be >= 2"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.batch_size >= 2, "batch_size must be >= 2 (the loss needs negatives)"),
             (self.epochs >= 0, "epochs must be >= 0"),
             (self.lr > 0, "lr must be > 0"),
-            (self.margin >= 0 and self.mmd_weight >= 0 and self.div_weight >= 0,
-             "margin and loss weights must be >= 0"),
+            (
+                self.margin >= 0 and self.mmd_weight >= 0 and self.div_weight >= 0,
+                "margin and loss weights must be >= 0",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -75,14 +81,14 @@ class Config:
     def is_image(self) -> bool:
         return self.num_frames == 1
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "config") -> "Config":
+    def from_dict(cls, data: dict, where: str = "config") -> Config:
         if not isinstance(data, dict):
             raise UsageError(f"{where}: expected a mapping of settings")
         known = {f.name: f for f in dataclasses.fields(cls)}
@@ -110,8 +116,10 @@ def _coerce(name, value, default, where):
     else:  # optional strings
         ok = value is None or isinstance(value, str)
     if not ok:
-        raise UsageError(f"{where}: {name} must be {type(default).__name__ if default is not None else 'a string'}, "
-                         f"got {value!r}")
+        raise UsageError(
+            f"{where}: {name} must be {type(default).__name__ if default is not None else 'a string'}, "
+            f"got {value!r}"
+        )
     return value
 
 
@@ -122,7 +130,9 @@ def load_config(path_or_name, **overrides) -> Config:
         path = CONFIG_DIR / f"{path_or_name}.yaml"
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise UsageError(f"config {str(path_or_name)!r} not found (a YAML file, or one of: {names})")
+        raise UsageError(
+            f"config {str(path_or_name)!r} not found (a YAML file, or one of: {names})"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -3,6 +3,7 @@
 Reductions follow yalesong/pvse `loss.py` (means, not sums), so the published loss weights keep
 their meaning: L = L_mil + div_weight * (L_div(visual) + L_div(text)) + mmd_weight * L_mmd.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,7 +44,7 @@ def diversity_loss(residual: torch.Tensor) -> torch.Tensor:
     unit = residual / residual.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     gram = unit @ unit.transpose(1, 2)
     off_diagonal = ~torch.eye(k, dtype=torch.bool, device=residual.device)
-    return (gram * off_diagonal).flatten(1).norm(dim=1).mean() / k ** 2
+    return (gram * off_diagonal).flatten(1).norm(dim=1).mean() / k**2
 
 
 def rbf_kernel(x: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -54,8 +55,11 @@ def rbf_kernel(x: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
 def mmd_loss(x: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
     """Maximum mean discrepancy between two sets of embeddings (rows), pulling the two modalities'
     distributions together (eq. 7): mean k(x, x') - 2 mean k(x, y) + mean k(y, y')."""
-    return (rbf_kernel(x, x, gamma).mean() - 2 * rbf_kernel(x, y, gamma).mean()
-            + rbf_kernel(y, y, gamma).mean())
+    return (
+        rbf_kernel(x, x, gamma).mean()
+        - 2 * rbf_kernel(x, y, gamma).mean()
+        + rbf_kernel(y, y, gamma).mean()
+    )
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +73,9 @@ def pvse_loss(visual, text, config: Config) -> tuple[torch.Tensor, dict[str, tor
     ranking = ranking_loss(pair_scores(items, sentences), config.margin, config.max_violation)
     total, parts = ranking, {"ranking": ranking.detach()}
     if config.div_weight > 0:
-        div = (diversity_loss(_at_least_float32(visual.residual))
-               + diversity_loss(_at_least_float32(text.residual)))
+        div = diversity_loss(_at_least_float32(visual.residual)) + diversity_loss(
+            _at_least_float32(text.residual)
+        )
         total = total + config.div_weight * div
         parts["diversity"] = div.detach()
     if config.mmd_weight > 0:

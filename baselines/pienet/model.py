@@ -7,6 +7,7 @@ pooled image feature) and local features (words, frames, or the 7x7 grid); a PIE
 into K embeddings. Visual features come precomputed from the frozen backbone (`mrw
 extract-features`), which is what the reference's frozen CNN computed on the fly.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -22,9 +23,9 @@ from mrw.errors import UsageError
 class Embedding(NamedTuple):
     """An encoder's output: K unit-norm embeddings, the attention maps and the residuals."""
 
-    embeds: torch.Tensor     # [B, K, embed_size], L2-normalised
+    embeds: torch.Tensor  # [B, K, embed_size], L2-normalised
     attention: torch.Tensor  # [B, L, K], over the local features
-    residual: torch.Tensor   # [B, K, embed_size], what the diversity loss looks at
+    residual: torch.Tensor  # [B, K, embed_size], what the diversity loss looks at
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -43,8 +44,10 @@ def final_states(rnn: nn.GRU, sequence: torch.Tensor, lengths: torch.Tensor | No
     With `lengths`, padded steps are skipped, so the forward state is taken at the last real step.
     """
     if lengths is not None:
-        sequence = pack_padded_sequence(sequence, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    _, h_n = rnn(sequence)                      # [2, B, H]: forward, backward
+        sequence = pack_padded_sequence(
+            sequence, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+    _, h_n = rnn(sequence)  # [2, B, H]: forward, backward
     return torch.cat([h_n[0], h_n[1]], dim=-1)
 
 
@@ -97,7 +100,9 @@ class EncoderText(nn.Module):
         self.embed = nn.Embedding(vocab_size, config.word_dim)
         nn.init.xavier_uniform_(self.embed.weight)
         self.embed.weight.requires_grad_(config.finetune_word_embeddings)
-        self.rnn = nn.GRU(config.word_dim, config.embed_size // 2, bidirectional=True, batch_first=True)
+        self.rnn = nn.GRU(
+            config.word_dim, config.embed_size // 2, bidirectional=True, batch_first=True
+        )
         self.pie_net = PIENet(config.num_embeds, config.word_dim, config.embed_size, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -113,8 +118,12 @@ class EncoderVideo(nn.Module):
 
     def __init__(self, config: Config):
         super().__init__()
-        self.rnn = nn.GRU(config.feature_dim, config.embed_size // 2, bidirectional=True, batch_first=True)
-        self.pie_net = PIENet(config.num_embeds, config.feature_dim, config.embed_size, config.dropout)
+        self.rnn = nn.GRU(
+            config.feature_dim, config.embed_size // 2, bidirectional=True, batch_first=True
+        )
+        self.pie_net = PIENet(
+            config.num_embeds, config.feature_dim, config.embed_size, config.dropout
+        )
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> Embedding:
@@ -131,7 +140,9 @@ class EncoderImage(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.fc = nn.Linear(config.feature_dim, config.embed_size)
-        self.pie_net = PIENet(config.num_embeds, config.feature_dim, config.embed_size, config.dropout)
+        self.pie_net = PIENet(
+            config.num_embeds, config.feature_dim, config.embed_size, config.dropout
+        )
         self.dropout = nn.Dropout(config.dropout)
         nn.init.xavier_uniform_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
@@ -186,14 +197,18 @@ def read_word_vectors(path, words: list[str], dim: int) -> tuple[torch.Tensor, t
                     continue
                 values = rest.split(" ")
                 if len(values) != dim:
-                    raise UsageError(f"{path}, line {line_no}: {len(values)} values for {word!r}, "
-                                     f"expected word_dim = {dim}")
+                    raise UsageError(
+                        f"{path}, line {line_no}: {len(values)} values for {word!r}, "
+                        f"expected word_dim = {dim}"
+                    )
                 vectors[i] = torch.tensor([float(v) for v in values])
                 found[i] = True
     except OSError as e:
         raise UsageError(f"cannot read word vectors {path}: {e.strerror}") from None
     except ValueError:
-        raise UsageError(f"{path}, line {line_no}: not a number in the vector of {word!r}") from None
+        raise UsageError(
+            f"{path}, line {line_no}: not a number in the vector of {word!r}"
+        ) from None
     return vectors, found
 
 
@@ -201,7 +216,9 @@ def init_word_embeddings(encoder: EncoderText, words: list[str], path) -> int:
     """Copy pretrained vectors into the text encoder's embedding table; returns the hit count."""
     vectors, found = read_word_vectors(path, words, encoder.embed.embedding_dim)
     if len(words) != encoder.embed.num_embeddings:
-        raise UsageError(f"vocabulary has {len(words)} words, the model {encoder.embed.num_embeddings}")
+        raise UsageError(
+            f"vocabulary has {len(words)} words, the model {encoder.embed.num_embeddings}"
+        )
     with torch.no_grad():
         encoder.embed.weight[found] = vectors[found]
     return int(found.sum())
@@ -209,8 +226,10 @@ def init_word_embeddings(encoder: EncoderText, words: list[str], path) -> int:
 
 def describe(model: PVSE) -> str:
     """The architecture, then `parameters: N` (all) and `trainable: M`."""
-    return "\n".join([
-        str(model),
-        f"parameters: {count_parameters(model)}",
-        f"trainable: {count_parameters(model, trainable_only=True)}",
-    ])
+    return "\n".join(
+        [
+            str(model),
+            f"parameters: {count_parameters(model)}",
+            f"trainable: {count_parameters(model, trainable_only=True)}",
+        ]
+    )

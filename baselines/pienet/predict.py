@@ -5,6 +5,7 @@ the reference evaluated); the sentences are the protocol's, `<id>#<n>` in catalo
 instance gets K unit-norm embeddings, and `mrw evaluate` scores a pair by the best of the K x K
 dot products, as the reference `eval.py` did.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,10 +26,10 @@ CHECKPOINT_FORMAT = "mrw-pienet-checkpoint"
 @dataclass
 class SplitEmbeddings:
     item_ids: list[str]
-    items: np.ndarray            # [N, K, D]
+    items: np.ndarray  # [N, K, D]
     sentence_ids: list[str]
-    sentences: np.ndarray        # [M, K, D]
-    sentence_items: np.ndarray   # [M]: the row in `items` of each sentence's item (-1: none)
+    sentences: np.ndarray  # [M, K, D]
+    sentence_items: np.ndarray  # [M]: the row in `items` of each sentence's item (-1: none)
 
 
 def choose_device(gpu: bool) -> torch.device:
@@ -42,21 +43,31 @@ def choose_device(gpu: bool) -> torch.device:
 
 def autocast(device: torch.device, enabled: bool = True):
     """float16 mixed precision on CUDA when `enabled`; a no-op context on CPU."""
-    return torch.autocast(device_type=device.type, dtype=torch.float16,
-                          enabled=enabled and device.type == "cuda")
+    return torch.autocast(
+        device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda"
+    )
 
 
 def open_split(config: Config, split: str, root, sampling: str):
     """The split's items with features, from the shared loader; their size must be the config's."""
     from mrw.loader import load_dataset
 
-    dataset = load_dataset(config.dataset, split=split, root=root, modality="features",
-                           backbone=config.backbone, num_frames=config.num_frames, sampling=sampling)
+    dataset = load_dataset(
+        config.dataset,
+        split=split,
+        root=root,
+        modality="features",
+        backbone=config.backbone,
+        num_frames=config.num_frames,
+        sampling=sampling,
+    )
     if len(dataset):
         dim = dataset[0]["features"].shape[-1]
         if dim != config.feature_dim:
-            raise UsageError(f"{config.dataset}/{split}: the {config.backbone} features are {dim}-d but "
-                             f"the config says feature_dim {config.feature_dim} (--set feature_dim={dim})")
+            raise UsageError(
+                f"{config.dataset}/{split}: the {config.backbone} features are {dim}-d but "
+                f"the config says feature_dim {config.feature_dim} (--set feature_dim={dim})"
+            )
     return dataset
 
 
@@ -73,8 +84,16 @@ def visual_inputs(batch: dict, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def embed_split(model: PVSE, vocab, split: str, root, device: torch.device,
-                batch_size: int = 64, workers: int = 0, dataset=None) -> SplitEmbeddings:
+def embed_split(
+    model: PVSE,
+    vocab,
+    split: str,
+    root,
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 0,
+    dataset=None,
+) -> SplitEmbeddings:
     """Embeddings of every item of a split that has features, and of its protocol sentences."""
     from mrw.catalog import read_catalog, sentence_ids
     from mrw.text import collate_features, collate_sentences
@@ -84,8 +103,13 @@ def embed_split(model: PVSE, vocab, split: str, root, device: torch.device,
     model.eval()
     dataset = dataset if dataset is not None else open_split(config, split, root, "uniform")
     item_ids, item_embeds = [], []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_features)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_features,
+    )
     for batch in loader:
         with autocast(device, config.mixed_precision):
             out = model.embed_items(**visual_inputs(batch, device))
@@ -94,13 +118,20 @@ def embed_split(model: PVSE, vocab, split: str, root, device: torch.device,
     if not item_ids:
         raise UsageError(f"{config.dataset}/{split}: no items with features to embed")
 
-    table = read_catalog(root, config.dataset, split, columns=["id", "sentences", "protocol_sentences"])
+    table = read_catalog(
+        root, config.dataset, split, columns=["id", "sentences", "protocol_sentences"]
+    )
     sids = sentence_ids(table)
-    texts = [t for ts, ns in zip(table.column("sentences").to_pylist(),
-                                 table.column("protocol_sentences").to_pylist()) for t in (ts[n] for n in ns)]
+    texts = [
+        t
+        for ts, ns in zip(
+            table.column("sentences").to_pylist(), table.column("protocol_sentences").to_pylist()
+        )
+        for t in (ts[n] for n in ns)
+    ]
     sentence_embeds = []
     for start in range(0, len(texts), batch_size):
-        tokens, lengths = collate_sentences(texts[start:start + batch_size], vocab)
+        tokens, lengths = collate_sentences(texts[start : start + batch_size], vocab)
         with autocast(device, config.mixed_precision):
             out = model.embed_sentences(tokens.to(device), lengths.to(device))
         sentence_embeds.append(out.embeds.float().cpu())
@@ -108,11 +139,14 @@ def embed_split(model: PVSE, vocab, split: str, root, device: torch.device,
 
     row = {i: r for r, i in enumerate(item_ids)}
     owners = np.array([row.get(s.rsplit("#", 1)[0], -1) for s in sids], dtype=np.int64)
-    return SplitEmbeddings(item_ids, torch.cat(item_embeds).numpy(), sids,
-                           torch.cat(sentence_embeds).numpy(), owners)
+    return SplitEmbeddings(
+        item_ids, torch.cat(item_embeds).numpy(), sids, torch.cat(sentence_embeds).numpy(), owners
+    )
 
 
-def write_preds(embeddings: SplitEmbeddings, out_path, dataset: str, split: str, model_name: str) -> Path:
+def write_preds(
+    embeddings: SplitEmbeddings, out_path, dataset: str, split: str, model_name: str
+) -> Path:
     """`preds.json` plus `<stem>.items.npy` and `<stem>.sentences.npy` beside it; the JSON last,
     each file under a temporary name and renamed, so a killed run leaves no half-written preds."""
     from mrw.shards import write_json_atomic
@@ -128,14 +162,17 @@ def write_preds(embeddings: SplitEmbeddings, out_path, dataset: str, split: str,
         with open(tmp, "wb") as f:
             np.save(f, array.astype(np.float32))
         os.replace(tmp, final)
-    write_json_atomic({
-        "dataset": dataset,
-        "split": split,
-        "model": model_name,
-        "embeddings": names,
-        "item_ids": embeddings.item_ids,
-        "sentence_ids": embeddings.sentence_ids,
-    }, out_path)
+    write_json_atomic(
+        {
+            "dataset": dataset,
+            "split": split,
+            "model": model_name,
+            "embeddings": names,
+            "item_ids": embeddings.item_ids,
+            "sentence_ids": embeddings.sentence_ids,
+        },
+        out_path,
+    )
     return out_path
 
 
@@ -161,8 +198,16 @@ def load_checkpoint(path, device: torch.device):
     return model.to(device), vocab, state
 
 
-def predict(checkpoint, split: str, out, root=None, gpu: bool = False, name: str | None = None,
-            batch_size: int | None = None, workers: int = 0) -> Path:
+def predict(
+    checkpoint,
+    split: str,
+    out,
+    root=None,
+    gpu: bool = False,
+    name: str | None = None,
+    batch_size: int | None = None,
+    workers: int = 0,
+) -> Path:
     """Embed `split` with the checkpoint's model and write `out` (a preds.json)."""
     from mrw.paths import normalize_split
 
@@ -170,7 +215,14 @@ def predict(checkpoint, split: str, out, root=None, gpu: bool = False, name: str
     device = choose_device(gpu)
     model, vocab, state = load_checkpoint(checkpoint, device)
     config = model.config
-    embeddings = embed_split(model, vocab, split, root, device,
-                             batch_size=batch_size or config.eval_batch_size, workers=workers)
+    embeddings = embed_split(
+        model,
+        vocab,
+        split,
+        root,
+        device,
+        batch_size=batch_size or config.eval_batch_size,
+        workers=workers,
+    )
     label = f"PVSE (K={config.num_embeds})" + (f", {name}" if name else "")
     return write_preds(embeddings, out, config.dataset, split, label)

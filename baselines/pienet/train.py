@@ -8,6 +8,7 @@ best checkpoint kept. A run folder holds everything needed to resume or predict:
     checkpoint.pt   the last epoch (resume)        best.pt      the best validation rsum
     log.jsonl       one JSON line per epoch (loss terms, lr, validation metrics, seconds)
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,15 @@ from tqdm import tqdm
 from baselines.pienet.config import Config
 from baselines.pienet.loss import pvse_loss
 from baselines.pienet.model import PVSE, init_word_embeddings
-from baselines.pienet.predict import (CHECKPOINT_FORMAT, SplitEmbeddings, autocast, choose_device,
-                                      embed_split, open_split, visual_inputs)
+from baselines.pienet.predict import (
+    CHECKPOINT_FORMAT,
+    SplitEmbeddings,
+    autocast,
+    choose_device,
+    embed_split,
+    open_split,
+    visual_inputs,
+)
 from mrw.errors import UsageError
 
 
@@ -37,11 +45,14 @@ def validation_metrics(embeddings: SplitEmbeddings) -> dict:
     from mrw.evaluate import median_rank, ranks_from_embeddings, recall_at_k
 
     keep = embeddings.sentence_items >= 0
-    ranks = ranks_from_embeddings(embeddings.items, embeddings.sentences[keep],
-                                  embeddings.sentence_items[keep])
+    ranks = ranks_from_embeddings(
+        embeddings.items, embeddings.sentences[keep], embeddings.sentence_items[keep]
+    )
     out = {}
     for direction, r in zip(("i2t", "t2i"), ranks):
-        out[direction] = {f"R@{k}": recall_at_k(r, k) for k in (1, 5, 10)} | {"MedR": median_rank(r)}
+        out[direction] = {f"R@{k}": recall_at_k(r, k) for k in (1, 5, 10)} | {
+            "MedR": median_rank(r)
+        }
     out["rsum"] = sum(out[d][f"R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
     return out
 
@@ -55,13 +66,23 @@ def save_atomic(obj, path: Path) -> None:
 
 def model_state(model: PVSE, vocab, epoch: int, val: dict | None) -> dict:
     """What `predict` needs, and nothing it must unpickle: tensors and plain data."""
-    return {"format": CHECKPOINT_FORMAT, "config": model.config.to_dict(), "vocab": list(vocab.idx2word),
-            "model": model.state_dict(), "epoch": epoch, "val": val}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": model.config.to_dict(),
+        "vocab": list(vocab.idx2word),
+        "model": model.state_dict(),
+        "epoch": epoch,
+        "val": val,
+    }
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -79,7 +100,9 @@ def seed_everything(seed: int) -> None:
 
 
 # -- training ----------------------------------------------------------------------------------
-def train_epoch(model, loader, optimizer, scaler, config: Config, device, progress: bool, epoch: int) -> dict:
+def train_epoch(
+    model, loader, optimizer, scaler, config: Config, device, progress: bool, epoch: int
+) -> dict:
     """One pass over the training pairs; returns the mean of each loss term."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -91,7 +114,9 @@ def train_epoch(model, loader, optimizer, scaler, config: Config, device, progre
             continue
         with autocast(device, config.mixed_precision):
             visual = model.embed_items(**visual_inputs(batch, device))
-            text = model.embed_sentences(batch["tokens"].to(device), batch["token_lengths"].to(device))
+            text = model.embed_sentences(
+                batch["tokens"].to(device), batch["token_lengths"].to(device)
+            )
         loss, parts = pvse_loss(visual, text, config)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -115,8 +140,17 @@ def build_vocab(config: Config, root):
     return Vocabulary.from_split(config.dataset, "train", root=root)
 
 
-def train(config: Config | None, run_dir, root=None, gpu: bool = False, resume: bool = False,
-          workers: int = 0, epochs: int | None = None, progress: bool = True, log=print) -> dict:
+def train(
+    config: Config | None,
+    run_dir,
+    root=None,
+    gpu: bool = False,
+    resume: bool = False,
+    workers: int = 0,
+    epochs: int | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Train (or resume) a run in `run_dir`; returns the best validation metrics.
 
     On resume the saved config is used; a given `config` must match it except for `epochs`,
@@ -135,8 +169,10 @@ def train(config: Config | None, run_dir, root=None, gpu: bool = False, resume: 
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         saved = Config.from_dict(state["config"], where=str(checkpoint_path))
         if config is not None and config.replace(epochs=saved.epochs) != saved:
-            raise UsageError(f"--resume: the given config differs from the one saved in {run_dir} "
-                             "(only epochs may change)")
+            raise UsageError(
+                f"--resume: the given config differs from the one saved in {run_dir} "
+                "(only epochs may change)"
+            )
         config = saved if config is None else saved.replace(epochs=config.epochs)
         if epochs is not None:
             config = config.replace(epochs=epochs)
@@ -154,14 +190,25 @@ def train(config: Config | None, run_dir, root=None, gpu: bool = False, resume: 
     train_set = open_split(config, "train", root, "random")
     val_set = open_split(config, "val", root, "uniform")
     if len(train_set) < 2:
-        raise UsageError(f"{config.dataset}/train: {len(train_set)} items with features, need at least 2")
+        raise UsageError(
+            f"{config.dataset}/train: {len(train_set)} items with features, need at least 2"
+        )
 
     model = PVSE(len(vocab), config).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, amsgrad=True)
+    optimizer = torch.optim.Adam(
+        params, lr=config.lr, weight_decay=config.weight_decay, amsgrad=True
+    )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and config.mixed_precision)
+        optimizer,
+        mode="max",
+        factor=config.lr_factor,
+        patience=config.lr_patience,
+        min_lr=config.min_lr,
+    )
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=device.type == "cuda" and config.mixed_precision
+    )
 
     start_epoch, best = 0, None
     if resume:
@@ -181,8 +228,11 @@ def train(config: Config | None, run_dir, root=None, gpu: bool = False, resume: 
         (run_dir / "log.jsonl").unlink(missing_ok=True)
         # the untrained model is the first candidate for best.pt: the log shows what training
         # bought, and `--epochs 0` gives the untrained baseline
-        untrained = validation_metrics(embed_split(model, vocab, "val", root, device,
-                                                   config.eval_batch_size, workers, dataset=val_set))
+        untrained = validation_metrics(
+            embed_split(
+                model, vocab, "val", root, device, config.eval_batch_size, workers, dataset=val_set
+            )
+        )
         best = untrained | {"epoch": -1}
         save_atomic(model_state(model, vocab, -1, untrained), run_dir / "best.pt")
         _append_log(run_dir, {"epoch": -1, "val": untrained, "best": True})
@@ -191,26 +241,50 @@ def train(config: Config | None, run_dir, root=None, gpu: bool = False, resume: 
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
         shuffle = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle,
-                            num_workers=workers, collate_fn=collate)
+        loader = DataLoader(
+            train_set,
+            batch_size=config.batch_size,
+            shuffle=True,
+            generator=shuffle,
+            num_workers=workers,
+            collate_fn=collate,
+        )
         losses = train_epoch(model, loader, optimizer, scaler, config, device, progress, epoch)
-        val = validation_metrics(embed_split(model, vocab, "val", root, device,
-                                             config.eval_batch_size, workers, dataset=val_set))
+        val = validation_metrics(
+            embed_split(
+                model, vocab, "val", root, device, config.eval_batch_size, workers, dataset=val_set
+            )
+        )
         scheduler.step(val["rsum"])
         improved = val["rsum"] > best["rsum"]
         if improved:
             best = val | {"epoch": epoch}
             save_atomic(model_state(model, vocab, epoch, val), run_dir / "best.pt")
-        save_atomic(model_state(model, vocab, epoch, val) | {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rng_state(), "best": best,
-        }, checkpoint_path)
-        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train": losses, "val": val,
-                  "best": improved, "seconds": round(time.time() - started, 3)}
+        save_atomic(
+            model_state(model, vocab, epoch, val)
+            | {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+                "best": best,
+            },
+            checkpoint_path,
+        )
+        record = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train": losses,
+            "val": val,
+            "best": improved,
+            "seconds": round(time.time() - started, 3),
+        }
         _append_log(run_dir, record)
-        log(f"epoch {epoch}: loss {losses.get('loss', float('nan')):.4f}  val rsum {val['rsum']:.2f}  "
+        log(
+            f"epoch {epoch}: loss {losses.get('loss', float('nan')):.4f}  val rsum {val['rsum']:.2f}  "
             f"(i2t R@1 {val['i2t']['R@1']:.2f}, t2i R@1 {val['t2i']['R@1']:.2f})"
-            + ("  best" if improved else ""))
+            + ("  best" if improved else "")
+        )
     return best
 
 

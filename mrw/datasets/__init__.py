@@ -1,4 +1,5 @@
 """Official releases -> the common catalog, one module per dataset."""
+
 from __future__ import annotations
 
 import json
@@ -20,18 +21,25 @@ def build_catalog(dataset: str, split: str, root=None, source=None) -> tuple[Pat
     nothing; soft ones (missing items, a size that differs from the published one) are reported."""
     dataset, split = paths.check_dataset(dataset), paths.normalize_split(split)
     desc = load_descriptor(dataset)
-    report = IngestReport(dataset, split, source=str(source) if source else "the official release",
-                          expected_items=desc["splits"][split].get("items"))
+    report = IngestReport(
+        dataset,
+        split,
+        source=str(source) if source else "the official release",
+        expected_items=desc["splits"][split].get("items"),
+    )
     with open_release(dataset, source, root) as release_dir:
         rows = READERS[dataset](Path(release_dir), split, desc, report)
     if not rows:
-        raise UsageError(f"{report.source}: no item of the {split!r} split has an entry in the release "
-                         f"({len(report.missing)} ids missing)")
+        raise UsageError(
+            f"{report.source}: no item of the {split!r} split has an entry in the release "
+            f"({len(report.missing)} ids missing)"
+        )
     report.items = len(rows)
     report.sentences = sum(len(r["sentences"]) for r in rows)
-    path = write_catalog(rows, root, dataset, split,
-                         metadata={"mrw.ingest": json.dumps(report.as_dict())})
+    path = write_catalog(
+        rows, root, dataset, split, metadata={"mrw.ingest": json.dumps(report.as_dict())}
+    )
     return path, report
 
 
-__all__ = ["build_catalog", "IngestReport", "READERS"]
+__all__ = ["READERS", "IngestReport", "build_catalog"]

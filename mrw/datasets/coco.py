@@ -1,11 +1,18 @@
 """MS-COCO in Karpathy's splits: `dataset_coco.json`; `restval` joins `train`; five captions each."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from mrw.datasets.mrw import load_json_array
-from mrw.datasets.release import (IngestReport, check_id, check_sentence, check_url, find_file,
-                                  keep_first)
+from mrw.datasets.release import (
+    IngestReport,
+    check_id,
+    check_sentence,
+    check_url,
+    find_file,
+    keep_first,
+)
 from mrw.errors import UsageError
 
 CAPTIONS_PER_IMAGE = 5
@@ -36,12 +43,19 @@ def read_split(release_dir: Path, split: str, desc: dict, report: IngestReport) 
         if not sentences:
             raise UsageError(f"{where}: id {item_id!r}: image has no caption")
         # Karpathy's file names no URL; COCO's own annotations call it `coco_url`: use it when given
-        url = img.get("coco_url") or rel["image_url_template"].format(filepath=img["filepath"],
-                                                                     filename=img["filename"])
+        url = img.get("coco_url") or rel["image_url_template"].format(
+            filepath=img["filepath"], filename=img["filename"]
+        )
         url = check_url(url, item_id, where)
-        row = {"id": item_id, "sentences": sentences, "url": url,
-               "protocol_sentences": list(range(min(CAPTIONS_PER_IMAGE, len(sentences)))),
-               "cocoid": int(img["cocoid"]), "filepath": img["filepath"], "filename": img["filename"]}
+        row = {
+            "id": item_id,
+            "sentences": sentences,
+            "url": url,
+            "protocol_sentences": list(range(min(CAPTIONS_PER_IMAGE, len(sentences)))),
+            "cocoid": int(img["cocoid"]),
+            "filepath": img["filepath"],
+            "filename": img["filename"],
+        }
         if not keep_first(seen, item_id, row, where, report):
             continue
         short += len(sentences) < CAPTIONS_PER_IMAGE

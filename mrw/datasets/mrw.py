@@ -1,11 +1,19 @@
 """MRW: `mrw-v1.0.json` (objects with id, sentence and a video URL) plus `split/<split>.tsv`."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from mrw.datasets.release import (IngestReport, check_id, check_sentence, check_url, find_file,
-                                  keep_first, read_id_list)
+from mrw.datasets.release import (
+    IngestReport,
+    check_id,
+    check_sentence,
+    check_url,
+    find_file,
+    keep_first,
+    read_id_list,
+)
 from mrw.errors import UsageError
 
 

@@ -1,4 +1,5 @@
 """Getting an official release onto disk (folder, .tar.gz or URL) and checking what is in it."""
+
 from __future__ import annotations
 
 import os
@@ -34,24 +35,38 @@ class IngestReport:
     warnings: list = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"{self.dataset}/{self.split}: {self.items} items, {self.sentences} sentences"
-                 f" (from {self.source})"]
+        lines = [
+            f"{self.dataset}/{self.split}: {self.items} items, {self.sentences} sentences"
+            f" (from {self.source})"
+        ]
         if self.missing:
             shown = ", ".join(self.missing[:5]) + (", ..." if len(self.missing) > 5 else "")
-            lines.append(f"  missing: {len(self.missing)} ids of the split list have no entry "
-                         f"in the release metadata ({shown})")
+            lines.append(
+                f"  missing: {len(self.missing)} ids of the split list have no entry "
+                f"in the release metadata ({shown})"
+            )
         if self.duplicates_collapsed:
-            lines.append(f"  duplicates: {self.duplicates_collapsed} identical repeated records collapsed")
+            lines.append(
+                f"  duplicates: {self.duplicates_collapsed} identical repeated records collapsed"
+            )
         if self.expected_items is not None and self.expected_items != self.items:
-            lines.append(f"  size: {self.items} items, the published split has {self.expected_items}")
+            lines.append(
+                f"  size: {self.items} items, the published split has {self.expected_items}"
+            )
         lines.extend(f"  warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
-        return {"dataset": self.dataset, "split": self.split, "source": self.source,
-                "items": self.items, "sentences": self.sentences,
-                "missing": len(self.missing), "duplicates_collapsed": self.duplicates_collapsed,
-                "expected_items": self.expected_items}
+        return {
+            "dataset": self.dataset,
+            "split": self.split,
+            "source": self.source,
+            "items": self.items,
+            "sentences": self.sentences,
+            "missing": len(self.missing),
+            "duplicates_collapsed": self.duplicates_collapsed,
+            "expected_items": self.expected_items,
+        }
 
 
 # -- checks shared by every dataset -------------------------------------------------------------
@@ -78,8 +93,11 @@ def check_id(item_id, where: str) -> str:
 
 
 def check_url(url, item_id, where: str) -> str:
-    if not isinstance(url, str) or urllib.parse.urlsplit(url.strip()).scheme.lower() not in ("http", "https") \
-            or not urllib.parse.urlsplit(url.strip()).netloc:
+    if (
+        not isinstance(url, str)
+        or urllib.parse.urlsplit(url.strip()).scheme.lower() not in ("http", "https")
+        or not urllib.parse.urlsplit(url.strip()).netloc
+    ):
         raise UsageError(f"{where}: id {item_id!r}: URL {url!r} is not an http(s) URL")
     return url.strip()
 
@@ -112,8 +130,10 @@ def read_id_list(path: Path, to_id=lambda line: line) -> list[str]:
                 continue
             item_id = check_id(to_id(line), f"{path}:{lineno}")
             if item_id in seen:
-                raise UsageError(f"{path}:{lineno}: id {item_id!r}: duplicate id in the split list "
-                                 f"(first on line {seen[item_id]})")
+                raise UsageError(
+                    f"{path}:{lineno}: id {item_id!r}: duplicate id in the split list "
+                    f"(first on line {seen[item_id]})"
+                )
             seen[item_id] = lineno
             ids.append(item_id)
     return ids
@@ -127,7 +147,9 @@ def find_file(release_dir: Path, candidates, what: str) -> Path:
         for rel in candidates:
             if (root / rel).is_file():
                 return root / rel
-    raise UsageError(f"{release_dir}: the release has no {what} (looked for {', '.join(candidates)})")
+    raise UsageError(
+        f"{release_dir}: the release has no {what} (looked for {', '.join(candidates)})"
+    )
 
 
 # -- getting the release ------------------------------------------------------------------------
@@ -152,13 +174,19 @@ def fetch_to_cache(url: str, cache_dir: Path, *, timeout: float = 60.0) -> Path:
                 raise UsageError(f"{url}: HTTP {resp.status_code}: the release cannot be fetched")
             resp.raise_for_status()
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
-                                              desc=f"fetching {name}", leave=False) as bar:
+            with (
+                open(tmp, "wb") as out,
+                tqdm(
+                    total=total, unit="B", unit_scale=True, desc=f"fetching {name}", leave=False
+                ) as bar,
+            ):
                 for chunk in resp.iter_content(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
             if total is not None and tmp.stat().st_size != total:
-                raise FatalError(f"{url}: truncated download ({tmp.stat().st_size} of {total} bytes)")
+                raise FatalError(
+                    f"{url}: truncated download ({tmp.stat().st_size} of {total} bytes)"
+                )
         os.replace(tmp, target)
     except requests.RequestException as e:
         raise FatalError(f"{url}: cannot fetch the release: {e}") from None
@@ -172,7 +200,9 @@ def _safe_members(tar: tarfile.TarFile, archive: Path):
     for m in tar.getmembers():
         name = m.name
         if name.startswith("/") or ".." in Path(name).parts:
-            raise UsageError(f"{archive}: member {name!r} would be written outside the release folder")
+            raise UsageError(
+                f"{archive}: member {name!r} would be written outside the release folder"
+            )
         if m.issym() or m.islnk() or m.isdev():
             continue  # links and devices are never needed in a release; skip them
         yield m
@@ -187,8 +217,10 @@ def extract_archive(archive: Path, dest: Path) -> Path:
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
                     if info.filename.startswith("/") or ".." in Path(info.filename).parts:
-                        raise UsageError(f"{archive}: member {info.filename!r} would be written "
-                                         "outside the release folder")
+                        raise UsageError(
+                            f"{archive}: member {info.filename!r} would be written "
+                            "outside the release folder"
+                        )
                 zf.extractall(dest)
         else:
             with tarfile.open(archive) as tar:
@@ -199,7 +231,7 @@ def extract_archive(archive: Path, dest: Path) -> Path:
 
 
 @contextmanager
-def open_release(dataset: str, source, root) -> "Path":
+def open_release(dataset: str, source, root) -> Path:
     """Yield a folder holding the release, whatever `source` is.
 
     None: the official release from the descriptor, fetched once into `<root>/<ds>/release/`.
@@ -224,7 +256,9 @@ def open_release(dataset: str, source, root) -> "Path":
     if is_url(source):
         archive = fetch_to_cache(source, cache)
         if not archive.name.lower().endswith(ARCHIVE_SUFFIXES):
-            raise UsageError(f"{source}: a release URL must name an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+            raise UsageError(
+                f"{source}: a release URL must name an archive ({', '.join(ARCHIVE_SUFFIXES)})"
+            )
         unpacked = cache / (archive.name + ".d")
         if not unpacked.is_dir():
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-unpack-", dir=cache))
@@ -243,6 +277,8 @@ def open_release(dataset: str, source, root) -> "Path":
         yield path
         return
     if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
-        raise UsageError(f"{path}: expected a release folder or archive ({', '.join(ARCHIVE_SUFFIXES)})")
+        raise UsageError(
+            f"{path}: expected a release folder or archive ({', '.join(ARCHIVE_SUFFIXES)})"
+        )
     with tempfile.TemporaryDirectory(prefix="mrw-release-") as tmp:
         yield extract_archive(path, Path(tmp))

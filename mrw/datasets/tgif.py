@@ -4,13 +4,20 @@ The id of a GIF is the file name of its URL without `.gif`, as the reference loa
 standard protocol uses one sentence per GIF: the last TSV row for that GIF, which is the one the
 reference loader's dict kept; the catalog keeps every sentence in release order.
 """
+
 from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
 
-from mrw.datasets.release import (IngestReport, check_id, check_sentence, check_url, find_file,
-                                  read_id_list)
+from mrw.datasets.release import (
+    IngestReport,
+    check_id,
+    check_sentence,
+    check_url,
+    find_file,
+    read_id_list,
+)
 from mrw.errors import UsageError
 
 
@@ -41,8 +48,10 @@ def read_sentences(tsv_path: Path) -> tuple[dict, dict]:
         url = check_url(url, item_id, where)
         sentence = check_sentence(parts[1], item_id, where)
         if item_id in urls and urls[item_id] != url:
-            raise UsageError(f"{where}: id {item_id!r}: duplicate id for two different URLs "
-                             f"({urls[item_id]} and {url})")
+            raise UsageError(
+                f"{where}: id {item_id!r}: duplicate id for two different URLs "
+                f"({urls[item_id]} and {url})"
+            )
         urls[item_id] = url
         sentences.setdefault(item_id, []).append(sentence)
     return sentences, urls
@@ -59,6 +68,12 @@ def read_split(release_dir: Path, split: str, desc: dict, report: IngestReport) 
             report.missing.append(item_id)
             continue
         sents = sentences[item_id]
-        rows.append({"id": item_id, "sentences": sents, "url": urls[item_id],
-                     "protocol_sentences": [len(sents) - 1]})
+        rows.append(
+            {
+                "id": item_id,
+                "sentences": sents,
+                "url": urls[item_id],
+                "protocol_sentences": [len(sents) - 1],
+            }
+        )
     return rows
