@@ -18,11 +18,20 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
+# Debian packages the project needs: ffmpeg (always), ImageMagick and gifsicle (the tests' GIF
+# encoders), Chromium (the preview's browser test). Installed only when a tool is missing.
+SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg convert:imagemagick gifsicle:gifsicle chromium:chromium
+
 ffmpeg:
-	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then \
-	  echo "installing ffmpeg (Debian package)"; \
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  if [ "$$tool" = convert ]; then convert -version 2>/dev/null | grep -q ImageMagick || missing="$$missing $$pkg"; \
+	  else command -v $$tool >/dev/null || missing="$$missing $$pkg"; fi; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$(echo $$missing | tr ' ' '\n' | sort -u) >/dev/null; \
 	fi
 
 test: setup
