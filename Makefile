@@ -12,10 +12,10 @@ DEMO_DIR ?= demo-out
 
 setup: $(STAMP) ffmpeg
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
 	@touch $(STAMP)
 
 # Debian packages the project needs: ffmpeg (always), ImageMagick and gifsicle (the tests' GIF
