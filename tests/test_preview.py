@@ -534,3 +534,42 @@ def test_fifty_thousand_items_limit_500_stays_small_and_bounded(root, tmp_path, 
         root=root, split="test", out=tmp_path / "s", limit=20, echo=lambda s: None
     )
     assert small.work.strips_written <= 20 and small.work.row_groups_read <= 20
+
+
+def test_coco_shows_each_image_once(tmp_path):
+    rel = tmp_path / "rel"
+    with SampleServer(rel) as srv:
+        write_sample_release(
+            rel, "coco", srv.url, counts={"train": 0, "val": 0, "test": 6}, faults=["404"], seed=2
+        )
+        root = tmp_path / "root"
+        build_catalog("coco", "test", root=root, source=str(rel))
+        download_split(
+            root=root, dataset="coco", split="test", workers=4, timeout=2.0, progress=False
+        )
+    report = build_preview(root=root, dataset="coco", split="test", echo=lambda s: None)
+    site = paths.preview_dir(root, "coco", "test")
+    assert report.out == site and report.work.source == "videos" and report.work.strips_written == 5
+    videos = {
+        r["id"]: r
+        for f in shards.data_shards(paths.videos_dir(root, "coco", "test"))
+        for r in pq.read_table(f, columns=["id", "width", "height"]).to_pylist()
+    }
+    text = (site / "page-0001.html").read_text()
+    assert text.count("<article") == 6 and text.count('data-class="http_404"') == 1
+    for item_id, row in videos.items():
+        n = [r["id"] for r in pq.read_table(paths.catalog_path(root, "coco", "test")).to_pylist()]
+        strip = cv2.imread(str(site / "assets" / f"item-{n.index(item_id):06d}.jpg"))
+        assert strip.shape[0] == 96  # one image, its own aspect: not a row of frames
+        assert abs(strip.shape[1] - 96 * row["width"] / row["height"]) <= 1
+
+
+def test_a_killed_build_is_cleared_by_the_next(sample, tmp_path):
+    out = tmp_path / "site"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f"{shards.TMP_PREFIX}site-{int(dead.stdout)}-abc"
+    (stale / "assets").mkdir(parents=True)
+    build_preview(root=sample["root"], split="test", out=out, limit=2, echo=lambda s: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]

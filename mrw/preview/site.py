@@ -226,10 +226,6 @@ def _summary(
 
 
 # -- the site --------------------------------------------------------------------------------
-def _default_out(root, dataset: str, split: str) -> Path:
-    return paths.dataset_dir(root, dataset) / "preview" / paths.normalize_split(split)
-
-
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file, expected a folder")
@@ -239,11 +235,30 @@ def _check_out(out: Path) -> None:
         )
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_builds(out: Path) -> None:
+    """Folders that a killed run of this site left beside it (their process is gone)."""
+    prefix = f"{shards.TMP_PREFIX}{out.name}-"
+    for p in out.parent.glob(f"{prefix}*"):
+        pid = p.name[len(prefix) :].split("-", 1)[0]
+        if p.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _swap_in(tmp: Path, out: Path) -> None:
     """Replace `out` (an earlier preview, or nothing) by the finished `tmp` in two renames."""
     old = None
     if out.exists():
-        old = out.parent / f"{shards.TMP_PREFIX}{out.name}-old-{uuid.uuid4().hex[:8]}"
+        old = out.parent / f"{shards.TMP_PREFIX}{out.name}-{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:
@@ -292,7 +307,7 @@ def build_preview(
         raise UsageError("--split is needed (or --preds, whose submission names its split)")
     dataset = paths.check_dataset(dataset or "mrw")
     split = paths.normalize_split(split)
-    out = Path(out) if out is not None else _default_out(root, dataset, split)
+    out = Path(out) if out is not None else paths.preview_dir(root, dataset, split)
     _check_out(out)
 
     catalog = read_catalog(root, dataset, split)
@@ -305,7 +320,10 @@ def build_preview(
     needed.update(shown)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{shards.TMP_PREFIX}{out.name}-", dir=out.parent))
+    _remove_stale_builds(out)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f"{shards.TMP_PREFIX}{out.name}-{os.getpid()}-", dir=out.parent)
+    )
     try:
         assets = tmp / "assets"
         assets.mkdir()
