@@ -5,7 +5,8 @@ status and video shards with the small columns, frame shards of 4 tiny JPEG fram
 2% failed downloads of four classes, shards of 1,000 items), then measures in this one process:
 
 - reference: `pyarrow.parquet.read_table` of every frame shard (all columns), once;
-- `build_preview(limit=500)`: seconds, ratio to the reference, bytes written, row groups read.
+- `build_preview(limit=500)`: seconds, ratio to the reference, bytes written, row groups read;
+- `mrw preview --limit 500` in a new process (imports included): seconds.
 
 Prints the numbers and rewrites its own section of benchmarks/RESULTS.md.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -177,6 +179,12 @@ def main(argv=None) -> int:
             echo=lambda s: None,
         )
         preview_s = time.perf_counter() - t0
+        # the command as a user types it: a fresh interpreter, imports included
+        command = ["-m", "mrw.cli", "preview", "--root", str(root), "--split", "test"]
+        command += ["--limit", str(args.limit), "--out", str(tmp / "site-cli")]
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, *command], check=True, capture_output=True)
+        cli_s = time.perf_counter() - t0
         frame_bytes = sum(f.stat().st_size for f in shards.data_shards(frames_dir))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -191,6 +199,7 @@ def main(argv=None) -> int:
         "|---|---|",
         f"| reference: read every frame shard once (pyarrow) | {ref_s:.2f} s |",
         f"| `build_preview(limit={args.limit})` | {preview_s:.2f} s ({preview_s / ref_s:.1f}x the reference) |",
+        f"| `mrw preview --limit {args.limit}` (a new process) | {cli_s:.2f} s ({cli_s / ref_s:.1f}x the reference) |",
         f"| written | {report.bytes_written / 1e6:.2f} MB in {report.pages} pages, {report.work.strips_written} strips |",
         f"| row groups read | {report.work.row_groups_read} ({report.work.media_bytes_read / 1e6:.1f} MB of frames) |",
         "",
