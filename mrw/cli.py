@@ -488,6 +488,7 @@ def preview(
         plot=plot,
         allow_missing=allow_missing,
         workers=workers,
+        progress=True,
         echo=lambda s: click.echo(s, err=True),
     )
     click.echo(f"preview: {report.out / 'index.html'}")

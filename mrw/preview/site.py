@@ -283,6 +283,7 @@ def build_preview(
     plot: bool = False,
     allow_missing: bool = False,
     workers: int | None = None,
+    progress: bool = False,
     echo: Callable[[str], None] = print,
 ) -> PreviewReport:
     """Write the preview site of a split (and of a submission's retrieval) to `out`."""
@@ -341,6 +342,7 @@ def build_preview(
             {i: tmp / asset_of[i] for i in ok},
             scratch=tmp,
             workers=workers or min(4, os.cpu_count() or 1),
+            progress=progress,
         )
         made = {i for i in ok if (tmp / asset_of[i]).exists()}
         video_info = read_video_info(paths.videos_dir(root, dataset, split))

@@ -138,11 +138,13 @@ def write_strips(
     out_of: dict[str, Path],
     scratch: Path,
     workers: int = 2,
+    progress: bool = False,
 ) -> tuple[StripWork, dict[str, str]]:
     """Write the strip of each wanted item that has media to `out_of[id]`.
 
     Returns the work done and, per item whose media did not make a strip, why.
     """
+    wanted = list(wanted)
     work = StripWork(source=source)
     problems: dict[str, str] = {}
     if source == "none":
@@ -150,9 +152,15 @@ def write_strips(
     places = index_rows(stage_dir)
     columns = ["id", "frames"] if source == "frames" else ["id", "video", "format", "duration"]
 
+    groups = _rows_by_group(wanted, places)
+    files: dict[Path, pq.ParquetFile] = {}
+
     def jobs() -> Iterator[tuple[str, object, tuple]]:
-        for shard, g, rows in _rows_by_group(wanted, places):
-            table = pq.ParquetFile(shard).read_row_group(g, columns=columns)
+        for shard, g, rows in groups:
+            if shard not in files:
+                files.clear()  # groups come shard by shard: one file open at a time
+                files[shard] = pq.ParquetFile(shard)
+            table = files[shard].read_row_group(g, columns=columns)
             work.row_groups_read += 1
             work.media_bytes_read += table.nbytes
             blobs = table.column(columns[1])
@@ -170,11 +178,17 @@ def write_strips(
         except DecodeError as e:
             return item_id, None, str(e)
 
+    from tqdm import tqdm
+
+    total = sum(len(rows) for _, _, rows in groups)
+    bar = tqdm(total=total, unit="item", desc="preview strips", disable=not progress)
     for item_id, jpeg, problem in ordered_map(make, jobs(), workers):
+        bar.update(1)
         if jpeg is None:
             problems[item_id] = problem or "no strip"
             work.strips_failed += 1
             continue
         out_of[item_id].write_bytes(jpeg)
         work.strips_written += 1
+    bar.close()
     return work, problems
