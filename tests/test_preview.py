@@ -536,7 +536,7 @@ def test_fifty_thousand_items_limit_500_stays_small_and_bounded(root, tmp_path, 
     assert small.work.strips_written <= 20 and small.work.row_groups_read <= 20
 
 
-def test_coco_shows_each_image_once(tmp_path):
+def test_coco_shows_each_image_once_and_ranks_five_captions(tmp_path):
     rel = tmp_path / "rel"
     with SampleServer(rel) as srv:
         write_sample_release(
@@ -562,6 +562,47 @@ def test_coco_shows_each_image_once(tmp_path):
         strip = cv2.imread(str(site / "assets" / f"item-{n.index(item_id):06d}.jpg"))
         assert strip.shape[0] == 96  # one image, its own aspect: not a row of frames
         assert abs(strip.shape[1] - 96 * row["width"] / row["height"]) <= 1
+
+    # a score matrix over five captions per image, one tie: ranks as the protocol counts them
+    catalog = pq.read_table(paths.catalog_path(root, "coco", "test")).to_pylist()
+    ok = [r for r in catalog if r["id"] in videos]
+    sids = [f"{r['id']}#{k}" for r in ok for k in r["protocol_sentences"]]
+    owner = np.repeat(np.arange(len(ok)), [len(r["protocol_sentences"]) for r in ok])
+    scores = np.random.default_rng(4).standard_normal((len(ok), len(sids)))
+    scores[:, 0] = 0.5  # every image ties for caption 0: the right one ranks last, and shows so
+    np.save(tmp_path / "scores.npy", scores)
+    preds = tmp_path / "preds.json"
+    preds.write_text(
+        json.dumps(
+            {
+                "dataset": "coco",
+                "split": "test",
+                "scores": "scores.npy",
+                "item_ids": [r["id"] for r in ok],
+                "sentence_ids": sids,
+            }
+        )
+    )
+    build_preview(root=root, preds=preds, out=tmp_path / "r", queries=2, echo=lambda s: None)
+    shown = json.loads((tmp_path / "r" / "retrieval.json").read_text())
+    t2i = [
+        int(np.sum(np.delete(scores[:, j], owner[j]) >= scores[owner[j], j])) + 1
+        for j in range(len(sids))
+    ]
+    best = [scores[i, owner == i].max() for i in range(len(ok))]
+    i2t = [int(np.sum(scores[i, owner != i] >= best[i])) + 1 for i in range(len(ok))]
+    assert shown["t2i"]["ranks"] == t2i and shown["i2t"]["ranks"] == i2t and t2i[0] == 5
+    assert sids[0] in [q["query"] for q in shown["t2i"]["shown"]]  # among the worst
+    for q in shown["t2i"]["shown"]:
+        j = sids.index(q["query"])
+        top = [c["id"] for c in q["top"]]
+        assert len(top) == 5 and sum(c["right"] for c in q["top"]) == 1
+        assert top.index(ok[owner[j]]["id"]) + 1 == t2i[j]  # all five images, right one at its rank
+    for q in shown["i2t"]["shown"]:
+        i = [r["id"] for r in ok].index(q["query"])
+        assert [c["id"] for c in q["top"]] == [
+            sids[c] for c in np.argsort(-scores[i], kind="stable")[:5]
+        ]
 
 
 def test_a_killed_build_is_cleared_by_the_next(sample, tmp_path):
