@@ -125,6 +125,7 @@ class Dom(HTMLParser):
                     "query": a["data-query"],
                     "rank": a["data-rank"],
                     "hits": [],
+                    "answers": [],
                     "imgs": 0,
                     "open": True,
                 }
@@ -137,6 +138,8 @@ class Dom(HTMLParser):
                     "position": int(a["data-position"]),
                 }
             )
+        if "answer" in classes and self.queries:
+            self.queries[-1]["answers"].append(a["data-id"])
         if tag == "p" and "error" in classes:
             self.items[-1]["errors"].append(a["data-class"])
         if tag == "li" and "sentence" in classes:
@@ -462,8 +465,13 @@ def test_retrieval_ranks_are_the_evaluators_and_top5_render(sample, tmp_path):
             assert [h["id"] for h in page_q["hits"]] == [c["id"] for c in q["top"]]
             right = [h["position"] for h in page_q["hits"] if h["right"]]
             assert right == ([q["rank"]] if q["rank"] <= 5 else [])
-            # five strips per text query; the clip itself for a video query
-            assert page_q["imgs"] == (5 if direction == "t2i" else 1)
+            # five strips per text query, and the right clip's when it is not among them;
+            # the clip itself for a video query
+            missed = q["rank"] > 5
+            assert page_q["imgs"] == (5 + missed if direction == "t2i" else 1)
+            assert page_q["answers"] == (q["answers"] if missed else [])
+            if direction == "t2i" and missed:
+                assert q["answers"] == [q["query"][:-2]]
     index = render(site / "index.html", tmp_path)
     assert {"results.json", "retrieval.json", "recall.png", "retrieval.html"} <= set(index.hrefs)
     assert json.loads((site / "results.json").read_text())["protocols"]["full"] == results

@@ -35,6 +35,8 @@ img.strip { display: block; max-width: 100%; height: 96px; object-fit: contain; 
 .url { font-family: monospace; word-break: break-all; color: #555; margin: .2em 0; }
 .hit { display: flex; gap: 8px; align-items: center; margin: 4px 0; padding: 2px; }
 .hit.right { outline: 3px solid #2a2; }
+.answer { display: flex; gap: 8px; align-items: center; margin: 8px 0 4px; padding: 2px;
+  outline: 3px dashed #2a2; }
 .rank { font-weight: 600; }
 .rank.bad { color: #d33; }
 .tag { font-size: .8em; color: #666; border: 1px solid #ccc; border-radius: 3px; padding: 0 .3em; }

@@ -58,11 +58,16 @@ def _t2i_html(q: Shown, sentence, asset_of, made) -> str:
         f"{' · <b>right</b>' if c['right'] else ''}</div></div>"
         for p, c in enumerate(q.top)
     )
+    answers = "".join(
+        f'<div class="answer" data-id="{esc(a)}">{_strip(a, asset_of, made)}'
+        f"<div>the right one: <code>{esc(a)}</code>, {_rank_html(q)}</div></div>"
+        for a in q.answers
+    )
     return (
         f'<section class="query t2i" data-query="{esc(q.query)}" data-rank="{esc(q.rank)}" '
         f'data-picked="{esc(q.picked)}"><p><span class="tag">{esc(q.picked)}</span> '
         f"<q>{esc(sentence(q.query))}</q> <code>{esc(q.query)}</code><br>{_rank_html(q)}</p>"
-        f"{hits}</section>"
+        f"{hits}{answers}</section>"
     )
 
 
@@ -73,11 +78,17 @@ def _i2t_html(q: Shown, sentence, asset_of, made) -> str:
         f"{esc(_score(c))}{' · <b>right</b>' if c['right'] else ''}</li>"
         for p, c in enumerate(q.top)
     )
+    answers = "".join(
+        f'<li class="answer" data-id="{esc(a)}">{esc(sentence(a))} <code>{esc(a)}</code></li>'
+        for a in q.answers
+    )
+    if answers:
+        answers = f"<p>Its sentences, {_rank_html(q)}:</p><ul>{answers}</ul>"
     return (
         f'<section class="query i2t" data-query="{esc(q.query)}" data-rank="{esc(q.rank)}" '
         f'data-picked="{esc(q.picked)}"><p><span class="tag">{esc(q.picked)}</span> '
         f"<code>{esc(q.query)}</code> {_rank_html(q)}</p>{_strip(q.query, asset_of, made)}"
-        f"<ol>{hits}</ol></section>"
+        f"<ol>{hits}</ol>{answers}</section>"
     )
 
 

@@ -35,6 +35,7 @@ class Shown:
     rank: int | None  # 1 = first; None: beyond a truncated ranking
     ranked_beyond: int | None  # the list's length when `rank` is None
     top: list[dict] = field(default_factory=list)  # {"id", "score", "right"}
+    answers: list[str] = field(default_factory=list)  # right candidates outside `top`
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Retrieval:
     def items_shown(self) -> set[str]:
         """Every item a strip is needed for: query items and retrieved items."""
         out = {c["id"] for q in self.t2i for c in q.top}
+        out.update(a for q in self.t2i for a in q.answers)
         out.update(q.query for q in self.i2t)
         return out
 
@@ -63,6 +65,7 @@ class Retrieval:
                     "rank": q.rank,
                     "ranked_beyond": q.ranked_beyond,
                     "top": q.top,
+                    "answers": q.answers,
                 }
                 for q in qs
             ]
@@ -239,6 +242,16 @@ def retrieve(
                 for c in _top(scores, right, TOP_K)
             ]
             i2t.append(Shown(gt.item_ids[q], why, *_rank_of(i2t_ranks, q), top))
+    for q in t2i:
+        q.answers = (
+            []
+            if any(c["right"] for c in q.top)
+            else [gt.item_ids[owner[gt.sentence_index[q.query]]]]
+        )
+    for q in i2t:
+        if not any(c["right"] for c in q.top):
+            n = gt.item_index[q.query]
+            q.answers = gt.sentence_ids[gt.sentence_range(slice(n, n + 1))]
     for shown in (*t2i, *i2t):
         for c in shown.top:
             c["right"] = bool(c["right"])
