@@ -293,23 +293,28 @@ def build_preview(
         raise UsageError(f"--page-size must be a positive integer, got {page_size}")
     if queries < 1:
         raise UsageError(f"--queries must be a positive integer, got {queries}")
-    retrieval = None
     if preds is not None:
-        from mrw.preview.retrieval import retrieve
+        from mrw.evaluate import read_preds
 
-        retrieval = retrieve(preds, root, dataset, queries, seed, allow_missing)
-        dataset = retrieval.results["dataset"]
-        if split is not None and paths.normalize_split(split) != retrieval.results["split"]:
+        named = read_preds(preds)  # the submission names its dataset and split: check them first
+        if dataset is not None and paths.check_dataset(dataset) != named["dataset"]:
             raise UsageError(
-                f"--split {split}: the submission is for split {retrieval.results['split']!r}"
+                f"--dataset {dataset}: the submission is for dataset {named['dataset']!r}"
             )
-        split = retrieval.results["split"]
+        if split is not None and paths.normalize_split(split) != named["split"]:
+            raise UsageError(f"--split {split}: the submission is for split {named['split']!r}")
+        dataset, split = named["dataset"], named["split"]
     elif split is None:
         raise UsageError("--split is needed (or --preds, whose submission names its split)")
     dataset = paths.check_dataset(dataset or "mrw")
     split = paths.normalize_split(split)
     out = Path(out) if out is not None else paths.preview_dir(root, dataset, split)
     _check_out(out)
+    retrieval = None
+    if preds is not None:
+        from mrw.preview.retrieval import retrieve
+
+        retrieval = retrieve(preds, root, dataset, queries, seed, allow_missing)
 
     catalog = read_catalog(root, dataset, split)
     ids = catalog.column("id").to_pylist()
