@@ -395,5 +395,104 @@ def build_vocab(root, dataset, split, out, min_count, protocol_only):
     click.echo(f"vocabulary: {len(vocab)} entries -> {path}")
 
 
+# -- preview ----------------------------------------------------------------------------------
+@main.command()
+@common_options
+@click.option(
+    "--split",
+    default=None,
+    help="train, val or test (default with --preds: the submission's split).",
+)
+@click.option(
+    "--out",
+    type=click.Path(),
+    default=None,
+    metavar="DIR",
+    help="Folder of the site (default: <root>/<dataset>/preview/<split>).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Show N items chosen at random (--seed), in catalog order (default: all).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seeds every random choice.",
+)
+@click.option("--failed-only", is_flag=True, help="Show only the items that failed.")
+@click.option(
+    "--page-size",
+    type=click.IntRange(min=1, max=5000),
+    default=200,
+    show_default=True,
+    help="Items per page.",
+)
+@click.option(
+    "--preds",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="PREDS.json",
+    help="A submission: per shown query its top 5 and the right answer's rank.",
+)
+@click.option(
+    "--queries",
+    type=click.IntRange(min=1, max=1000),
+    default=10,
+    show_default=True,
+    help="With --preds: this many random queries per direction, and as many of the worst-ranked.",
+)
+@click.option("--plot", is_flag=True, help="With --preds: draw the Recall@K plot into the site.")
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="With --preds: as for `mrw evaluate`, rank the submitted items alone.",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Strips made at once.")
+@handle_errors
+def preview(
+    root,
+    dataset,
+    split,
+    out,
+    limit,
+    seed,
+    failed_only,
+    page_size,
+    preds,
+    queries,
+    plot,
+    allow_missing,
+    workers,
+):
+    """A static site (opens from disk) of the split's items, failures and retrieval results."""
+    from mrw.preview import build_preview
+
+    if preds is None and (plot or allow_missing):
+        raise UsageError("--plot and --allow-missing need --preds")
+    typed = click.get_current_context().get_parameter_source("dataset").name != "DEFAULT"
+    report = build_preview(
+        root=root,
+        dataset=dataset if (typed or preds is None) else None,
+        split=split,
+        out=out,
+        limit=limit,
+        seed=seed,
+        failed_only=failed_only,
+        page_size=page_size,
+        preds=preds,
+        queries=queries,
+        plot=plot,
+        allow_missing=allow_missing,
+        workers=workers,
+        progress=True,
+        echo=lambda s: click.echo(s, err=True),
+    )
+    click.echo(f"preview: {report.out / 'index.html'}")
+
+
 if __name__ == "__main__":
     main()

@@ -64,6 +64,11 @@ def features_dir(root, dataset, split, backbone="resnet152") -> Path:
     return dataset_dir(root, dataset) / "features" / backbone / normalize_split(split)
 
 
+def preview_dir(root, dataset, split) -> Path:
+    """Where `mrw preview` writes its site unless told otherwise."""
+    return dataset_dir(root, dataset) / "preview" / normalize_split(split)
+
+
 def status_dir(stage_dir: Path) -> Path:
     """Each stage folder keeps one status row per catalog item under `status/`."""
     return Path(stage_dir) / "status"
