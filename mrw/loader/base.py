@@ -281,14 +281,13 @@ class SplitBase:
             return whole[row] if select is None else whole[row].index_select(0, select)
         expected = shape[0] * shape[1] * 2
         buf = group.binary(column, row)
-        half = half_view(buf)
-        if half is None or half.numel() * 2 != expected:
+        if buf is None or buf.size != expected:
             size = 0 if buf is None else buf.size
             raise UsageError(
                 f"{index.directory}: item {item_id!r} has {column} of {size} bytes, expected "
                 f"{expected} for float16 {list(shape)}; run `mrw validate`"
             )
-        half = half.view(shape)
+        half = half_view(buf).view(shape)
         return convert(half if select is None else half.index_select(0, select), self.dtype)
 
     def _sentence_choice(self, chosen: list[int]) -> int:
@@ -301,12 +300,12 @@ class SplitBase:
         """(id in the catalog, id in the shard row, sentences, protocol sentences) of an item."""
         cat_row = int(index.rows[pos])
         if not group.prepared:
-            cat = index.catalog
+            ids, sentences, protocol = index.catalog_arrays
             return (
-                cat.column("id")[cat_row].as_py(),
+                ids[cat_row].as_py(),
                 group.scalar("id", row),
-                cat.column("sentences")[cat_row].as_py(),
-                cat.column("protocol_sentences")[cat_row].as_py(),
+                sentences[cat_row].as_py(),
+                protocol[cat_row].as_py(),
             )
         if group.catalog is None:  # every row of the table at once
             shard = int(index.shard[pos])

@@ -87,14 +87,13 @@ def one_chunk(column: pa.ChunkedArray) -> pa.Array:
 
 
 def half_view(buf: pa.Buffer | None) -> torch.Tensor | None:
-    """A read-only float16 view of a buffer (no copy), or None where no view can be made."""
+    """A read-only float16 view of a buffer (no copy; memory-mapped ones too), or None where
+    no view can be made."""
     if buf is None or sys.byteorder != "little" or buf.size & 1:
         return None
-    if buf.size == 0:
-        return torch.zeros(0, dtype=torch.float16)
     with warnings.catch_warnings():  # read-only: items only ever get converted copies
         warnings.simplefilter("ignore")
-        return torch.frombuffer(buf, dtype=torch.float16)
+        return torch.from_numpy(np.frombuffer(buf, dtype=np.float16))
 
 
 def binary_views(arr: pa.Array):

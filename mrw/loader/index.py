@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 from mrw import paths
 from mrw.catalog import read_catalog
 from mrw.errors import UsageError
+from mrw.loader.buffers import one_chunk
 from mrw.shards import data_path, read_manifest, read_status, shard_index, status_shards
 
 MODALITIES = ("features", "frames", "video")
@@ -118,6 +120,13 @@ class SplitIndex:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @cached_property
+    def catalog_arrays(self) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """The catalog's id, sentences and protocol_sentences, one Arrow array each."""
+        return tuple(
+            one_chunk(self.catalog.column(c)) for c in ("id", "sentences", "protocol_sentences")
+        )
 
     def group_rows(self, shard: int, group: int) -> int:
         """Rows in one row group of one shard."""

@@ -34,7 +34,7 @@ class RowGroup:
     its columns once into arrays that every row slices without a copy.
     """
 
-    def __init__(self, table: pa.Table, first_group: int | None = None):
+    def __init__(self, table: pa.Table | pa.RecordBatch, first_group: int | None = None):
         self.table = table
         self.first_group = first_group
         self.prepared = False
@@ -60,6 +60,10 @@ class RowGroup:
         return arr.flatten().to_numpy(zero_copy_only=False), arr.offsets.to_numpy()
 
     def timestamps(self, row: int) -> np.ndarray:
+        """A row's timestamps (read-only; copy before handing out)."""
+        if not self.prepared:
+            value = self.table.column("timestamps")[row]
+            return value.values.to_numpy(zero_copy_only=False) if value.is_valid else np.zeros(0)
         values, offsets = self._stamps
         return values[offsets[row] : offsets[row + 1]]
 
@@ -166,13 +170,15 @@ class OpenFiles:
         self.files: OrderedDict[str, object] = OrderedDict()
         self.last_key = None
         self.last_group: RowGroup | None = None
+        self.batches: dict[str, list] = {}  # Arrow copy -> its record batches, read on first use
         self.spare = Spare()  # conversion buffers for sequential reading
 
     def _open(self, key: str, opener):
         handle = self.files.pop(key, None) or opener()
         self.files[key] = handle
         while len(self.files) > self.max_open:
-            self.files.popitem(last=False)
+            gone, _ = self.files.popitem(last=False)
+            self.batches.pop(gone.removeprefix("ipc:"), None)
         return handle
 
     def row_group(self, index: SplitIndex, shard: int, group: int, arrow: bool) -> RowGroup:
@@ -186,7 +192,12 @@ class OpenFiles:
                     "ipc:" + path,
                     lambda: pa.ipc.open_file(pa.memory_map(str(arrow_copy(index, shard)))),
                 )
-                table = pa.Table.from_batches([reader.get_batch(group)])
+                batches = self.batches.get(path)
+                if batches is None or batches[0] is not reader:
+                    batches = self.batches[path] = [reader] + [None] * reader.num_record_batches
+                if batches[group + 1] is None:  # views into the mapped file: no data copied
+                    batches[group + 1] = reader.get_batch(group)
+                table = batches[group + 1]
             else:
                 pf = self._open(path, lambda: pq.ParquetFile(path, memory_map=True))
                 table = pf.read_row_group(group, columns=index.columns, use_threads=False)
