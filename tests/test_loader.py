@@ -96,8 +96,8 @@ def _catalog_rows(dataset, split, n):
     return rows
 
 
-def _jpeg(i, t):
-    img = np.zeros((12, 16, 3), np.uint8)
+def _jpeg(i, t, size=(12, 16)):
+    img = np.zeros((*size, 3), np.uint8)
     img[..., 0], img[..., 1], img[..., 2] = (i * 37) % 256, (t * 29) % 256, 128
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=90)
@@ -115,6 +115,7 @@ def write_split(
     modalities=("features",),
     row_group_size=None,
     frames_of=lambda i: 3 + i % 9,
+    frame_size_of=lambda i: (12, 16),
 ):
     """A catalog of `n` items and shards of each modality; items in `failed` have no row."""
     rows = _catalog_rows(dataset, split, n)
@@ -156,13 +157,14 @@ def write_split(
                     if dataset == "coco":
                         row["grid"] = rng.standard_normal((49, DIM)).astype("<f2").tobytes()
                 elif modality == "frames":
+                    height, width = frame_size_of(i)
                     row = {
                         "id": item,
-                        "frames": [_jpeg(i, j) for j in range(t)],
+                        "frames": [_jpeg(i, j, (height, width)) for j in range(t)],
                         "timestamps": stamps,
                         "num_frames": t,
-                        "width": 16,
-                        "height": 12,
+                        "width": width,
+                        "height": height,
                     }
                 else:
                     blob = rng.bytes(100 + i)

@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 import torch
+from test_loader import write_split
 from torch.utils.data import DataLoader
 
 from mrw import load_dataset
 from mrw.errors import UsageError
-from test_loader import write_split
 
 WORLD = 2
 WORKERS = 2
