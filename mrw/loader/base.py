@@ -75,7 +75,9 @@ class SplitBase:
         self._indexes = indexes
         self._which = np.asarray(which, np.int32)
         self._pos = np.asarray(positions, np.int64)
-        self._maps = tuple(maps)  # (function, with_indices, remove_columns), applied in order
+        # (function, remove_columns, each item's index in the dataset `map` was called on, or
+        # None without `with_indices`), applied in order
+        self._maps = tuple(maps)
         self._batch_transform = batch_transform
         self._files: OpenFiles | None = None
 
@@ -258,8 +260,8 @@ class SplitBase:
 
     def _finish(self, item: dict, k: int) -> dict:
         """`map`'s functions, in order, on a made item."""
-        for function, with_indices, remove in self._maps:
-            result = function(item, k) if with_indices else function(item)
+        for function, remove, indices in self._maps:
+            result = function(item) if indices is None else function(item, int(indices[k]))
             if result is not None:
                 if not isinstance(result, dict):
                     raise UsageError(

@@ -160,7 +160,8 @@ class SplitDataset(SplitBase, Dataset):
     def select(self, indices: Iterable[int]) -> SplitDataset:
         """The items at `indices`, in that order (negative ones count from the end), as HF's."""
         ks = self._indices(indices)
-        return self._view(self._which[ks], self._pos[ks])
+        maps = tuple((f, rm, None if at is None else at[ks]) for f, rm, at in self._maps)
+        return self._view(self._which[ks], self._pos[ks], maps=maps)
 
     def shuffle(self, seed: int | None = None, generator: np.random.Generator | None = None):
         """The items in a random order: HF's, `np.random.default_rng(seed).permutation(n)`."""
@@ -244,12 +245,14 @@ class SplitDataset(SplitBase, Dataset):
         remove_columns: str | list[str] | None = None,
     ) -> SplitDataset:
         """A view whose items are `item | function(item)` (`function(item, i)` with
-        `with_indices`), less `remove_columns`. Lazy, unlike HF's: the function runs on every
-        read of an item, nothing is written."""
+        `with_indices`, `i` the item's index here, kept through later `select`s), less
+        `remove_columns`. Lazy, unlike HF's: the function runs on every read of an item,
+        nothing is written."""
         remove = (
             (remove_columns,) if isinstance(remove_columns, str) else tuple(remove_columns or ())
         )
-        return self._view(maps=(*self._maps, (function, bool(with_indices), remove)))
+        indices = np.arange(len(self), dtype=np.int64) if with_indices else None
+        return self._view(maps=(*self._maps, (function, remove, indices)))
 
     def with_transform(self, transform: Callable[[dict], dict] | None) -> SplitDataset:
         """A view that formats what indexing gives, as HF's `with_transform`: `transform` takes
