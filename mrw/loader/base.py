@@ -15,7 +15,7 @@ import torch
 
 from mrw.catalog import read_catalog
 from mrw.errors import UsageError
-from mrw.loader.buffers import convert, half_view
+from mrw.loader.buffers import convert
 from mrw.loader.index import PER_ITEM_NUMBERS, STAGE_COLUMNS, SplitIndex
 from mrw.loader.rowgroups import OpenFiles, RowGroup, rows_of, scan
 from mrw.loader.sampling import EDGE_FRAMES, sample_frame_indices
@@ -282,14 +282,14 @@ class SplitBase:
             group.handed.add((column, row))
             return whole[row] if select is None else whole[row].index_select(0, select)
         expected = shape[0] * shape[1] * 2
-        buf = group.binary(column, row)
-        if buf is None or buf.size != expected:
-            size = 0 if buf is None else buf.size
+        half = group.half(column, row)
+        if half is None or half.numel() * 2 != expected:
             raise UsageError(
-                f"{index.directory}: item {item_id!r} has {column} of {size} bytes, expected "
-                f"{expected} for float16 {list(shape)}; run `mrw validate`"
+                f"{index.directory}: item {item_id!r} has {column} of "
+                f"{group.nbytes(column, row)} bytes, expected {expected} for float16 "
+                f"{list(shape)}; run `mrw validate`"
             )
-        half = half_view(buf).view(shape)
+        half = half.view(shape)
         return convert(half if select is None else half.index_select(0, select), self.dtype)
 
     def _sentence_choice(self, chosen: list[int]) -> int:
@@ -301,7 +301,7 @@ class SplitBase:
     def _catalog_of(self, index: SplitIndex, pos: int, group: RowGroup, row: int):
         """(id in the catalog, id in the shard row, sentences, protocol sentences) of an item."""
         cat_row = int(index.rows[pos])
-        if not group.prepared:
+        if not group.indexed:
             ids, sentences, protocol = index.catalog_arrays
             return (
                 ids[cat_row].as_py(),
@@ -311,8 +311,7 @@ class SplitBase:
             )
         if group.catalog is None:  # every row of the table at once
             shard = int(index.shard[pos])
-            first = group.first_group if group.first_group is not None else 0
-            start = int(index.shard_start[shard] + index.group_start[shard][first])
+            start = int(index.shard_start[shard] + index.group_start[shard][group.first_group])
             rows = index.row_catalog[start : start + group.table.num_rows]
             taken = index.catalog.take(pa.array(np.maximum(rows, 0)))
             group.catalog = (
@@ -346,7 +345,7 @@ class SplitBase:
                 item["video"] = self.transform(item["video"])
             return item
         total = (
-            group.counts["num_frames"][row] if group.prepared else group.scalar("num_frames", row)
+            group.counts["num_frames"][row] if group.indexed else group.scalar("num_frames", row)
         )
         if index.dataset == "coco" or self.num_frames is None:
             idx = None  # every frame, in order
@@ -365,7 +364,7 @@ class SplitBase:
             item["frame_indices"] = select
         item["timestamps"] = torch.from_numpy(stamps)
         if self.modality == "features":
-            dim = group.counts["dim"][row] if group.prepared else group.scalar("dim", row)
+            dim = group.counts["dim"][row] if group.indexed else group.scalar("dim", row)
             if "grid" in group.table.column_names:  # images: the 7x7 map, plus the pooled vector
                 item["features"] = self._features(
                     group, "grid", row, (49, dim), index, item_id, None

@@ -79,10 +79,21 @@ def converted(pieces: list[torch.Tensor], dtype: torch.dtype, spare: Spare | Non
 
 def convert(half: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A new tensor of `dtype` from a float16 tensor, converted on this thread."""
-    return converted([half.reshape(-1)], dtype, None).view(half.shape)
+    out = torch.empty(half.shape, dtype=dtype)
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        out.copy_(half)
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+    return out
 
 
-def one_chunk(column: pa.ChunkedArray) -> pa.Array:
+def one_chunk(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if not isinstance(column, pa.ChunkedArray):
+        return column
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
@@ -104,11 +115,7 @@ def binary_views(arr: pa.Array):
     offsets = np.frombuffer(offsets_buf, dtype=width)[arr.offset : arr.offset + len(arr) + 1]
     if sys.byteorder != "little" or arr.null_count or buf is None or (offsets & 1).any():
         return None, offsets
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # read-only (memory-mapped ones too): items get copies
         warnings.simplefilter("ignore")
-        data = (
-            torch.frombuffer(buf, dtype=torch.uint8, count=buf.size & ~1).view(torch.float16)
-            if buf.size > 1
-            else torch.zeros(0, dtype=torch.float16)
-        )
+        data = torch.from_numpy(np.frombuffer(buf, dtype=np.float16, count=buf.size >> 1))
     return data, offsets

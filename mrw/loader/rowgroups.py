@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mrw.errors import UsageError
-from mrw.loader.buffers import Spare, binary_views, converted, one_chunk
+from mrw.loader.buffers import Spare, binary_views, converted, half_view, one_chunk
 from mrw.loader.index import SplitIndex, unreadable_shard
 
 #: sequential reading makes items from this many row groups (of about 1 MiB,
@@ -30,13 +30,17 @@ _SOURCE_KEY = b"mrw.source"
 class RowGroup:
     """One row group (or several consecutive ones, from `first_group` on) read from a shard.
 
-    Random access reads single rows from it; sequential reading calls `prepare()`, which turns
-    its columns once into arrays that every row slices without a copy.
+    A row group read for one item reads single values from it; one that serves many (kept from
+    an Arrow copy, `indexed=True`) or sequential reading (`prepare()`) turns its columns once
+    into arrays that every row slices without a copy.
     """
 
-    def __init__(self, table: pa.Table | pa.RecordBatch, first_group: int | None = None):
+    def __init__(
+        self, table: pa.Table | pa.RecordBatch, first_group: int = 0, indexed: bool = False
+    ):
         self.table = table
         self.first_group = first_group
+        self.indexed = indexed
         self.prepared = False
         self.catalog = None  # (catalog rows, ids, sentences, protocol sentences), when prepared
         self.handed: set = set()  # (column, row) whose converted view an item holds
@@ -61,7 +65,7 @@ class RowGroup:
 
     def timestamps(self, row: int) -> np.ndarray:
         """A row's timestamps (read-only; copy before handing out)."""
-        if not self.prepared:
+        if not self.indexed:
             value = self.table.column("timestamps")[row]
             return value.values.to_numpy(zero_copy_only=False) if value.is_valid else np.zeros(0)
         values, offsets = self._stamps
@@ -75,12 +79,32 @@ class RowGroup:
         value = self.table.column(name)[row]
         return value.as_buffer() if value.is_valid else None
 
+    @cached_property
+    def _halves(self) -> dict:
+        return {
+            name: binary_views(one_chunk(self.table.column(name)))
+            for name in ("features", "grid")
+            if name in self.table.column_names
+        }
+
+    def half(self, name: str, row: int) -> torch.Tensor | None:
+        """A row of a float16 column as a flat read-only view (no copy), or None."""
+        if self.indexed:
+            data, offsets = self._halves[name]
+            if data is not None:
+                return data[int(offsets[row]) >> 1 : int(offsets[row + 1]) >> 1]
+        return half_view(self.binary(name, row))
+
+    def nbytes(self, name: str, row: int) -> int:
+        buf = self.binary(name, row)
+        return 0 if buf is None else buf.size
+
     def prepare(self, dtype: torch.dtype, spare: Spare | None) -> RowGroup:
         """Convert every float16 column now, one call each, so that items are views into it."""
         for name in ("features", "grid"):
             if name in self.table.column_names:
                 self._whole[name] = self._convert_all(name, dtype, spare)
-        self.prepared = True
+        self.prepared = self.indexed = True
         return self
 
     def whole(self, name: str) -> tuple | None:
@@ -170,7 +194,8 @@ class OpenFiles:
         self.files: OrderedDict[str, object] = OrderedDict()
         self.last_key = None
         self.last_group: RowGroup | None = None
-        self.batches: dict[str, list] = {}  # Arrow copy -> its record batches, read on first use
+        # shard -> [its Arrow copy's reader, then each row group, made on first use]
+        self.batches: dict[str, list] = {}
         self.spare = Spare()  # conversion buffers for sequential reading
 
     def _open(self, key: str, opener):
@@ -192,12 +217,13 @@ class OpenFiles:
                     "ipc:" + path,
                     lambda: pa.ipc.open_file(pa.memory_map(str(arrow_copy(index, shard)))),
                 )
-                batches = self.batches.get(path)
-                if batches is None or batches[0] is not reader:
-                    batches = self.batches[path] = [reader] + [None] * reader.num_record_batches
-                if batches[group + 1] is None:  # views into the mapped file: no data copied
-                    batches[group + 1] = reader.get_batch(group)
-                table = batches[group + 1]
+                groups = self.batches.get(path)
+                if groups is None or groups[0] is not reader:
+                    groups = self.batches[path] = [reader] + [None] * reader.num_record_batches
+                if groups[group + 1] is None:  # views into the mapped file: no data copied
+                    groups[group + 1] = RowGroup(reader.get_batch(group), group, indexed=True)
+                self.last_key, self.last_group = key, groups[group + 1]
+                return self.last_group
             else:
                 pf = self._open(path, lambda: pq.ParquetFile(path, memory_map=True))
                 table = pf.read_row_group(group, columns=index.columns, use_threads=False)
@@ -205,7 +231,7 @@ class OpenFiles:
             raise UsageError(
                 unreadable_shard(path, e, index.dataset, index.split, index.command)
             ) from None
-        self.last_key, self.last_group = key, RowGroup(table)
+        self.last_key, self.last_group = key, RowGroup(table, group)
         return self.last_group
 
 
