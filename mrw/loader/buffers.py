@@ -44,7 +44,7 @@ class Spare:
         else:
             backing = np.empty(nbytes + nbytes // 8, np.uint8)  # room for a few rows more
         lease = backing[:nbytes]  # a new array object: torch holds it, and only it
-        weakref.finalize(lease, self._give_back, backing)
+        weakref.finalize(lease, self._give_back, backing).atexit = False
         return torch.from_numpy(lease).view(dtype)
 
     def idle(self) -> int:
