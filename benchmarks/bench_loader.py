@@ -6,7 +6,9 @@ them) into a temporary root, then measures, in this one process:
 
 - raw: `pyarrow.parquet.read_table` of every shard (all columns), the reference;
 - map-style iteration `for item in ds` and streaming iteration, items/s and ratio to raw;
-- `ds[i]` at 1,000 random `i`: median and 95th percentile latency;
+- `ds[i]` at 1,000 random `i`: median and 95th percentile latency, and the 1,000 reads in all
+  from the shards, from `arrow_cache=True`, and from Hugging Face `datasets`
+  (`Dataset.from_parquet` of the same shards, when installed), taking turns;
 - resident memory added by opening the split (anonymous RSS; torch already imported), and
   after iterating it.
 
@@ -42,6 +44,7 @@ import _results
 import mrw.loader  # noqa: F401  - torch and the loader imported before measuring
 from mrw import load_dataset, paths
 from mrw.catalog import write_catalog
+from mrw.loader.rowgroups import ARROW_CACHE_DIR
 from mrw.shards import shard_ranges, write_shard
 
 SECTION = "bench_loader"
@@ -132,6 +135,11 @@ def iterate(ds):
     return n
 
 
+def random_reads(ds, picks) -> None:
+    for i in picks:
+        ds[i]
+
+
 def rss() -> int:
     """Anonymous resident memory where Linux reports it (file-backed pages of libraries come and
     go with the page cache on a busy machine), else the whole RSS."""
@@ -158,6 +166,9 @@ def run(n: int, root: Path, repeats: int = 9) -> dict:
         data_bytes = write_features_split(root, n)
         files = sorted(paths.features_dir(root, "mrw", "test").glob("shard-*.parquet"))
     write_s = time.perf_counter() - t0
+    # the Arrow copies (ours and HF's) are made, and timed, in this run
+    shutil.rmtree(paths.features_dir(root, "mrw", "test") / ARROW_CACHE_DIR, ignore_errors=True)
+    shutil.rmtree(root / "hf-cache", ignore_errors=True)
     raw_read(files)  # warm the page cache: every measurement below reads from memory
 
     pa.default_memory_pool().release_unused()
@@ -192,6 +203,30 @@ def run(n: int, root: Path, repeats: int = 9) -> dict:
         ds[i]
         lat.append(time.perf_counter() - t)
     lat_ms = sorted(x * 1000 for x in lat)
+
+    t0 = time.perf_counter()
+    cached = load_dataset("mrw", split="test", root=root, arrow_cache=True)
+    for s in range(len(files)):  # make the Arrow copy of every shard
+        cached[s * SHARD_SIZE]
+    cache_s = time.perf_counter() - t0
+    reads = {
+        "shards": lambda: random_reads(ds, picks),
+        "arrow": lambda: random_reads(cached, picks),
+    }
+    hf_open_s = None
+    try:
+        import datasets
+    except ImportError:
+        datasets = None
+    if datasets is not None:
+        datasets.disable_progress_bars()
+        t0 = time.perf_counter()
+        hf = datasets.Dataset.from_parquet(
+            [str(f) for f in files], cache_dir=str(root / "hf-cache"), keep_in_memory=False
+        )
+        hf_open_s = time.perf_counter() - t0
+        reads["hf"] = lambda: random_reads(hf, picks)
+    random_best = best_times(reads, 5)
     return {
         "load": load,
         "items": n,
@@ -208,6 +243,12 @@ def run(n: int, root: Path, repeats: int = 9) -> dict:
         "half_ratio": raw_s / half_s,
         "getitem_median_ms": statistics.median(lat_ms),
         "getitem_p95_ms": lat_ms[int(0.95 * len(lat_ms))],
+        "random_shards_s": random_best["shards"],
+        "random_arrow_s": random_best["arrow"],
+        "random_hf_s": random_best.get("hf"),
+        "arrow_cache_s": cache_s,
+        "hf_open_s": hf_open_s,
+        "hf_version": datasets.__version__ if datasets is not None else None,
         "open_s": open_s,
         "open_rss_mb": open_mb,
         "after_iteration_rss_mb": after_iter_mb,
@@ -223,7 +264,7 @@ def report(r: dict) -> str:
             f"numpy {np.__version__}, torch {torch.__version__}.",
             f"Workload: a synthetic MRW features split of {r['items']:,} items in shards of "
             f"{SHARD_SIZE} ({r['row_groups_per_shard']} row groups each), D = {DIM}, 8-24 frames per "
-            f"item, {r['feature_mb']:.0f} MiB of float16 features; page cache warm; best of 9 turns.",
+            f"item, {r['feature_mb']:.0f} MiB of float16 features; page cache warm; best of 9 turns (random reads: best of 5).",
             "",
             "| measure | value | target | met |",
             "|---|---|---|---|",
@@ -237,12 +278,37 @@ def report(r: dict) -> str:
             f"items/s = {r['half_ratio']:.2f} x raw | | |",
             f"| `ds[i]` at 1,000 random i, median (p95) | {r['getitem_median_ms']:.2f} ms "
             f"({r['getitem_p95_ms']:.2f} ms) | < 5 ms | {ok(r['getitem_median_ms'] < 5)} |",
+            *random_rows(r),
             f"| resident memory added by opening the split ({r['open_s']:.2f} s) | "
             f"{r['open_rss_mb']:.1f} MiB | < 200 MB | {ok(r['open_rss_mb'] * 2**20 < 200e6)} |",
             f"| resident memory added after iterating it once | {r['after_iteration_rss_mb']:.1f} MiB "
             f"| bounded | |",
         ]
     )
+
+
+def random_rows(r: dict) -> list[str]:
+    ok = lambda cond: "yes" if cond else "**NO**"  # noqa: E731
+    rows = [
+        f"| 1,000 random `ds[i]` from the shards (Parquet row groups) | {r['random_shards_s']:.3f} s"
+        + (f" = {r['random_shards_s'] / r['random_hf_s']:.2f} x HF" if r["random_hf_s"] else "")
+        + " | | |",
+        f"| 1,000 random `ds[i]` with `arrow_cache=True` (copy made in {r['arrow_cache_s']:.1f} s) "
+        f"| {r['random_arrow_s']:.3f} s"
+        + (
+            f" = {r['random_arrow_s'] / r['random_hf_s']:.2f} x HF | <= 1.50 x HF | "
+            f"{ok(r['random_arrow_s'] <= 1.5 * r['random_hf_s'])} |"
+            if r["random_hf_s"]
+            else " | <= 1.50 x HF | HF not installed |"
+        ),
+    ]
+    if r["random_hf_s"]:
+        rows.append(
+            f"| 1,000 random `hf[i]`, HF datasets {r['hf_version']} `Dataset.from_parquet` of the "
+            f"same shards (its Arrow copy made in {r['hf_open_s']:.1f} s) | {r['random_hf_s']:.3f} s "
+            "(reference) | | |"
+        )
+    return rows
 
 
 def write_section(text: str) -> None:
