@@ -25,6 +25,7 @@ from baselines.pienet import load_model
 from baselines.pienet.__main__ import main as pienet_main
 from baselines.pienet.config import load_config
 from baselines.pienet.reference import read_reference_vocab
+from mrw.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -420,3 +421,59 @@ def test_imported_trunk_gives_torchvision_resnet152_features(tmp_path, root, goo
         want = direct.eval()(torch.stack([REFERENCE_TRANSFORM(Image.fromarray(f)) for f in frames]))
     # the fixture's seed and BN statistics differ from `--weights none`'s: only the file fits
     assert_close_after_float16(read_features(row), want.numpy(), tol=2e-3)
+
+
+def test_coco_model_embeds_images_as_the_reference(tmp_path, monkeypatch, trunk):
+    config = load_config("coco")
+    state = random_reference_state(config, len(SPECIALS) + len(WORDS), trunk, seed=4)
+    ckpt = tmp_path / "coco_pvse.pth"
+    torch.save(state, ckpt)
+    vocab = write_vocab_pickle(monkeypatch, tmp_path / "coco_vocab.pkl")
+    out = tmp_path / "coco"
+    result = pienet(
+        "import-reference", "--checkpoint", ckpt, "--vocab", vocab, "--config", "coco", "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    model = load_model(out)
+    grid = np.random.default_rng(1).random((2, 49, config.feature_dim), dtype=np.float32)
+    got = model.embed_images(grid).numpy()
+    fc_w, fc_b = (state[f"img_enc.fc.{n}"].double().numpy() for n in ("weight", "bias"))
+    want = np.stack(
+        [
+            pie_embeddings(state, "img_enc.pie_net", fc_w @ g.mean(axis=0) + fc_b, g.astype(float))
+            for g in grid
+        ]
+    )
+    assert got.shape == (2, 2, config.embed_size) and np.abs(got - want).max() <= 1e-5
+    with pytest.raises(UsageError, match="embed_images"):
+        model.embed_videos(grid)
+
+
+def test_inference_api_rejects_bad_inputs(tmp_path, good_files):
+    ckpt, vocab, _ = good_files
+    out = tmp_path / "m"
+    args = ["--checkpoint", ckpt, "--vocab", vocab, "--config", "mrw", "--out", out]
+    assert pienet("import-reference", *args).exit_code == 0
+    model = load_model(out)
+    frames = torch.rand(2, 4, 2048)
+    for bad, message in [
+        (lambda: model.embed_videos(torch.rand(2, 4, 512)), r"\[B, T, 2048\]"),
+        (lambda: model.embed_videos(frames, torch.tensor([4, 0])), "1..4"),
+        (lambda: model.embed_videos(frames, torch.tensor([4, 5])), "1..4"),
+        (lambda: model.embed_videos(frames, torch.tensor([4])), "1 entries for 2 clips"),
+        (lambda: model.embed_videos(frames * float("nan")), "inf or nan"),
+        (lambda: model.embed_images(torch.rand(2, 49, 2048)), "video model"),
+        (lambda: model.embed_sentences("a cat"), "list of strings"),
+        (lambda: model.embed_sentences([]), "no sentences"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            bad()
+    # full-length clips need no lengths; numpy arrays work as tensors do
+    same = model.embed_videos(frames.numpy(), np.array([4, 4]))
+    assert torch.equal(same, model.embed_videos(frames))
+    with pytest.raises(UsageError, match="no checkpoint"):
+        load_model(tmp_path / "nothing")
+    # a second import into the same folder is refused, the first one kept
+    again = pienet("import-reference", *args)
+    assert again.exit_code == 2 and "not an empty folder" in again.output
+    assert (out / "best.pt").is_file()
