@@ -5,7 +5,9 @@ Section 3 of Song & Soleymani, "Polysemous Visual-Semantic Embedding for Cross-M
 Each encoder has a global feature (a bidirectional GRU's final states, or a linear map of the
 pooled image feature) and local features (words, frames, or the 7x7 grid); a PIE-Net turns them
 into K embeddings. Visual features come precomputed from the frozen backbone (`mrw
-extract-features`), which is what the reference's frozen CNN computed on the fly.
+extract-features`), which is what the reference's frozen CNN computed on the fly. With
+`legacy_global` the video and text global features are the reference's `--legacy` ones (the GRU
+output at the last step), which its published models use.
 """
 
 from __future__ import annotations
