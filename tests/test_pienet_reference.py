@@ -477,3 +477,22 @@ def test_inference_api_rejects_bad_inputs(tmp_path, good_files):
     again = pienet("import-reference", *args)
     assert again.exit_code == 2 and "not an empty folder" in again.output
     assert (out / "best.pt").is_file()
+
+
+def test_padding_past_a_clips_length_never_matters_for_a_trained_model():
+    """A model trained here (final states, masked attention) skips the steps past `lengths`."""
+    from baselines.pienet.inference import PretrainedModel
+    from baselines.pienet.model import PVSE
+    from mrw.text import Vocabulary
+
+    config = load_config("tgif").replace(feature_dim=16, embed_size=8, word_dim=6)
+    torch.manual_seed(0)
+    model = PretrainedModel(PVSE(len(SPECIALS) + len(WORDS), config), Vocabulary(WORDS))
+    clean = torch.rand(2, 8, 16)
+    noisy = clean.clone()
+    noisy[0, 3:] = 50.0
+    lengths = torch.tensor([3, 8])
+    got = model.embed_videos(noisy, lengths)
+    assert torch.allclose(got, model.embed_videos(clean, lengths), atol=1e-6)
+    assert torch.allclose(got[0], model.embed_videos(clean[:1, :3])[0], atol=1e-6)
+    assert not torch.allclose(got[0], model.embed_videos(clean[:1])[0], atol=1e-3)
