@@ -400,7 +400,7 @@ def test_imported_trunk_gives_torchvision_resnet152_features(tmp_path, root, goo
         "import-reference", "--checkpoint", ckpt, "--vocab", vocab, "--config", "mrw", "--out", out
     )
     assert result.exit_code == 0, result.output
-    clip = make_clip(tmp_path / "c.mp4", "mp4", 4, 0.5, size=(64, 48))
+    clip = make_clip(tmp_path / "c.mp4", "mp4", 8, 1.25, size=(64, 48))
     write_video_stage(root, "mrw", "test", [[("a", clip, None)]])
     extracted = cli(
         "extract-features", "--root", root, "--split", "test", "--backbone", "resnet152",
@@ -421,6 +421,24 @@ def test_imported_trunk_gives_torchvision_resnet152_features(tmp_path, root, goo
         want = direct.eval()(torch.stack([REFERENCE_TRANSFORM(Image.fromarray(f)) for f in frames]))
     # the fixture's seed and BN statistics differ from `--weights none`'s: only the file fits
     assert_close_after_float16(read_features(row), want.numpy(), tol=2e-3)
+
+    # and on to preds.json: the reference's uniform frames, its legacy model, its tokens
+    preds = tmp_path / "preds.json"
+    predicted = pienet(
+        "predict", "--checkpoint", out, "--split", "test", "--out", preds, "--root", root
+    )
+    assert predicted.exit_code == 0, predicted.output
+    stored = read_features(row).astype(np.float64)
+    n = len(stored)
+    picked = list(range(0, n, max(1, (n + 1) // 4)))[:4]
+    picked += [picked[-1]] * (4 - len(picked))
+    assert n >= 8 and picked != [0, 1, 2, 3]  # the skip matters
+    items = np.load(tmp_path / "preds.items.npy")
+    assert np.abs(items[0] - reference_video(state, stored[picked], 4, 4)).max() <= 1e-5
+    sentences = np.load(tmp_path / "preds.sentences.npy")
+    words = [*SPECIALS, *WORDS]
+    want_text = reference_sentence(state, words, "a clip called a")  # clip, called: <unk>
+    assert np.abs(sentences[0] - want_text).max() <= 1e-5
 
 
 def test_coco_model_embeds_images_as_the_reference(tmp_path, monkeypatch, trunk):
