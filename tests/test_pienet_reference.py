@@ -514,3 +514,21 @@ def test_padding_past_a_clips_length_never_matters_for_a_trained_model():
     assert torch.allclose(got, model.embed_videos(clean, lengths), atol=1e-6)
     assert torch.allclose(got[0], model.embed_videos(clean[:1, :3])[0], atol=1e-6)
     assert not torch.allclose(got[0], model.embed_videos(clean[:1])[0], atol=1e-3)
+
+
+def test_vocabulary_fields_that_disagree_are_refused(tmp_path, monkeypatch):
+    Vocabulary = make_vocabulary_module(monkeypatch)
+    for spoil in (
+        lambda v: v.idx2word.update({4: "b"}),  # idx2word names another word than word2idx
+        lambda v: v.word2idx.update({"a": 9}),  # an id out of range
+        lambda v: setattr(v, "idx", 99),  # a size that is not the count
+        lambda v: setattr(v, "word2idx", ["a"]),  # not a mapping
+    ):
+        vocab = Vocabulary()
+        for w in [*SPECIALS, "a"]:
+            vocab.add_word(w)
+        spoil(vocab)
+        path = tmp_path / "v.pkl"
+        path.write_bytes(pickle.dumps(vocab))
+        with pytest.raises(UsageError, match="not a PVSE vocabulary"):
+            read_reference_vocab(path)

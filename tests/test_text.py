@@ -386,6 +386,8 @@ def test_reference_vocabulary_of_mrw_applies_its_rewrites_in_order(tmp_path):
     assert _build_vocab("--root", tmp_path, "--reference", "--split", "val").exit_code == 2
     refused = _build_vocab("--root", tmp_path, "--reference", "--protocol-only")
     assert refused.exit_code == 2 and "--protocol-only" in refused.output
+    empty = _build_vocab("--root", tmp_path / "empty", "--dataset", "tgif", "--reference")
+    assert empty.exit_code == 2 and "mrw download --dataset tgif" in empty.output
 
 
 def test_reference_vocabulary_of_the_real_tgif_sentences(tmp_path):

@@ -82,10 +82,10 @@ def _words_of(fields: dict, where: str) -> list[str]:
     ):
         raise UsageError(f"{where}: not a PVSE vocabulary (idx2word is not an int -> str mapping)")
     n = len(word2idx)
-    words = [idx2word.get(i) for i in range(n)]
+    words = [idx2word.get(i, "") for i in range(n)]
     if (
-        len(idx2word) != n
-        or any(w is None or word2idx.get(w) != i for i, w in enumerate(words))
+        set(idx2word) != set(range(n))
+        or any(word2idx.get(w) != i for i, w in enumerate(words))
         or (size is not None and size != n)
     ):
         raise UsageError(f"{where}: not a PVSE vocabulary (word2idx and idx2word disagree)")
