@@ -6,6 +6,8 @@ tokens, double quotes as ``` `` ``` and `''`). `word_tokenize` here follows the 
 with a few regular expressions, so it needs neither NLTK nor its downloaded data. The vocabulary
 is plain JSON (never pickle): `<pad>` = 0, `<start>` = 1, `<end>` = 2, `<unk>` = 3, then the
 words of a split that occur at least `min_count` times, most frequent first.
+`build_reference_vocabulary` builds the reference code's instead (every split, first-occurrence
+order, its MRW rewrites), whose ids the authors' pretrained models use.
 
 Typical use with `mrw.load_dataset(..., modality="features")`::
 
