@@ -382,8 +382,8 @@ def evaluate(root, dataset, preds, json_out, leaderboard, plot, gpu, all_sentenc
 @click.option(
     "--reference",
     is_flag=True,
-    help="The reference code's vocabulary: every split, first-occurrence order, its MRW "
-    "rewrites (the ids of the authors' pretrained models' vocabularies).",
+    help="The reference code's vocabulary: every split's sentences, words in the order they "
+    "first occur, its MRW rewrites (default out: <root>/<dataset>/vocab-reference.json).",
 )
 @click.pass_context
 @handle_errors

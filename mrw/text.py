@@ -7,7 +7,7 @@ with a few regular expressions, so it needs neither NLTK nor its downloaded data
 is plain JSON (never pickle): `<pad>` = 0, `<start>` = 1, `<end>` = 2, `<unk>` = 3, then the
 words of a split that occur at least `min_count` times, most frequent first.
 `build_reference_vocabulary` builds the reference code's instead (every split, first-occurrence
-order, its MRW rewrites), whose ids the authors' pretrained models use.
+order, its MRW rewrites): the words the authors' pretrained models know.
 
 Typical use with `mrw.load_dataset(..., modality="features")`::
 
