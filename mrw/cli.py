@@ -379,11 +379,20 @@ def evaluate(root, dataset, preds, json_out, leaderboard, plot, gpu, all_sentenc
     is_flag=True,
     help="Count only the protocol's sentences, not every sentence of the split.",
 )
+@click.option(
+    "--reference",
+    is_flag=True,
+    help="The reference code's vocabulary: every split's sentences, words in the order they "
+    "first occur, its MRW rewrites (default out: <root>/<dataset>/vocab-reference.json).",
+)
+@click.pass_context
 @handle_errors
-def build_vocab(root, dataset, split, out, min_count, protocol_only):
+def build_vocab(ctx, root, dataset, split, out, min_count, protocol_only, reference):
     """The vocabulary of a split's sentences (Treebank tokens, lower-cased) as JSON."""
     from mrw.text import build_vocabulary
 
+    if reference and ctx.get_parameter_source("split") != click.core.ParameterSource.DEFAULT:
+        raise UsageError("--reference counts every split: drop --split")
     path, vocab = build_vocabulary(
         root=root,
         dataset=dataset,
@@ -391,6 +400,7 @@ def build_vocab(root, dataset, split, out, min_count, protocol_only):
         out=out,
         min_count=min_count,
         all_sentences=not protocol_only,
+        reference=reference,
     )
     click.echo(f"vocabulary: {len(vocab)} entries -> {path}")
 

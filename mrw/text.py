@@ -6,6 +6,8 @@ tokens, double quotes as ``` `` ``` and `''`). `word_tokenize` here follows the 
 with a few regular expressions, so it needs neither NLTK nor its downloaded data. The vocabulary
 is plain JSON (never pickle): `<pad>` = 0, `<start>` = 1, `<end>` = 2, `<unk>` = 3, then the
 words of a split that occur at least `min_count` times, most frequent first.
+`build_reference_vocabulary` builds the reference code's instead (every split, first-occurrence
+order, its MRW rewrites): the words the authors' pretrained models know.
 
 Typical use with `mrw.load_dataset(..., modality="features")`::
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -279,6 +282,54 @@ class Vocabulary:
         return cls.from_json(obj, where=str(path))
 
 
+# -- the reference's vocabulary (yalesong/pvse `vocab.py`) --------------------------------------
+# MRW sentences lost these substrings, in this order, before counting (never when embedding)
+_MRW_REFERENCE_REPLACEMENTS = (
+    ("/r/", ""),
+    ("r/", ""),
+    ("/u/", ""),
+    ("u/", ""),
+    ("..", ""),
+    ("/", " "),
+    ("-", " "),
+)
+REFERENCE_SPLITS = ("train", "val", "test")
+
+
+def reference_vocabulary_text(dataset: str, sentence: str) -> str:
+    """A sentence as the reference's vocabulary builder counted it (case kept: `word_tokenize`
+    lower-cases); only MRW's were rewritten, its subreddit and user names and its separators."""
+    if dataset == "mrw":
+        for old, new in _MRW_REFERENCE_REPLACEMENTS:
+            sentence = sentence.replace(old, new)
+    return sentence
+
+
+def build_reference_vocabulary(
+    dataset: str, root=None, min_count: int = 1
+) -> tuple[Vocabulary, list[str]]:
+    """The vocabulary the reference built: every sentence of every split, words in the order
+    they first occur (splits train, val, test; catalog order within), no frequency cut unless
+    `min_count` > 1. Returns it and the splits read; a split without a catalog is skipped."""
+    from mrw import paths
+    from mrw.catalog import read_catalog
+
+    counts: Counter = Counter()  # keeps first-insertion order
+    found = []
+    for split in REFERENCE_SPLITS:
+        if not paths.catalog_path(root, dataset, split).exists():
+            continue
+        found.append(split)
+        table = read_catalog(root, dataset, split, columns=["sentences"])
+        for group in table.column("sentences").to_pylist():
+            for sentence in group:
+                counts.update(word_tokenize(reference_vocabulary_text(dataset, sentence)))
+    if not found:
+        read_catalog(root, dataset, REFERENCE_SPLITS[0])  # raises, naming the command to run
+    words = [w for w, c in counts.items() if c >= min_count and w not in SPECIAL_TOKENS]
+    return Vocabulary(words), found
+
+
 def build_vocabulary(
     root=None,
     dataset: str = "mrw",
@@ -286,20 +337,32 @@ def build_vocabulary(
     out=None,
     min_count: int = 1,
     all_sentences: bool = True,
+    reference: bool = False,
 ) -> tuple[Path, Vocabulary]:
-    """`mrw build-vocab`: a split's vocabulary written as JSON (default `<root>/<ds>/vocab-<split>.json`)."""
+    """`mrw build-vocab`: a split's vocabulary written as JSON (default `<root>/<ds>/vocab-<split>.json`);
+    with `reference`, the reference's vocabulary of all splits (`vocab-reference.json`)."""
     from mrw import paths
 
     if min_count < 1:
         raise UsageError(f"--min-count must be at least 1, got {min_count}")
-    vocab = Vocabulary.from_split(
-        dataset, split, root=root, min_count=min_count, all_sentences=all_sentences
-    )
-    path = (
-        Path(out)
-        if out
-        else (paths.dataset_dir(root, dataset) / f"vocab-{paths.normalize_split(split)}.json")
-    )
+    if reference:
+        if not all_sentences:
+            raise UsageError("--reference counts every sentence: drop --protocol-only")
+        vocab, splits = build_reference_vocabulary(dataset, root=root, min_count=min_count)
+        missing = [s for s in REFERENCE_SPLITS if s not in splits]
+        if missing:
+            print(
+                f"warning: no catalog for {', '.join(missing)}: the vocabulary counts "
+                f"{', '.join(splits)} only (the reference counted every split)",
+                file=sys.stderr,
+            )
+        name = "vocab-reference.json"
+    else:
+        vocab = Vocabulary.from_split(
+            dataset, split, root=root, min_count=min_count, all_sentences=all_sentences
+        )
+        name = f"vocab-{paths.normalize_split(split)}.json"
+    path = Path(out) if out else paths.dataset_dir(root, dataset) / name
     return vocab.save(path), vocab
 
 

@@ -122,3 +122,19 @@ def test_total_is_the_weighted_sum_of_the_terms(name):
         )
     assert float(total) == pytest.approx(expected, abs=1e-6)
     assert set(parts) == {"ranking"} | ({"diversity", "mmd"} if k > 1 else set())
+
+
+@pytest.mark.parametrize("name", ["mrw_k1", "tgif_k1", "coco_k1"])
+def test_one_embedding_gets_neither_diversity_nor_mmd_whatever_their_weights(name):
+    """The reference applies both terms only when K > 1."""
+    config = load_config(name).replace(mmd_weight=0.5, div_weight=0.5)
+    n, d = 6, 32
+    items, sentences = unit_rows(n, 1, d, seed=1), unit_rows(n, 1, d, seed=2)
+    residual = torch.rand(n, 1, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    total, parts = pvse_loss(
+        Embedding(items, None, residual), Embedding(sentences, None, residual), config
+    )
+    assert set(parts) == {"ranking"}
+    expected = direct_ranking(items, sentences, config.margin, config.max_violation)
+    assert float(total) == pytest.approx(expected, abs=1e-9)
+    assert direct_mmd(items.reshape(-1, d), sentences.reshape(-1, d), config.mmd_gamma) > 1e-3

@@ -351,3 +351,81 @@ def test_build_vocab_command(tmp_path):
         main, ["build-vocab", "--root", str(tmp_path), "--dataset", "tgif", "--min-count", "0"]
     )
     assert result.exit_code == 2 and "--min-count" in result.output
+
+
+# -- build-vocab --reference ---------------------------------------------------------------------
+def _build_vocab(*args):
+    from click.testing import CliRunner
+
+    from mrw.cli import main
+
+    return CliRunner().invoke(main, ["build-vocab", *(str(a) for a in args)])
+
+
+def test_reference_vocabulary_of_mrw_applies_its_rewrites_in_order(tmp_path):
+    def row(i, sentence):
+        return {"id": i, "sentences": [sentence], "url": None, "protocol_sentences": [0]}
+
+    write_catalog([row("1", "MRW when /r/funny hits r/all")], tmp_path, "mrw", "train")
+    write_catalog(
+        [row("2", "MFW /u/spez and u/me.. her/his well-known look")], tmp_path, "mrw", "val"
+    )
+    write_catalog([row("3", "MRW a cat-dog / funny")], tmp_path, "mrw", "test")
+    result = _build_vocab("--root", tmp_path, "--dataset", "mrw", "--reference")
+    assert result.exit_code == 0, result.output
+    words = Vocabulary.load(tmp_path / "mrw" / "vocab-reference.json").idx2word
+    # "r/" goes before "/": her/his -> hehis; first-occurrence order over train, val, test
+    assert words[4:] == [
+        *["mrw", "when", "funny", "hits", "all", "mfw", "spez", "and", "me", "hehis"],
+        *["well", "known", "look", "a", "cat", "dog"],
+    ]
+    # the default stays the train split, most frequent first, no rewrites
+    assert _build_vocab("--root", tmp_path, "--dataset", "mrw").exit_code == 0
+    train = Vocabulary.load(tmp_path / "mrw" / "vocab-train.json")
+    assert "hits" in train and "mfw" not in train and "all" not in train
+    assert _build_vocab("--root", tmp_path, "--reference", "--split", "val").exit_code == 2
+    refused = _build_vocab("--root", tmp_path, "--reference", "--protocol-only")
+    assert refused.exit_code == 2 and "--protocol-only" in refused.output
+    empty = _build_vocab("--root", tmp_path / "empty", "--dataset", "tgif", "--reference")
+    assert empty.exit_code == 2 and "mrw download --dataset tgif" in empty.output
+
+
+def test_reference_vocabulary_of_the_real_tgif_sentences(tmp_path):
+    """Every sentence of every split with a catalog (here val and test, the shared sample's),
+    counted here from the release files themselves."""
+    from conftest import SHARED_DATA
+    from test_catalog import _tgif_release
+
+    tgif = SHARED_DATA / "tgif"
+    if not tgif.is_dir():
+        pytest.skip("shared TGIF data not present")
+    root = tmp_path / "root"
+    for split in ("val", "test"):
+        from click.testing import CliRunner
+
+        from mrw.cli import main
+
+        args = ["download", "--root", root, "--dataset", "tgif", "--split", split]
+        args += ["--metadata", _tgif_release(tmp_path / split), "--catalog-only"]
+        made = CliRunner().invoke(main, [str(a) for a in args])
+        assert made.exit_code == 0, made.output
+
+    rows: dict[str, list[str]] = {}
+    for line in (tgif / "tgif-v1.0.part.tsv").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            url, sentence = line.split("\t")[:2]
+            rows.setdefault(url.strip().rsplit("/", 1)[-1].removesuffix(".gif"), []).append(
+                sentence
+            )
+    expected: dict[str, None] = {}
+    for split in ("val", "test"):
+        for url in (tgif / "splits" / f"{split}.txt").read_text().split():
+            for sentence in rows.get(url.rsplit("/", 1)[-1].removesuffix(".gif"), []):
+                expected.update(dict.fromkeys(word_tokenize(sentence)))
+
+    result = _build_vocab("--root", root, "--dataset", "tgif", "--reference")
+    assert result.exit_code == 0, result.output
+    assert "no catalog for train" in result.output
+    assert f"vocabulary: {len(expected) + 4} entries" in result.output
+    words = Vocabulary.load(root / "tgif" / "vocab-reference.json").idx2word
+    assert words[4:] == list(expected) and len(expected) > 1000

@@ -1,4 +1,4 @@
-"""`python -m baselines.pienet train|predict|summary`: the reference PIE-Net / PVSE baseline."""
+"""`python -m baselines.pienet train|predict|summary|import-reference`: the PIE-Net / PVSE baseline."""
 
 from __future__ import annotations
 
@@ -170,6 +170,48 @@ def predict(checkpoint, split, out, root, name, gpu, batch_size, workers):
             batch_size=batch_size,
             workers=workers,
         )
+    )
+
+
+@main.command("import-reference")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="An authors' pretrained model (yalesong/pvse), e.g. mrw_pvse.pth.",
+)
+@click.option(
+    "--vocab",
+    "vocab_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Its pickled vocabulary, e.g. vocab/mrw_vocab.pkl (read without running code).",
+)
+@click.option(
+    "--config",
+    "config_name",
+    required=True,
+    type=click.Choice(["mrw", "mrw_k1", "tgif", "tgif_k1", "coco", "coco_k1"]),
+    help="The published model it is.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The checkpoint folder to write (new or empty).",
+)
+@handle_errors
+def import_reference(checkpoint, vocab_path, config_name, out):
+    """Turn an authors' checkpoint and vocabulary into a checkpoint folder for predict and
+    load_model (legacy global feature on), plus the trunk for `mrw extract-features --weights`."""
+    from baselines.pienet.reference import TRUNK_FILE
+    from baselines.pienet.reference import import_reference as run_import
+
+    folder, model, vocab = run_import(checkpoint, vocab_path, config_name, out)
+    config = model.config
+    click.echo(
+        f"imported {config_name} (K={config.num_embeds}, {len(vocab)} words, legacy global "
+        f"feature) -> {folder}\ntrunk for `mrw extract-features --weights`: {folder / TRUNK_FILE}"
     )
 
 

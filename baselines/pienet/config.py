@@ -32,6 +32,9 @@ class Config:
     word_vectors: str | None = None  # GloVe-format text file to initialise word embeddings
     finetune_word_embeddings: bool = False
     dropout: float = 0.0
+    # the reference's `--legacy` global feature (the GRU output at the last step, not its final
+    # states), which its published models used; a short clip is padded with its last frame
+    legacy_global: bool = False
     # loss
     margin: float = 0.1
     max_violation: bool = False  # hardest negative instead of the sum over negatives

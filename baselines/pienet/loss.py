@@ -1,7 +1,8 @@
 """The PVSE objective (section 3.3): multiple-instance ranking + diversity + domain discrepancy.
 
 Reductions follow yalesong/pvse `loss.py` (means, not sums), so the published loss weights keep
-their meaning: L = L_mil + div_weight * (L_div(visual) + L_div(text)) + mmd_weight * L_mmd.
+their meaning: L = L_mil + div_weight * (L_div(visual) + L_div(text)) + mmd_weight * L_mmd,
+the last two only when K > 1, as there.
 """
 
 from __future__ import annotations
@@ -72,13 +73,15 @@ def pvse_loss(visual, text, config: Config) -> tuple[torch.Tensor, dict[str, tor
     items, sentences = _at_least_float32(visual.embeds), _at_least_float32(text.embeds)
     ranking = ranking_loss(pair_scores(items, sentences), config.margin, config.max_violation)
     total, parts = ranking, {"ranking": ranking.detach()}
-    if config.div_weight > 0:
+    # with one embedding per instance the reference applies neither term
+    polysemous = config.num_embeds > 1
+    if polysemous and config.div_weight > 0:
         div = diversity_loss(_at_least_float32(visual.residual)) + diversity_loss(
             _at_least_float32(text.residual)
         )
         total = total + config.div_weight * div
         parts["diversity"] = div.detach()
-    if config.mmd_weight > 0:
+    if polysemous and config.mmd_weight > 0:
         d = items.shape[-1]
         mmd = mmd_loss(items.reshape(-1, d), sentences.reshape(-1, d), config.mmd_gamma)
         total = total + config.mmd_weight * mmd

@@ -5,7 +5,9 @@ Section 3 of Song & Soleymani, "Polysemous Visual-Semantic Embedding for Cross-M
 Each encoder has a global feature (a bidirectional GRU's final states, or a linear map of the
 pooled image feature) and local features (words, frames, or the 7x7 grid); a PIE-Net turns them
 into K embeddings. Visual features come precomputed from the frozen backbone (`mrw
-extract-features`), which is what the reference's frozen CNN computed on the fly.
+extract-features`), which is what the reference's frozen CNN computed on the fly. With
+`legacy_global` the video and text global features are the reference's `--legacy` ones (the GRU
+output at the last step), which its published models use.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from baselines.pienet.config import Config
 from mrw.errors import UsageError
@@ -49,6 +51,25 @@ def final_states(rnn: nn.GRU, sequence: torch.Tensor, lengths: torch.Tensor | No
         )
     _, h_n = rnn(sequence)  # [2, B, H]: forward, backward
     return torch.cat([h_n[0], h_n[1]], dim=-1)
+
+
+def last_step_output(rnn: nn.GRU, sequence: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The GRU's output at each sequence's last real step: [B, 2H] (the reference's `--legacy`).
+
+    Its backward half has then seen only that last step, unlike the final state `h_n`.
+    """
+    packed = pack_padded_sequence(sequence, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    outputs, _ = pad_packed_sequence(rnn(packed)[0], batch_first=True)
+    rows = torch.arange(outputs.shape[0], device=outputs.device)
+    return outputs[rows, lengths.to(outputs.device) - 1]
+
+
+def repeat_last_frame(frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each clip's frames past its length replaced by its last real frame, as the reference's
+    loader padded a short clip up to T."""
+    steps = torch.arange(frames.shape[1], device=frames.device)
+    source = torch.minimum(steps.unsqueeze(0), (lengths.to(frames.device) - 1).unsqueeze(1))
+    return torch.gather(frames, 1, source.unsqueeze(-1).expand(-1, -1, frames.shape[2]))
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -105,11 +126,13 @@ class EncoderText(nn.Module):
         )
         self.pie_net = PIENet(config.num_embeds, config.word_dim, config.embed_size, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
+        self.legacy_global = config.legacy_global
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> Embedding:
         """tokens [B, L] word ids, padded; lengths [B]."""
         words = self.dropout(self.embed(tokens))
-        sentence = self.dropout(final_states(self.rnn, words, lengths))
+        summary = last_step_output if self.legacy_global else final_states
+        sentence = self.dropout(summary(self.rnn, words, lengths))
         return self.pie_net(sentence, words, padding_mask(lengths, tokens.shape[1]))
 
 
@@ -125,9 +148,20 @@ class EncoderVideo(nn.Module):
             config.num_embeds, config.feature_dim, config.embed_size, config.dropout
         )
         self.dropout = nn.Dropout(config.dropout)
+        self.legacy_global = config.legacy_global
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> Embedding:
-        """frames [B, T, D] per-frame CNN features; lengths [B] when some videos are padded."""
+        """frames [B, T, D] per-frame CNN features; lengths [B] when some videos are padded.
+
+        With `legacy_global` a short clip is embedded as the reference saw it: padded to T with
+        its last frame, all T steps attended, the global feature the GRU output at step T.
+        """
+        if self.legacy_global:
+            if lengths is not None:
+                frames = repeat_last_frame(frames, lengths)
+            states, _ = self.rnn(frames)
+            video = self.dropout(self.dropout(states)[:, -1])
+            return self.pie_net(video, frames)
         video = self.dropout(final_states(self.rnn, frames, lengths))
         mask = None if lengths is None else padding_mask(lengths, frames.shape[1])
         return self.pie_net(video, frames, mask)

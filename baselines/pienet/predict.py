@@ -94,13 +94,15 @@ def embed_split(
     workers: int = 0,
     dataset=None,
 ) -> SplitEmbeddings:
-    """Embeddings of every item of a split that has features, and of its protocol sentences."""
+    """Embeddings of every item of a split that has features, and of its protocol sentences,
+    through the inference API (`PretrainedModel`)."""
+    from baselines.pienet.inference import PretrainedModel
     from mrw.catalog import read_catalog, sentence_ids
-    from mrw.text import collate_features, collate_sentences
+    from mrw.text import collate_features
 
     config = model.config
     was_training = model.training
-    model.eval()
+    embedder = PretrainedModel(model, vocab, device)
     dataset = dataset if dataset is not None else open_split(config, split, root, "uniform")
     item_ids, item_embeds = [], []
     loader = DataLoader(
@@ -111,11 +113,14 @@ def embed_split(
         collate_fn=collate_features,
     )
     for batch in loader:
-        with autocast(device, config.mixed_precision):
-            out = model.embed_items(**visual_inputs(batch, device))
-        item_embeds.append(out.embeds.float().cpu())
+        inputs = visual_inputs(batch, device)
+        if config.is_image:
+            item_embeds.append(embedder.embed_images(inputs["features"], inputs.get("pooled")))
+        else:
+            item_embeds.append(embedder.embed_videos(inputs["features"], inputs.get("lengths")))
         item_ids.extend(str(i) for i in batch["id"])
     if not item_ids:
+        model.train(was_training)
         raise UsageError(f"{config.dataset}/{split}: no items with features to embed")
 
     table = read_catalog(
@@ -129,18 +134,13 @@ def embed_split(
         )
         for t in (ts[n] for n in ns)
     ]
-    sentence_embeds = []
-    for start in range(0, len(texts), batch_size):
-        tokens, lengths = collate_sentences(texts[start : start + batch_size], vocab)
-        with autocast(device, config.mixed_precision):
-            out = model.embed_sentences(tokens.to(device), lengths.to(device))
-        sentence_embeds.append(out.embeds.float().cpu())
+    sentence_embeds = embedder.embed_sentences(texts, batch_size=batch_size)
     model.train(was_training)
 
     row = {i: r for r, i in enumerate(item_ids)}
     owners = np.array([row.get(s.rsplit("#", 1)[0], -1) for s in sids], dtype=np.int64)
     return SplitEmbeddings(
-        item_ids, torch.cat(item_embeds).numpy(), sids, torch.cat(sentence_embeds).numpy(), owners
+        item_ids, torch.cat(item_embeds).numpy(), sids, sentence_embeds.numpy(), owners
     )
 
 
@@ -213,7 +213,7 @@ def predict(
 
     split = normalize_split(split)
     device = choose_device(gpu)
-    model, vocab, state = load_checkpoint(checkpoint, device)
+    model, vocab, _state = load_checkpoint(checkpoint, device)
     config = model.config
     embeddings = embed_split(
         model,
