@@ -416,7 +416,7 @@ def test_gpu_gives_the_cpu_ranks():
 
 def test_the_torch_scorer_gives_the_numpy_scores():
     """The `--gpu` scorer's code path, run through torch on the CPU (CUDA is seldom here)."""
-    from mrw.evaluate import _BlockScorer
+    from mrw.evaluate import BlockScorer as _BlockScorer
 
     rng = np.random.default_rng(5)
     items, sents, _ = related_pairs(rng, 50, 3, 2, 16)

@@ -350,8 +350,14 @@ def test_table_json_leaderboard_and_plot(root, tmp_path, split):
     assert "i2t" in out and "t2i" in out and "rsum" in out and f"{full['i2t']['R@1']:.2f}" in out
     board = out[out.index("leaderboard mrw full") :].splitlines()
     ranked = [line for line in board if line[:3].strip().isdigit()]
-    assert len(ranked) == 3  # PVSE, PVSE (K=1) and this submission
-    assert ranked[0].startswith("  1>") and "mine (this submission)" in ranked[0]  # highest rsum
+    # 40 items are not the published test set: the submission stands apart, not ranked
+    assert len(ranked) == 2 and all("this submission" not in line for line in ranked)
+    assert full["comparable"] is False
+    assert full["not_comparable_because"] == "40 of the published 5,000 test items"
+    apart = board.index(next(line for line in board if line.startswith("not ranked")))
+    assert apart > board.index(ranked[-1])
+    assert "40 of the published 5,000 test items" in board[apart]
+    assert board[apart + 1].startswith("  -> mine (this submission)")
     assert "PVSE (K=1)" in out and "yalesong/pvse README" in out
 
     with Image.open(out_png) as img:
@@ -392,13 +398,12 @@ def test_coco_leaderboard_has_both_protocols(root, tmp_path, coco_split):
     result = run(root, p, "--leaderboard")
     assert result.exit_code == 0, result.output
     assert "leaderboard coco 5k" in result.output
-    # a random model on 40 images ranks last among the published 5k rows
-    rows = [
-        line
-        for line in result.output.split("leaderboard coco 5k")[1].splitlines()
-        if line[:3].strip().isdigit()
-    ]
-    assert rows[-1].startswith("  3>")
+    # 40 images: the published rows alone are ranked, the submission apart below them
+    block = result.output.split("leaderboard coco 5k")[1]
+    rows = [line for line in block.splitlines() if line[:3].strip().isdigit()]
+    assert len(rows) == 2 and all(">" not in line[:4] for line in rows)
+    assert "not ranked" in block and "  -> preds (this submission)" in block
+    assert "40 of the published 5,000 test items" in block
 
 
 def test_all_sentences_needs_every_sentence(root, tmp_path, coco_split):
