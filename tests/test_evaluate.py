@@ -78,7 +78,7 @@ def reference(items, sents, owner):
             p = a[c * 64 : (c + 1) * 64].reshape(-1, a.shape[2]) @ flat.T
             p = p.reshape(-1, a.shape[1], b.shape[0], b.shape[1])
             chunk[c] = np.max(
-                [p[:, k, :, l] for k in range(p.shape[1]) for l in range(p.shape[3])], axis=0
+                [p[:, k, :, j] for k in range(p.shape[1]) for j in range(p.shape[3])], axis=0
             )
         return chunk[c][i - c * 64]
 

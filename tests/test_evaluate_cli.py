@@ -95,6 +95,7 @@ def run_bad(root, tmp_path, preds, *fragments, extra=()):
     assert_usage_error(result, *fragments)
     assert not out_json.exists() and not out_png.exists()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    return result.output
 
 
 # -- acceptance 3: every bad input -> exit 2, one precise line, nothing written -----------------
@@ -172,7 +173,7 @@ def test_missing_id(root, tmp_path, split):
 
 
 def test_unknown_id(root, tmp_path, split):
-    ids = split[:5] + ["zzz"] + split[6:]
+    ids = [*split[:5], "zzz", *split[6:]]
     p = write(
         tmp_path / "p",
         {"dataset": "mrw", "split": "test", "scores": "s.npy", "item_ids": ids},
@@ -206,8 +207,8 @@ def test_sentence_outside_the_protocol_says_so(root, tmp_path, coco_split):
 def test_duplicated_query_in_rankings(root, tmp_path, split):
     lst = ", ".join(f'"{i}#0"' for i in split[:10])
     text = (
-        '{"dataset": "mrw", "split": "test", "rankings": {"i2t": {"%s": [%s], "%s": [%s]}, "t2i": {}}}'
-        % (split[0], lst, split[0], lst)
+        f'{{"dataset": "mrw", "split": "test", "rankings": {{"i2t": {{"{split[0]}": [{lst}], '
+        f'"{split[0]}": [{lst}]}}, "t2i": {{}}}}}}'
     )
     run_bad(root, tmp_path, write(tmp_path / "p", text), f"key '{split[0]}' appears twice")
 
@@ -216,12 +217,12 @@ def test_unknown_and_repeated_candidates_in_a_ranking(root, tmp_path, split):
     sids = [f"{i}#0" for i in split]
     i2t = {i: sids[:10] for i in split}
     t2i = {s: split[:10] for s in sids}
-    i2t[split[2]] = sids[:9] + ["v999#0"]
+    i2t[split[2]] = [*sids[:9], "v999#0"]
     p = write(
         tmp_path / "a", {"dataset": "mrw", "split": "test", "rankings": {"i2t": i2t, "t2i": t2i}}
     )
     run_bad(root, tmp_path, p, f"rankings.i2t['{split[2]}'][9]", "unknown id 'v999#0'")
-    i2t[split[2]] = sids[:9] + [sids[4]]
+    i2t[split[2]] = [*sids[:9], sids[4]]
     p = write(
         tmp_path / "b", {"dataset": "mrw", "split": "test", "rankings": {"i2t": i2t, "t2i": t2i}}
     )
@@ -530,7 +531,10 @@ def test_failed_items_are_left_out_and_said(root, tmp_path, split, kind):
     assert "coverage" not in want
     for name, proto in got["protocols"].items():
         reasons = proto.pop("not_comparable_because")
-        assert proto.pop("comparable") is False and "3 items missing (failed in the pipeline)" in reasons
+        assert (
+            proto.pop("comparable") is False
+            and "3 items missing (failed in the pipeline)" in reasons
+        )
         assert want["protocols"][name].pop("comparable") is False
         want["protocols"][name].pop("not_comparable_because")
         assert proto == want["protocols"][name]

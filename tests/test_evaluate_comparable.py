@@ -85,7 +85,7 @@ def test_allow_missing_gaps_are_not_comparable(root, tmp_path):
     ids = write_split(root, "mrw", 5000, 1)
     items, sents = related(5000)
     keep = np.ones(5000, dtype=bool)
-    keep[[3, 70, 4999] + list(range(100, 109))] = False
+    keep[[3, 70, 4999, *range(100, 109)]] = False
     preds = write_preds(
         tmp_path,
         "mrw",

@@ -11,9 +11,9 @@ import sys
 
 import numpy as np
 import pytest
+from test_evaluate import write_preds, write_split
 
 from mrw.evaluate import evaluate_submission, ranks_from_embeddings
-from test_evaluate import write_preds, write_split
 
 METRICS = ("R@1", "R@5", "R@10", "MedR", "MeanR", "nMR")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +94,7 @@ def test_mrw_size_k5_equals_a_float64_per_query_loop(root, tmp_path):
     assert_close(got["protocols"]["full"], loop_metrics(i2t, t2i, n, n))
 
 
+@pytest.mark.slow
 def test_coco_size_k2_5k_and_1k_equal_a_float64_per_query_loop(root, tmp_path):
     rng = np.random.default_rng(12)
     n = 5000

@@ -143,4 +143,5 @@ __all__ = [
     "recall_at_k",
     "recall_curve",
     "relative_dot_bound",
+    "run_evaluate",
 ]

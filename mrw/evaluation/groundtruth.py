@@ -82,7 +82,9 @@ def _read_catalog_table(root, dataset: str, split: str) -> pa.Table:
         table = read_catalog(root, dataset, split, columns=list(CATALOG_COLUMNS))
     except (pa.ArrowException, OSError) as e:
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise UsageError(f"{path}: the catalog does not read as Parquet ({reason}): {rebuild}") from None
+        raise UsageError(
+            f"{path}: the catalog does not read as Parquet ({reason}): {rebuild}"
+        ) from None
     for name in CATALOG_COLUMNS:
         want = CATALOG_SCHEMA.field(name).type
         got = table.schema.field(name).type

@@ -28,7 +28,10 @@ MAX_MODEL_CHARS = 200
 MAX_STRING_BYTES = 4096  # ids, paths and model names are far shorter
 MAX_INTEGER_DIGITS = 100
 SCAN_CHUNK_BYTES = 8 * 2**20
-_LONG_STRING = re.compile(rb'"[^"\\]{%d}' % MAX_STRING_BYTES)
+# non-string runs and complete strings of at most MAX_STRING_BYTES characters, possessively
+_SHORT_TOKENS = re.compile(
+    rb'(?:[^"]++|"[^"\\]{0,%d}+"|"(?:[^"\\]|\\.){0,%d}+")*+' % (MAX_STRING_BYTES, MAX_STRING_BYTES)
+)
 
 
 class _DuplicateKey(Exception):
@@ -48,27 +51,32 @@ def _scan_long_strings(path: Path) -> None:
     """Refuse a string literal longer than any id, path or name before decoding the file.
 
     Read in bounded chunks, so that a huge string costs no memory (json would hold it three
-    times: the bytes, the text, the value)."""
-    tail = b""
-    offset = 0
+    times: the bytes, the text, the value); the regular expression consumes everything up to the
+    first string it cannot close within MAX_STRING_BYTES."""
+    carry = b""
+    offset = 0  # file position of data[0]
     with open(path, "rb") as fh:
         while True:
             chunk = fh.read(SCAN_CHUNK_BYTES)
-            if not chunk:
-                return
-            data = tail + chunk
-            found = _LONG_STRING.search(data)
-            if found:
-                start = offset - len(tail) + found.start()
-                before = data[max(0, found.start() - 40) : found.start()]
+            data = carry + chunk
+            end = _SHORT_TOKENS.match(data).end()
+            if end == len(data):
+                carry = b""
+            elif len(data) - end > MAX_STRING_BYTES + 2 or not chunk:
+                if not chunk and len(data) - end <= MAX_STRING_BYTES + 2:
+                    return  # an unterminated string: json says where
+                before = data[max(0, end - 40) : end]
                 what = "'model'" if re.search(rb'"model"\s*:\s*$', before) else "a string"
                 raise UsageError(
-                    f"{path}: {what} at byte {start} is longer than {MAX_STRING_BYTES} bytes "
-                    f"(ids, paths and the model name are short; at most {MAX_MODEL_CHARS} "
+                    f"{path}: {what} at byte {offset + end} is longer than {MAX_STRING_BYTES} "
+                    f"bytes (ids, paths and the model name are short; at most {MAX_MODEL_CHARS} "
                     "characters for 'model')"
                 )
-            tail = data[-MAX_STRING_BYTES:]
-            offset += len(chunk)
+            else:
+                carry = data[end:]
+            if not chunk:
+                return
+            offset += len(data) - len(carry)
 
 
 def _short(value) -> str:
@@ -251,8 +259,8 @@ def _check_finite(arr: np.ndarray, where: str, describe: Callable[[tuple], str])
         bad = ~np.isfinite(chunk)
         if bad.any():
             pos = np.unravel_index(int(np.argmax(bad)), chunk.shape)
-            pos = (pos[0] + a,) + tuple(pos[1:])
-            value = chunk[(pos[0] - a,) + tuple(pos[1:])]
+            pos = (pos[0] + a, *pos[1:])
+            value = chunk[(pos[0] - a, *pos[1:])]
             raise UsageError(f"{where}: {value} at {list(map(int, pos))} ({describe(pos)})")
 
 
@@ -493,5 +501,3 @@ def load_submission(
     return EmbeddingSubmission(
         as_instances(arrays["items"]), as_instances(arrays["sentences"]), device
     )
-
-
