@@ -200,3 +200,16 @@ def test_ties_in_float64_still_count_against_the_submission():
     items = np.concatenate([a, rng.uniform(-1, 1, (1, 64)).astype(np.float32)])
     i2t, _ = ranks_from_embeddings(items, sents, np.arange(5))
     assert i2t[0] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_near_ties_rank_as_float64_says_on_the_gpu():
+    rng = np.random.default_rng(16)
+    n = 300
+    items, sents, sign = near_twins(rng, n)
+    owner = np.arange(2 * n)
+    gpu = ranks_from_embeddings(items, sents, owner, device="cuda", block_bytes=2**22)
+    cpu = ranks_from_embeddings(items, sents, owner)
+    assert (gpu[0][:n] == (sign > 0)).all()
+    assert (gpu[0] == cpu[0]).all() and (gpu[1] == cpu[1]).all()
