@@ -12,7 +12,8 @@ Measured in one run, each in its own subprocess (so peak memory is the process's
      `np.tensordot` of the query against every candidate, max over K x K, `argsort`, `where`),
      run on a subset of queries of each direction and scaled by the query count.
 
-Targets: evaluator <= 1.3x the product, >= 15x faster than the loop, peak RSS < 2 GB.
+Targets: evaluator <= 1.3x the product, >= 15x faster than the loop, peak RSS < 1 GB. The evaluator
+gives the float64 protocol's ranks (float32 products, float64 where they decide).
 Rewrites only its own section of benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/bench_evaluate.py [--repeats 2] [--loop-queries 40] [--gpu]
@@ -228,16 +229,19 @@ def main() -> None:
 
     vs_mm, vs_loop = ev["wall"] / mm["wall"], loop["scaled"] / ev["wall"]
     gib = ev["peak_rss"] / 2**30
-    cpu_mm = ev["cpu"] / mm["cpu"]
+    # CPU time: the least of each, as for wall time (a loaded machine inflates both)
+    ev_cpu = min(x["cpu"] for x in runs["ev"])
+    mm_cpu = min(x["cpu"] for x in runs["mm"])
+    cpu_mm = ev_cpu / mm_cpu
     print(
         f"evaluator / matmul = {vs_mm:.2f}x wall, {cpu_mm:.2f}x cpu (target <= 1.3x); loop / evaluator = "
-        f"{vs_loop:.1f}x (target >= 15x); peak RSS {gib:.2f} GiB (target < 2 GiB)"
+        f"{vs_loop:.1f}x (target >= 15x); peak RSS {gib:.2f} GiB (target < 1 GiB)"
     )
     rows = [
-        f"| evaluator, end to end from `preds.json` (CPU) | {ev['wall']:.2f} | {ev['cpu']:.1f} | "
+        f"| evaluator, end to end from `preds.json` (CPU) | {ev['wall']:.2f} | {ev_cpu:.1f} | "
         f"{vs_mm:.2f}x | {gib:.2f} |",
         f"| one float32 matmul {N * K:,} x {D:,} @ {D:,} x {N * K:,} (numpy BLAS) | {mm['wall']:.2f} | "
-        f"{mm['cpu']:.1f} | 1.00x | |",
+        f"{mm_cpu:.1f} | 1.00x | |",
         f"| per-query Python loop like the reference, {loop['queries']} + {loop['queries']} queries "
         f"scaled to {N:,} + {N:,} | {loop['scaled']:.1f} | | {loop['scaled'] / mm['wall']:.1f}x | |",
     ]
@@ -255,7 +259,9 @@ def main() -> None:
             f"Workload: {N:,} items x K={K} and {N:,} sentences x K={K}, D={D:,}, float32 embeddings "
             "(seed 0), evaluated both directions; every step in its own process.",
             "",
-            f"Evaluator and matmul: fastest of {args.repeats} interleaved runs; cpu = process CPU time, all threads.",
+            f"Evaluator and matmul: fastest of {args.repeats} interleaved runs (wall and CPU time each the "
+            "least of its runs); cpu = process CPU time, all threads. The evaluator gives the float64 "
+            "protocol's ranks (float32 products, float64 re-check near each threshold).",
             "",
             "| what | wall (s) | cpu (s) | wall vs the matmul | peak RSS (GiB) |",
             "|---|---:|---:|---:|---:|",
@@ -263,7 +269,7 @@ def main() -> None:
             "",
             f"Evaluator / matmul: **{vs_mm:.2f}x** wall, {cpu_mm:.2f}x CPU time (target <= 1.3x). "
             f"Loop / evaluator: **{vs_loop:.1f}x** (target >= 15x). Evaluator peak RSS: **{gib:.2f} GiB** "
-            "(target < 2 GiB). Load average at the start: "
+            "(target < 1 GiB). Load average at the start: "
             + ", ".join(f"{x:.1f}" for x in load)
             + " (wall times on a loaded machine are noisy; CPU time much less so).",
         ]

@@ -337,7 +337,7 @@ def extract_features(root, dataset, split, backbone, weights, gpu, batch_size, m
 @handle_errors
 def evaluate(root, dataset, preds, json_out, leaderboard, plot, gpu, all_sentences, allow_missing):
     """The standard retrieval evaluation of PREDS (a preds.json; dataset and split inside)."""
-    from mrw.evaluate import run_evaluate
+    from mrw.evaluation import run_evaluate
 
     # the submission names its dataset; --dataset, when typed, must agree with it
     typed = click.get_current_context().get_parameter_source("dataset").name != "DEFAULT"

@@ -46,6 +46,7 @@ step "python -m baselines.pienet predict --split test"
 python -m baselines.pienet predict --checkpoint "$OUT/run" --split test --out "$OUT/preds/preds.json" --name demo
 
 step "mrw evaluate preds.json --leaderboard"
+echo "(the demo's sample split is not the published test set: the leaderboard lists it apart, unranked)"
 mrw evaluate "$OUT/preds/preds.json" --leaderboard --json "$OUT/results.json" --plot "$OUT/recall.png"
 
 printf '\ndemo finished in %ss; everything is under %s\n' "$(( $(date +%s) - START ))" "$OUT"

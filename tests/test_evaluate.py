@@ -78,7 +78,7 @@ def reference(items, sents, owner):
             p = a[c * 64 : (c + 1) * 64].reshape(-1, a.shape[2]) @ flat.T
             p = p.reshape(-1, a.shape[1], b.shape[0], b.shape[1])
             chunk[c] = np.max(
-                [p[:, k, :, l] for k in range(p.shape[1]) for l in range(p.shape[3])], axis=0
+                [p[:, k, :, j] for k in range(p.shape[1]) for j in range(p.shape[3])], axis=0
             )
         return chunk[c][i - c * 64]
 
@@ -416,7 +416,7 @@ def test_gpu_gives_the_cpu_ranks():
 
 def test_the_torch_scorer_gives_the_numpy_scores():
     """The `--gpu` scorer's code path, run through torch on the CPU (CUDA is seldom here)."""
-    from mrw.evaluate import _BlockScorer
+    from mrw.evaluate import BlockScorer as _BlockScorer
 
     rng = np.random.default_rng(5)
     items, sents, _ = related_pairs(rng, 50, 3, 2, 16)

@@ -95,6 +95,7 @@ def run_bad(root, tmp_path, preds, *fragments, extra=()):
     assert_usage_error(result, *fragments)
     assert not out_json.exists() and not out_png.exists()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    return result.output
 
 
 # -- acceptance 3: every bad input -> exit 2, one precise line, nothing written -----------------
@@ -172,7 +173,7 @@ def test_missing_id(root, tmp_path, split):
 
 
 def test_unknown_id(root, tmp_path, split):
-    ids = split[:5] + ["zzz"] + split[6:]
+    ids = [*split[:5], "zzz", *split[6:]]
     p = write(
         tmp_path / "p",
         {"dataset": "mrw", "split": "test", "scores": "s.npy", "item_ids": ids},
@@ -206,8 +207,8 @@ def test_sentence_outside_the_protocol_says_so(root, tmp_path, coco_split):
 def test_duplicated_query_in_rankings(root, tmp_path, split):
     lst = ", ".join(f'"{i}#0"' for i in split[:10])
     text = (
-        '{"dataset": "mrw", "split": "test", "rankings": {"i2t": {"%s": [%s], "%s": [%s]}, "t2i": {}}}'
-        % (split[0], lst, split[0], lst)
+        f'{{"dataset": "mrw", "split": "test", "rankings": {{"i2t": {{"{split[0]}": [{lst}], '
+        f'"{split[0]}": [{lst}]}}, "t2i": {{}}}}}}'
     )
     run_bad(root, tmp_path, write(tmp_path / "p", text), f"key '{split[0]}' appears twice")
 
@@ -216,12 +217,12 @@ def test_unknown_and_repeated_candidates_in_a_ranking(root, tmp_path, split):
     sids = [f"{i}#0" for i in split]
     i2t = {i: sids[:10] for i in split}
     t2i = {s: split[:10] for s in sids}
-    i2t[split[2]] = sids[:9] + ["v999#0"]
+    i2t[split[2]] = [*sids[:9], "v999#0"]
     p = write(
         tmp_path / "a", {"dataset": "mrw", "split": "test", "rankings": {"i2t": i2t, "t2i": t2i}}
     )
     run_bad(root, tmp_path, p, f"rankings.i2t['{split[2]}'][9]", "unknown id 'v999#0'")
-    i2t[split[2]] = sids[:9] + [sids[4]]
+    i2t[split[2]] = [*sids[:9], sids[4]]
     p = write(
         tmp_path / "b", {"dataset": "mrw", "split": "test", "rankings": {"i2t": i2t, "t2i": t2i}}
     )
@@ -350,8 +351,14 @@ def test_table_json_leaderboard_and_plot(root, tmp_path, split):
     assert "i2t" in out and "t2i" in out and "rsum" in out and f"{full['i2t']['R@1']:.2f}" in out
     board = out[out.index("leaderboard mrw full") :].splitlines()
     ranked = [line for line in board if line[:3].strip().isdigit()]
-    assert len(ranked) == 3  # PVSE, PVSE (K=1) and this submission
-    assert ranked[0].startswith("  1>") and "mine (this submission)" in ranked[0]  # highest rsum
+    # 40 items are not the published test set: the submission stands apart, not ranked
+    assert len(ranked) == 2 and all("this submission" not in line for line in ranked)
+    assert full["comparable"] is False
+    assert full["not_comparable_because"] == "40 of the published 5,000 test items"
+    apart = board.index(next(line for line in board if line.startswith("not ranked")))
+    assert apart > board.index(ranked[-1])
+    assert "40 of the published 5,000 test items" in board[apart]
+    assert board[apart + 1].startswith("  -> mine (this submission)")
     assert "PVSE (K=1)" in out and "yalesong/pvse README" in out
 
     with Image.open(out_png) as img:
@@ -392,13 +399,12 @@ def test_coco_leaderboard_has_both_protocols(root, tmp_path, coco_split):
     result = run(root, p, "--leaderboard")
     assert result.exit_code == 0, result.output
     assert "leaderboard coco 5k" in result.output
-    # a random model on 40 images ranks last among the published 5k rows
-    rows = [
-        line
-        for line in result.output.split("leaderboard coco 5k")[1].splitlines()
-        if line[:3].strip().isdigit()
-    ]
-    assert rows[-1].startswith("  3>")
+    # 40 images: the published rows alone are ranked, the submission apart below them
+    block = result.output.split("leaderboard coco 5k")[1]
+    rows = [line for line in block.splitlines() if line[:3].strip().isdigit()]
+    assert len(rows) == 2 and all(">" not in line[:4] for line in rows)
+    assert "not ranked" in block and "  -> preds (this submission)" in block
+    assert "40 of the published 5,000 test items" in block
 
 
 def test_all_sentences_needs_every_sentence(root, tmp_path, coco_split):
@@ -522,7 +528,16 @@ def test_failed_items_are_left_out_and_said(root, tmp_path, split, kind):
         ref_arrays = {}
     q = write(tmp_path / "q", {"dataset": "mrw", "split": "test", **ref}, ref_arrays)
     want, _ = evaluate_submission(q, root=small)
-    assert got["protocols"] == want["protocols"] and "coverage" not in want
+    assert "coverage" not in want
+    for name, proto in got["protocols"].items():
+        reasons = proto.pop("not_comparable_because")
+        assert (
+            proto.pop("comparable") is False
+            and "3 items missing (failed in the pipeline)" in reasons
+        )
+        assert want["protocols"][name].pop("comparable") is False
+        want["protocols"][name].pop("not_comparable_because")
+        assert proto == want["protocols"][name]
 
 
 def test_items_missing_for_no_recorded_reason_need_allow_missing(root, tmp_path, split):
