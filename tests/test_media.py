@@ -298,3 +298,22 @@ def test_a_clip_damaged_in_the_middle_fails_validate_and_extract_frames(clips, t
     assert rows["middle"]["error"].startswith("decode_error: frames that do not decode: ")
     assert ".tmp-" not in rows["middle"]["error"] and " 0x" not in rows["middle"]["error"]
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00\x00\x00\x18ftypmp42 broken" * 40,  # an MP4 header, then no index
+        b"GIF89a" + b"\x00" * 50,
+        b"\x1a\x45\xdf\xa3" + b"\x00" * 100,  # a Matroska magic, then nothing
+    ],
+)
+@pytest.mark.parametrize("thorough", [False, True])
+def test_failure_messages_name_no_scratch_file(data, thorough):
+    messages = set()
+    for _ in range(2):
+        with pytest.raises(MediaError) as e:
+            probe_media(data, thorough=thorough)
+        messages.add(str(e.value))
+    assert len(messages) == 1
+    assert "mrw-probe" not in messages.pop()
