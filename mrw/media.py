@@ -226,11 +226,150 @@ def _import_av():
     return av
 
 
-def _probe_container(data: bytes, fmt: str, limits: MediaLimits) -> MediaInfo:
-    """Demux every packet of the first video stream (no decoding), then decode its first frame.
+def _ebml_number(data: bytes, i: int, keep_marker: bool) -> tuple[int, int, bool]:
+    """An EBML variable-length number at `i`: its value, where it ends, whether it is the
+    reserved 'unknown size'."""
+    first = data[i]
+    length = 9 - first.bit_length()
+    if length > 8 or i + length > len(data):
+        raise IndexError(i)
+    value = first if keep_marker else first & (0xFF >> length)
+    for k in range(1, length):
+        value = value << 8 | data[i + k]
+    unknown = not keep_marker and value == (1 << (7 * length)) - 1
+    return value, i + length, unknown
 
-    `max_pixels` bounds every decoder FFmpeg opens, the one that looks at the stream's first
-    packets while the container opens as well as ours."""
+
+def _check_whole(data: bytes, fmt: str) -> None:
+    """The container's own sizes must fit in the bytes: demuxers of Matroska, AVI and FLV drop a
+    cut-off last packet without a word, so a truncated file would otherwise pass with fewer
+    frames."""
+    n = len(data)
+    cut = MediaError("truncated", f"{fmt} whose declared size runs past the end of the {n} bytes")
+    if fmt in ("avi", "webp"):  # RIFF: the size of everything after the first 8 bytes
+        if 8 + struct.unpack_from("<I", data, 4)[0] > n:
+            raise cut
+    elif fmt in ("mkv", "webm"):  # EBML header, then a Segment whose size is known or not
+        try:
+            _, i, _ = _ebml_number(data, 0, True)
+            size, i, _ = _ebml_number(data, i, False)
+            i += size
+            seg_id, i, _ = _ebml_number(data, i, True)
+            size, i, unknown = _ebml_number(data, i, False)
+        except IndexError:
+            raise cut from None
+        if seg_id != 0x18538067:
+            return
+        if not unknown:
+            if i + size > n:
+                raise cut
+            return
+        while i < n:  # a segment of unknown size (streamed): its children must be whole
+            try:
+                _, i, _ = _ebml_number(data, i, True)
+                size, i, unknown = _ebml_number(data, i, False)
+            except IndexError:
+                raise cut from None
+            if unknown:
+                return
+            i += size
+        if i > n:
+            raise cut
+    elif fmt == "flv":  # a header, then tags of 11 + size bytes, each followed by 4
+        if n < 9:
+            raise cut
+        i = struct.unpack_from(">I", data, 5)[0] + 4
+        while i < n:
+            if i + 11 > n:
+                raise cut
+            i += 11 + int.from_bytes(data[i + 1 : i + 4], "big") + 4
+        if i - 4 > n:
+            raise cut
+
+
+def _sample_table(st, data: bytes, fmt: str) -> int | None:
+    """Frames listed in an MP4's sample table (read by the demuxer as the file opens), every
+    sample checked to lie inside the bytes; None where the table is not the whole story
+    (fragmented files, an index that disagrees with the sample count), so packets get read."""
+    entries = getattr(st, "index_entries", None)  # PyAV 15+
+    if fmt not in ("mp4", "mov") or entries is None or not st.frames:
+        return None
+    total, count, end = 0, 0, 0
+    for entry in entries:
+        total += 1
+        if not entry.is_discard:
+            count += 1
+        end = max(end, entry.pos + entry.size)
+    if total != st.frames:
+        return None
+    if end > len(data):
+        raise MediaError(
+            "truncated",
+            f"{fmt} whose sample table places frames up to byte {end}, past the end of the "
+            f"{len(data)} bytes",
+        )
+    return count
+
+
+def _demux_all(container, st, data: bytes, fmt: str) -> tuple[int, object]:
+    """Read every packet of the stream (no decoding): the frames counted, each packet inside the
+    bytes, and the first packet, kept for decoding."""
+    av = _import_av()
+    total, count, first = 0, 0, None
+    try:
+        for packet in container.demux(st):
+            if packet.size == 0:
+                continue
+            total += 1
+            if first is None:
+                first = packet
+            count += not packet.is_discard
+            past_end = packet.pos is not None and packet.pos + packet.size >= len(data)
+            if packet.is_corrupt:
+                if past_end:
+                    raise MediaError(
+                        "truncated",
+                        f"{fmt} whose packet {total} at byte {packet.pos} runs past the end of "
+                        f"the {len(data)} bytes",
+                    )
+                raise MediaError("decode_error", f"{fmt} with a damaged packet {total}")
+    except av.FFmpegError as e:
+        raise MediaError(
+            "decode_error",
+            f"{fmt} whose container stops parsing after packet {total}: {_error_text(e)}",
+        ) from None
+    listed = st.frames or 0
+    if listed and total < listed:
+        raise MediaError(
+            "truncated", f"{fmt} holding {total} of the {listed} packets its index lists"
+        )
+    return count, first
+
+
+def _decode_first(ctx, first, fmt: str, limits: MediaLimits):
+    """The first frame of a stream from its first packet, in one thread, memory bounded."""
+    av = _import_av()
+    if first is None:
+        raise MediaError("decode_error", f"{fmt} with no video packet")
+    ctx.thread_count = 1
+    ctx.options = {"max_pixels": str(limits.max_pixels)}
+    try:
+        frames = ctx.decode(first) or ctx.decode(None)
+    except av.FFmpegError as e:
+        raise MediaError(
+            "decode_error", f"{fmt} whose first frame does not decode: {_error_text(e)}"
+        ) from None
+    if not frames:
+        raise MediaError("decode_error", f"{fmt} whose first frame does not decode")
+    return frames[0]
+
+
+def _probe_container(data: bytes, fmt: str, limits: MediaLimits) -> MediaInfo:
+    """Index every packet of the first video stream (no decoding), then decode its first frame.
+
+    An MP4's sample table gives the index as the file opens; other containers are demuxed to the
+    end. `max_pixels` bounds every decoder FFmpeg opens: the one that looks at the stream's
+    first packets while the container opens, and ours."""
     av = _import_av()
     opts = {"max_pixels": str(limits.max_pixels), "threads": "1", "skip_frame": "nonkey"}
     try:
@@ -251,47 +390,19 @@ def _probe_container(data: bytes, fmt: str, limits: MediaLimits) -> MediaInfo:
         _check_geometry(fmt, ctx.width, ctx.height, limits)
         if fmt == "webm" and ctx.name not in ("vp8", "vp9", "av1", "libdav1d", "libvpx"):
             fmt = "mkv"
-        count, first = 0, None
+        count = _sample_table(st, data, fmt)
+        _check_whole(data, fmt)
         try:
-            for packet in container.demux(st):
-                if packet.size == 0 or packet.is_discard:
-                    continue
-                count += 1
-                if packet.is_corrupt or (
-                    packet.pos is not None and packet.pos + packet.size > len(data)
-                ):
-                    if packet.pos is not None and packet.pos + packet.size >= len(data):
-                        raise MediaError(
-                            "truncated",
-                            f"{fmt} whose packet {count} at byte {packet.pos} runs past the end "
-                            f"of the {len(data)} bytes",
-                        )
-                    raise MediaError("decode_error", f"{fmt} with a damaged packet {count}")
-                if first is None:
-                    first = packet
+            if count is None:
+                count, first = _demux_all(container, st, data, fmt)
+            else:
+                first = next((p for p in container.demux(st) if p.size), None)
         except av.FFmpegError as e:
             raise MediaError(
-                "decode_error",
-                f"{fmt} whose container stops parsing after packet {count}: {_error_text(e)}",
+                "decode_error", f"{fmt} whose first packet cannot be read: {_error_text(e)}"
             ) from None
-        listed = st.frames or 0
-        if listed and count < listed:
-            raise MediaError(
-                "truncated", f"{fmt} holding {count} of the {listed} packets its index lists"
-            )
-        if first is None:
-            raise MediaError("decode_error", f"{fmt} with no video packet")
-        ctx.thread_count = 1
-        ctx.options = {"max_pixels": str(limits.max_pixels)}
-        try:
-            frames = ctx.decode(first) or ctx.decode(None)
-        except av.FFmpegError as e:
-            raise MediaError(
-                "decode_error", f"{fmt} whose first frame does not decode: {_error_text(e)}"
-            ) from None
-        if not frames:
-            raise MediaError("decode_error", f"{fmt} whose first frame does not decode")
-        width, height = frames[0].width, frames[0].height
+        frame = _decode_first(ctx, first, fmt, limits)
+        width, height = frame.width, frame.height
         _check_geometry(fmt, width, height, limits)
         tb = st.time_base
         duration = float(st.duration * tb) if st.duration and tb else 0.0
@@ -300,6 +411,8 @@ def _probe_container(data: bytes, fmt: str, limits: MediaLimits) -> MediaInfo:
         fps = float(st.average_rate) if st.average_rate else 0.0
         if fps <= 0 and duration > 0:
             fps = count / duration
+        if duration <= 0 and fps > 0 and count > 1:  # a streamed file that never says
+            duration = count / fps
     if count == 1 and fmt == "webp":
         fps, duration = 0.0, 0.0
     return MediaInfo(fmt, count, round(fps, 6), width, height, round(duration, 6))

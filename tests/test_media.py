@@ -46,6 +46,9 @@ def clips(tmp_path_factory) -> dict[str, bytes]:
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48", "-frames:v", "1", str(d / "c.jpg"))
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48", "-frames:v", "1", str(d / "c.png"))
     ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(d / "audio.mp4"))
+    for name, codec in (("c.mkv", x264), ("c.flv", x264), ("c.avi", ["-c:v", "mpeg4"])):
+        ffmpeg("-f", "lavfi", "-i", src, *codec, str(d / name))
+    ffmpeg("-f", "lavfi", "-i", src, "-c:v", "libvpx", "-b:v", "200k", str(d / "c.webm"))
     return {p.name: p.read_bytes() for p in d.iterdir()}
 
 
@@ -101,6 +104,18 @@ def test_num_frames_is_the_frame_count_a_full_decode_gives(clips, name, tmp_path
     assert info.format == name.rsplit(".", 1)[1]
     thorough = probe_media(clips[name], thorough=True)
     assert thorough.num_frames == info.num_frames
+
+
+@pytest.mark.parametrize("name", ["c.mkv", "c.webm", "c.flv", "c.avi"])
+def test_other_containers_are_read_to_the_end(clips, name, tmp_path):
+    """Their demuxers drop a cut-off last packet silently: the container's sizes tell."""
+    data = clips[name]
+    info = probe_media(data)
+    assert info.format == name.rsplit(".", 1)[1] and (info.width, info.height) == (160, 120)
+    assert info.num_frames == _ffprobe_frames(data, tmp_path) == 24
+    assert info.fps == pytest.approx(12, rel=0.02)
+    for keep in (len(data) // 2, len(data) - 30):
+        assert _classify(data[:keep]) == "truncated", keep
 
 
 def test_still_images_are_one_frame(clips):
