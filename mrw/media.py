@@ -188,7 +188,7 @@ def _decode_first_image(data: bytes, fmt: str, limits: MediaLimits) -> tuple[int
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=[fmt.upper()]) as im:  # sniffed already
             width, height = im.size  # from the header: nothing decoded yet
             _check_geometry(fmt, width, height, limits)
             im.load()
