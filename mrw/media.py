@@ -195,17 +195,41 @@ def _decode_first_image(data: bytes, fmt: str, limits: MediaLimits) -> tuple[int
     except MediaError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... on bad data
+        if isinstance(e, OSError) and "truncated" in str(e):
+            raise MediaError("truncated", f"{fmt} that ends inside its first frame") from None
         raise MediaError(
             "decode_error", f"{fmt} whose first frame does not decode: {_error_text(e)}"
         ) from None
     return width, height
 
 
+#: JPEG start-of-frame markers (every SOFn but DHT, JPG and DAC)
+JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _still_geometry(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """Width and height as a PNG's IHDR or a JPEG's start-of-frame declares them, or None."""
+    if fmt == "png":
+        return struct.unpack_from(">II", data, 16) if data[12:16] == b"IHDR" else None
+    i, n = 2, len(data)
+    while i + 9 <= n and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        elif marker in JPEG_SOF:
+            height, width = struct.unpack_from(">HH", data, i + 5)
+            return width, height
+        else:
+            i += 2 + struct.unpack_from(">H", data, i + 2)[0]
+    return None
+
+
 def _probe_image(data: bytes, fmt: str, limits: MediaLimits) -> MediaInfo:
-    if fmt == "jpeg" and data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-        raise MediaError("truncated", "jpeg ends before its end-of-image marker")
-    if fmt == "png" and b"IEND" not in data[-16:]:
-        raise MediaError("truncated", "png ends before its IEND chunk")
+    declared = _still_geometry(data, fmt)
+    if declared is not None:  # before Pillow: its own bomb check warns on stderr, then raises
+        _check_geometry(fmt, *declared, limits)
     width, height = _decode_first_image(data, fmt, limits)
     return MediaInfo(fmt, 1, 0.0, width, height, 0.0)
 

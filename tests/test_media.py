@@ -213,6 +213,18 @@ def test_a_huge_logical_screen_is_refused_before_any_decode(tmp_path):
     assert self_kib < 64 * 1024 and child_kib < 64 * 1024, (self_kib, child_kib)
 
 
+def test_still_images_declaring_a_huge_size_are_refused_from_the_header(clips, capfd):
+    jpeg = bytearray(clips["c.jpg"])
+    sof = jpeg.find(b"\xff\xc0")
+    jpeg[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
+    png = bytearray(clips["c.png"])
+    png[16:24] = struct.pack(">II", 60000, 60000)
+    assert _classify(bytes(jpeg)) == _classify(bytes(png)) == "bad_size"
+    assert capfd.readouterr().err == ""  # no decompression-bomb warning from Pillow either
+    # bytes after the end-of-image marker (camera trailers) are not a truncation
+    assert probe_media(clips["c.jpg"] + b"TRAILER" * 10).num_frames == 1
+
+
 def test_the_thorough_check_refuses_a_huge_screen_before_ffprobe(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # were ffprobe reached, this would be FatalError
     assert _classify(tiny_gif((16000, 16000)), thorough=True) == "bad_size"
