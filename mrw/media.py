@@ -84,7 +84,7 @@ def sniff_format(data: bytes) -> str | None:
 
 def _rate(text: str | None) -> float:
     try:
-        r = Fraction(text)
+        r = Fraction(text or "")
         return float(r) if r > 0 else 0.0
     except (TypeError, ValueError, ZeroDivisionError):
         return 0.0
