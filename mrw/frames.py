@@ -154,7 +154,7 @@ def decode_video(
         "-nostats",
         "-nostdin",
         "-loglevel",
-        "info",
+        "level+info",  # each line tagged with its level: errors are told from showinfo's lines
         "-threads",
         "1",
         "-i",
@@ -196,9 +196,12 @@ def decode_video(
             rc = proc.wait()
             reader.join()
         text = b"".join(log).decode("utf-8", "replace")
-        if rc != 0:  # the message without the scratch name, so a re-run writes the same bytes
-            message = _last_error_line(text).replace(f"{tmp}: ", "").replace(str(tmp), "input")
-            raise DecodeError(message or f"ffmpeg exited with {rc}")
+        if rc != 0:
+            raise DecodeError(_clean(_last_error_line(text), tmp) or f"ffmpeg exited with {rc}")
+        # ffmpeg conceals damaged frames and exits 0: any error it logged fails the item
+        damaged = _ERROR_LINE.search(text)
+        if damaged:
+            raise DecodeError(f"frames that do not decode: {_clean(damaged.group(0), tmp)}")
         if not frames:
             raise DecodeError("no video frames decoded")
         tb = _TIME_BASE.search(text)
@@ -212,12 +215,21 @@ def decode_video(
         tmp.unlink(missing_ok=True)
 
 
+_ERROR_LINE = re.compile(r"^.*\[(?:error|fatal|panic)\].*$", re.MULTILINE)
+
+
+def _clean(line: str, scratch: Path) -> str:
+    """A log line as it would read on any run: no scratch file name, addresses or level tags."""
+    line = line.replace(f"{scratch}: ", "").replace(str(scratch), "input")
+    line = re.sub(r" @ 0x[0-9a-fA-F]+", "", line)
+    return " ".join(re.sub(r"\[(?:info|warning|error|fatal|panic)\] ?", "", line).split())[:300]
+
+
 def _last_error_line(log: str) -> str:
-    lines = [
-        ln.strip()
-        for ln in log.splitlines()
-        if ln.strip() and "Parsed_showinfo" not in ln and not ln.startswith(("frame=", "video:"))
-    ]
+    errors = _ERROR_LINE.findall(log)
+    if errors:
+        return errors[-1].strip()[:300]
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip() and "Parsed_showinfo" not in ln]
     return lines[-1][:300] if lines else ""
 
 

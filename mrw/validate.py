@@ -1,6 +1,7 @@
 """Re-check a split's video shards against its catalog: what `mrw validate` reports.
 
-Every row must decode (the same full decode as the download), its `sha256` must match its bytes,
+Every row must pass the download's check and then decode frame by frame (which the download
+does not do), its `num_frames` must be what that decode counts, its `sha256` must match its bytes,
 no id may appear twice or outside its shard's catalog range, and every catalog item must have
 exactly one status row, `ok` exactly when it has a data row.
 """
