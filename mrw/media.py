@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
@@ -80,6 +81,17 @@ def _rate(text: str | None) -> float:
         return float(r) if r > 0 else 0.0
     except (TypeError, ValueError, ZeroDivisionError):
         return 0.0
+
+
+#: probe scratch files are `<tmp>/mrw-probe-<pid>-*`, so a later run can clear a killed one's
+PROBE_PREFIX = "mrw-probe-"
+
+
+def remove_stale_probes() -> int:
+    """Delete probe scratch files whose process is gone (a killed run's); returns how many."""
+    from mrw.shards import remove_stale_scratch
+
+    return remove_stale_scratch(Path(_tmp_dir() or tempfile.gettempdir()), PROBE_PREFIX)
 
 
 def _tmp_dir() -> str | None:
@@ -154,7 +166,9 @@ def probe_media(
     if fmt is None:
         what = "an HTML page" if looks_like_html(data[:512]) else f"unknown bytes {data[:8]!r}"
         raise MediaError("not_video", f"{what}, not media")
-    with tempfile.NamedTemporaryFile(prefix="mrw-probe-", suffix="." + fmt, dir=_tmp_dir()) as fh:
+    with tempfile.NamedTemporaryFile(
+        prefix=f"{PROBE_PREFIX}{os.getpid()}-", suffix="." + fmt, dir=_tmp_dir()
+    ) as fh:
         fh.write(data)
         fh.flush()
         if not thorough:

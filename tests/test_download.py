@@ -94,7 +94,7 @@ def test_every_fault_is_classified_and_every_ok_row_is_the_served_file(faulty):
     # catalog order inside the shards
     order = pq.read_table(paths.catalog_path(root, "mrw", "test")).column("id").to_pylist()
     assert [r["id"] for r in rows] == [i for i in order if i in ok_ids]
-    assert report.errors["timeout"] == 2 and report.errors["too_large"] == 2
+    assert report.errors["timeout"] == 3 and report.errors["too_large"] == 3
     assert "redirect_loop: 1" in report.summary()
 
 

@@ -45,9 +45,9 @@ def test_each_fault_gets_its_class_and_no_request_outlives_the_timeout(served, f
         assert res.data == body
     if fault in ("500-then-ok", "429-then-ok"):
         assert res.attempts == 2
-    if fault in ("404", "too-large", "too-large-chunked", "redirect-loop", "html"):
+    if fault in ("404", "too-large", "too-large-chunked", "redirect-loop", "html", "endless"):
         assert res.attempts == 1, "no retry on a permanent failure"
-    if fault in ("slow", "stall", "truncated"):
+    if fault in ("slow", "stall", "truncated", "slow-header"):
         assert res.attempts == 2, "retried once (retries=1)"
     if fault == "embed":
         assert res.via == "yt-dlp"
