@@ -100,8 +100,11 @@ FAULTS = {
     "embed": None,  # an HTML page with <video src=...>: yt-dlp fetches it
     "garbage": "not_video",  # random bytes served as video/mp4
     "corrupt": "decode_error",  # the media's header, then damaged data
+}
+#: more faults the server answers, kept out of releases' fault plans (whose items they would move)
+SERVER_FAULTS = {
     "slow-header": "timeout",  # the status line and headers a byte at a time
-    "endless": "too_large",  # a body with no end and no Content-Length
+    "endless": "too_large",  # a body with no end and no Content-Length (stops by itself)
     "gzip": None,  # Content-Encoding: gzip, Content-Length of the compressed body
 }
 #: served but never put in a release: from a loopback server the redirect is allowed, and the

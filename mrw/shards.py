@@ -281,9 +281,14 @@ def stage_lock(stage_dir: Path) -> Iterator[Path]:
     a killed run is taken over by the next one. The file records the holder's pid, host and start
     time for the message."""
     path = lock_path(stage_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise
+            raise UsageError(f"cannot write under {path.parent}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -159,7 +159,7 @@ def test_slow_headers_are_cut_at_the_timeout(media):
 
 
 def test_download_with_slow_headers_ends_within_its_timeout(media, tmp_path):
-    srv, out, name = media
+    srv, _out, name = media
     rel = tmp_path / "rel"
     records = [
         {"id": "s1", "sentence": "MRW slow", "url": f"{srv.url}/fault/slow-header/media/{name}"}
@@ -312,7 +312,7 @@ def test_redirect_between_public_hosts_and_from_an_internal_url_are_followed(med
 def test_kept_alive_connection_to_an_internal_host_is_not_reused_by_a_public_url(
     media, loopback_only
 ):
-    srv, out, name = media
+    srv, _out, name = media
     lab = Lab(srv.port, {"cdn.example.com": Lab.PUBLIC, "lan.test": "127.0.0.1"})
     fetcher = _fetcher(lab, timeout=3.0)
     assert fetcher.fetch(f"http://lan.test:{srv.port}/media/{name}").ok  # pooled, keep-alive
@@ -362,11 +362,13 @@ def _tar_bomb(path: Path, size: int) -> Path:
 
 
 def _zip_bomb(path: Path, size: int) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        with zf.open("dataset_coco.json", "w") as fh:
-            block = bytes(1 << 20)
-            for _ in range(size >> 20):
-                fh.write(block)
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf,
+        zf.open("dataset_coco.json", "w") as fh,
+    ):
+        block = bytes(1 << 20)
+        for _ in range(size >> 20):
+            fh.write(block)
     return path
 
 
@@ -475,9 +477,8 @@ def test_release_without_its_metadata_file_or_with_a_bad_checksum_is_not_kept(me
     www.mkdir()
     make_tar(empty, www / "mrw-v1.0.tar.gz")
     cache = tmp_path / "cache"
-    with SampleServer(www) as other:
-        with pytest.raises(UsageError, match="metadata file"):
-            cached_release(f"{other.url}/mrw-v1.0.tar.gz", cache, "mrw-v1.0.json")
+    with SampleServer(www) as other, pytest.raises(UsageError, match="metadata file"):
+        cached_release(f"{other.url}/mrw-v1.0.tar.gz", cache, "mrw-v1.0.json")
     with pytest.raises(UsageError, match="sha256"):
         cached_release(f"{srv.url}/mrw-v1.0.tar.gz", cache, "mrw-v1.0.json", sha256="0" * 64)
     with pytest.raises(FatalError, match="truncated"):
@@ -498,9 +499,11 @@ def test_official_release_checksum_comes_from_the_descriptor(media, tmp_path, mo
     desc["release"]["url"] = f"{srv.url}/mrw-v1.0.tar.gz"
     desc["release"]["sha256"] = "f" * 64
     monkeypatch.setattr("mrw.descriptors.load_descriptor", lambda name: desc)
-    with pytest.raises(UsageError, match="not the official release"):
-        with open_release("mrw", None, tmp_path / "root"):
-            pass
+    with (
+        pytest.raises(UsageError, match="not the official release"),
+        open_release("mrw", None, tmp_path / "root"),
+    ):
+        pass
 
 
 # -- 9. bad input: one line, exit 2, nothing written -------------------------------------------------
