@@ -917,3 +917,64 @@ def test_frames_and_features_take_their_stage_lock(root, command):
     finally:
         holder.kill()
         holder.wait()
+
+
+# -- more of the same: the other release path, the other options, the other writers ---------------
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_meaningless_release_cap_is_refused_before_anything_is_written(tmp_path, value):
+    rel = write_mrw_release(tmp_path / "rel")
+    root = tmp_path / "root"
+    res = run(
+        "download",
+        "--root",
+        root,
+        "--split",
+        "test",
+        "--metadata",
+        rel,
+        "--metadata-max-bytes",
+        value,
+    )
+    one_line_error(res, 2, "--metadata-max-bytes")
+    assert not root.exists()
+
+
+def test_official_plain_files_release_never_keeps_an_html_page(tmp_path, monkeypatch):
+    from mrw import descriptors
+
+    www = tmp_path / "www"
+    (www / "splits").mkdir(parents=True)
+    (www / "tgif-v1.0.tsv").write_text("http://e.org/g1.gif\ta cat jumps\n")
+    (www / "splits" / "test.txt").write_text("<!DOCTYPE html><html>rate limited</html>\n")
+    root = tmp_path / "root"
+    with SampleServer(www) as srv:
+        desc = json.loads(json.dumps(descriptors.load_descriptor("tgif")))
+        desc["release"]["files"] = {
+            "tgif-v1.0.tsv": f"{srv.url}/tgif-v1.0.tsv",
+            "splits/test.txt": f"{srv.url}/splits/test.txt",
+        }
+        monkeypatch.setattr("mrw.descriptors.load_descriptor", lambda name: desc)
+        with pytest.raises(UsageError, match="HTML page"):
+            build_catalog("tgif", "test", root=root)
+        cache = paths.release_cache_dir(root, "tgif")
+        assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == ["tgif-v1.0.tsv"]
+        (www / "splits" / "test.txt").write_text("http://e.org/g1.gif\n")
+        path, _ = build_catalog("tgif", "test", root=root)
+        assert pa.parquet.read_table(path)["id"].to_pylist() == ["g1"]
+
+
+def test_full_disk_in_build_vocab_is_one_line_and_leaves_nothing(root, monkeypatch):
+    _catalog(root)
+    real = Path.write_text
+
+    def full(self, data, *a, **k):
+        if self.name.startswith(shards.TMP_PREFIX):
+            real(self, data[: len(data) // 2], *a, **k)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    res = run("build-vocab", "--root", root, "--split", "test")
+    one_line_error(res, 1, "no space left on")
+    assert _leftovers(root) == []
+    assert not list(root.rglob("vocab-*.json"))
