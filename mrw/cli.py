@@ -46,15 +46,18 @@ def disk_full(error: BaseException | None) -> OSError | None:
 
 
 def _disk_full_line(error: OSError) -> str:
-    where = error.filename
-    if where is None:
-        ctx = click.get_current_context(silent=True)
-        root = ctx.params.get("root") if ctx else None
+    if error.filename is not None:
+        where = f"the device holding {error.filename}"
+    else:  # pyarrow and plain writes do not say which file
+        import tempfile
+
         from mrw.paths import resolve_root
 
-        where = resolve_root(root)
+        ctx = click.get_current_context(silent=True)
+        root = resolve_root(ctx.params.get("root") if ctx else None)
+        where = f"device (under {root} or the scratch folder {tempfile.gettempdir()})"
     return (
-        f"no space left on the device holding {where}: free some space and rerun "
+        f"no space left on {where}: free some space and rerun "
         "(finished shards are kept, nothing half-written is)"
     )
 
