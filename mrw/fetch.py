@@ -1,8 +1,9 @@
 """One item over HTTP: a byte cap, a limit on the whole response, retries, per-host limits, yt-dlp.
 
 Every failure comes back as a short class (`http_404`, `timeout`, `too_large`, `truncated`,
-`redirect_loop`, `not_video`, `connection_error`, `bad_url`, ...) plus a message, never as an
-exception, because a failed item is data for the status table, not a reason to stop the run.
+`redirect_loop`, `blocked_redirect`, `bad_encoding`, `not_video`, `connection_error`, `bad_url`,
+...) plus a message, never as an exception, because a failed item is data for the status table,
+not a reason to stop the run.
 """
 
 from __future__ import annotations

@@ -304,9 +304,13 @@ def cached_release(
         extract_archive(archive, tmp / (name + ".d"))
         find_file(tmp / (name + ".d"), metadata_file, "metadata file")
         (tmp / "url.txt").write_text(url + "\n", encoding="utf-8", errors="surrogateescape")
-        if entry.exists():  # an unverified leftover of an older layout or a killed run
+        if entry.exists() and not unpacked.is_dir():  # a leftover without its release
             shutil.rmtree(entry)
-        os.replace(tmp, entry)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not unpacked.is_dir():  # another run did not just put the same release there
+                raise
     except UsageError as e:
         raise UsageError(str(e).replace(str(tmp / name), url)) from None
     finally:
