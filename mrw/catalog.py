@@ -6,11 +6,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mrw import paths
 from mrw.errors import UsageError
-from mrw.shards import write_table_atomic
+from mrw.shards import read_parquet, write_table_atomic
 
 CATALOG_SCHEMA = pa.schema(
     [
@@ -57,7 +56,12 @@ def read_catalog(root, dataset: str, split: str, columns=None) -> pa.Table:
             f"no catalog for {dataset}/{paths.normalize_split(split)} under {paths.resolve_root(root)}: "
             f"run `mrw download --dataset {dataset} --split {paths.normalize_split(split)} --catalog-only` first"
         )
-    return pq.read_table(path, columns=columns)
+    return read_parquet(
+        path,
+        f"delete it and rerun `mrw download --dataset {dataset} --split "
+        f"{paths.normalize_split(split)} --catalog-only`",
+        columns=columns,
+    )
 
 
 def sentence_ids(table: pa.Table, all_sentences: bool = False) -> list[str]:

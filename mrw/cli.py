@@ -5,6 +5,8 @@ Exit codes (interfaces.md, section 1): 0 success, 1 runtime failure, 2 bad usage
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import sys
 
@@ -15,12 +17,54 @@ from mrw.paths import DATASETS
 
 
 def _fail(code: int, message: str):
+    _close_progress_bars()
     click.echo(f"mrw: error: {message}", err=True)
     sys.exit(code)
 
 
+def _close_progress_bars() -> None:
+    """End any progress bar a failed stage left open, so the error starts a line of its own."""
+    module = sys.modules.get("tqdm")
+    if module is None:
+        return
+    for bar in list(getattr(module.tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):  # the message matters more than the bar
+            bar.close()
+
+
+def disk_full(error: BaseException | None) -> OSError | None:
+    """The ENOSPC error in `error` or in what caused it, else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and (
+            error.errno == errno.ENOSPC or "No space left on device" in str(error)
+        ):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _disk_full_line(error: OSError) -> str:
+    if error.filename is not None:
+        where = f"the device holding {error.filename}"
+    else:  # pyarrow and plain writes do not say which file
+        import tempfile
+
+        from mrw.paths import resolve_root
+
+        ctx = click.get_current_context(silent=True)
+        root = resolve_root(ctx.params.get("root") if ctx else None)
+        where = f"device (under {root} or the scratch folder {tempfile.gettempdir()})"
+    return (
+        f"no space left on {where}: free some space and rerun "
+        "(finished shards are kept, nothing half-written is)"
+    )
+
+
 def handle_errors(fn):
-    """Turn the package's errors into one line on stderr and the right exit code."""
+    """Turn the package's errors into one line on stderr and the right exit code; a full disk,
+    wherever it struck, is one `no space left on ...` line and exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -29,9 +73,15 @@ def handle_errors(fn):
         except UsageError as e:
             _fail(2, str(e))
         except FatalError as e:
-            _fail(1, str(e))
+            full = disk_full(e)
+            _fail(1, _disk_full_line(full) if full else str(e))
         except KeyboardInterrupt:
             _fail(1, "interrupted")
+        except Exception as e:
+            full = disk_full(e)
+            if full is None:
+                raise
+            _fail(1, _disk_full_line(full))
 
     return wrapper
 
@@ -122,7 +172,7 @@ def info(root, dataset, as_json):
     type=float,
     default=30.0,
     show_default=True,
-    help="Limit on one whole response, in seconds.",
+    help="Limit on one whole response (connect to last byte), in seconds.",
 )
 @click.option(
     "--retries",
@@ -145,6 +195,20 @@ def info(root, dataset, as_json):
     show_default=True,
     help="Requests in flight to one host at a time (be polite to the media hosts).",
 )
+@click.option(
+    "--metadata-timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Limit on the whole release download (all tries), in seconds.",
+)
+@click.option(
+    "--metadata-max-bytes",
+    type=int,
+    default=None,
+    help="Largest release download accepted, in bytes (default: 4x the descriptor's size, "
+    "else 1 GiB).",
+)
 @handle_errors
 def download(
     root,
@@ -160,11 +224,30 @@ def download(
     retries,
     max_bytes,
     per_host,
+    metadata_timeout,
+    metadata_max_bytes,
 ):
     """Build the split's catalog from the official release, then fetch its media into shards."""
     from mrw.datasets import build_catalog
+    from mrw.download import check_options
+    from mrw.fetch import timeout_problem
 
-    path, report = build_catalog(dataset, split, root=root, source=source)
+    check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host)
+    problem = timeout_problem(metadata_timeout)
+    if problem:
+        raise UsageError(f"--metadata-timeout: {problem}")
+    if metadata_max_bytes is not None and metadata_max_bytes < 1:
+        raise UsageError(
+            f"--metadata-max-bytes must be a positive integer, got {metadata_max_bytes}"
+        )
+    path, report = build_catalog(
+        dataset,
+        split,
+        root=root,
+        source=source,
+        timeout=metadata_timeout,
+        max_bytes=metadata_max_bytes,
+    )
     click.echo(report.summary(), err=True)
     click.echo(f"catalog: {path}")
     if catalog_only:

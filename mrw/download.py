@@ -10,6 +10,7 @@ uninterrupted run gives.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sys
@@ -25,8 +26,8 @@ import pyarrow.parquet as pq
 from mrw import paths, shards
 from mrw.catalog import read_catalog
 from mrw.errors import FatalError, UsageError
-from mrw.fetch import FetchConfig, Fetcher
-from mrw.media import MediaError, MediaLimits, probe_media, require_ffprobe
+from mrw.fetch import FetchConfig, Fetcher, timeout_problem
+from mrw.media import MediaError, MediaLimits, probe_media, remove_stale_probes, require_ffprobe
 
 VIDEO_SCHEMA = pa.schema(
     [
@@ -219,11 +220,22 @@ class VideoShardWriter:
 
 
 # -- the split ----------------------------------------------------------------------------------
-def _check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host):
+def check_options(
+    workers: int = 16,
+    shard_size: int = 1000,
+    timeout: float = 30.0,
+    retries: int = 3,
+    max_bytes: int = 64 * 1024 * 1024,
+    limit: int | None = None,
+    per_host: int = 4,
+) -> None:
+    """Refuse meaningless options before anything is read or written (UsageError)."""
+    problem = timeout_problem(timeout)
+    if problem:
+        raise UsageError(f"--timeout: {problem}")
     for name, value, ok in (
         ("--workers", workers, isinstance(workers, int) and workers >= 1),
         ("--shard-size", shard_size, isinstance(shard_size, int) and shard_size >= 1),
-        ("--timeout", timeout, timeout is not None and timeout > 0),
         ("--retries", retries, isinstance(retries, int) and retries >= 0),
         ("--max-bytes", max_bytes, isinstance(max_bytes, int) and max_bytes >= 1),
         ("--limit", limit, limit is None or (isinstance(limit, int) and limit >= 0)),
@@ -256,6 +268,7 @@ def _shard_done(stage_dir: Path, index: int, ids: list[str]) -> tuple[bool, list
     return [r["id"] for r in rows] == ids, rows
 
 
+@shards.holds_stage_lock(lambda a: paths.videos_dir(a["root"], a["dataset"], a["split"]))
 def download_split(
     root=None,
     dataset: str = "mrw",
@@ -274,7 +287,7 @@ def download_split(
 ) -> DownloadReport:
     """Fetch (or read `from_dir`), validate and shard every item of the split's catalog."""
     dataset, split = paths.check_dataset(dataset), paths.normalize_split(split)
-    _check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host)
+    check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host)
     if from_dir is not None:
         from_dir = Path(from_dir)
         if not from_dir.is_dir():
@@ -299,6 +312,7 @@ def download_split(
         },
     )
     shards.remove_temporaries(stage_dir)
+    remove_stale_probes()
     log = log or (lambda msg: print(msg, file=sys.stderr))
 
     report = DownloadReport(dataset, split, stage_dir, items=len(items))
@@ -355,6 +369,12 @@ def download_split(
                     res = futures.pop(pos).result()
                 except FatalError:
                     raise  # nothing can succeed (a missing tool): stop, keeping finished shards
+                except OSError as e:
+                    if e.errno == errno.ENOSPC:
+                        raise  # a full disk fails every item: stop, keeping finished shards
+                    res = ItemResult(
+                        it["id"], it.get("url"), None, f"internal_error: {type(e).__name__}: {e}", 0
+                    )
                 except Exception as e:  # a bug or an OS error in one item must not lose the run
                     res = ItemResult(
                         it["id"], it.get("url"), None, f"internal_error: {type(e).__name__}: {e}", 0
@@ -373,7 +393,9 @@ def download_split(
                         )
                     except OSError as e:
                         writer.abort()
-                        raise FatalError(f"cannot write shard {index} under {stage_dir}: {e}")
+                        raise FatalError(
+                            f"cannot write shard {index} under {stage_dir}: {e}"
+                        ) from e
                     writer = None
                 if report.missing is not None and res.error and res.error.startswith("missing:"):
                     report.missing.append(res.id)

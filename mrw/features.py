@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
@@ -446,13 +445,13 @@ def _pick_source(root, dataset: str, split: str) -> tuple[str, Path, dict]:
 
 def _source_shard(source: str, source_dir: Path, index: int) -> tuple[pa.Table, dict]:
     """A source shard's rows (only the columns needed) and the URL of each id from its status."""
-    status = pq.read_table(shards.status_path(source_dir, index), columns=["id", "url"])
+    status = shards.read_parquet(shards.status_path(source_dir, index), columns=["id", "url"])
     urls = dict(zip(status.column("id").to_pylist(), status.column("url").to_pylist()))
     columns = ["id", "frames", "timestamps"] if source == "frames" else ["id", "video", "format"]
     data_file = shards.data_path(source_dir, index)
     if not data_file.exists():
         return pa.table({c: pa.array([], pa.string()) for c in columns}), urls
-    return pq.read_table(data_file, columns=columns), urls
+    return shards.read_parquet(data_file, columns=columns), urls
 
 
 def default_workers(gpu: bool) -> int:
@@ -460,6 +459,9 @@ def default_workers(gpu: bool) -> int:
     return max(1, min(16, cpus - 1)) if gpu else max(1, cpus // 2)
 
 
+@shards.holds_stage_lock(
+    lambda a: paths.features_dir(a["root"], a["dataset"], a["split"], a["backbone"])
+)
 def extract_features(
     root=None,
     dataset: str = "mrw",

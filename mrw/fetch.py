@@ -1,29 +1,56 @@
 """One item over HTTP: a byte cap, a limit on the whole response, retries, per-host limits, yt-dlp.
 
 Every failure comes back as a short class (`http_404`, `timeout`, `too_large`, `truncated`,
-`redirect_loop`, `not_video`, `connection_error`, `bad_url`, ...) plus a message, never as an
-exception, because a failed item is data for the status table, not a reason to stop the run.
+`redirect_loop`, `blocked_redirect`, `bad_encoding`, `not_video`, `connection_error`, `bad_url`,
+...) plus a message, never as an exception, because a failed item is data for the status table,
+not a reason to stop the run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import random
 import socket
 import tempfile
 import threading
 import time
 import urllib.parse
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 USER_AGENT = "mrw-download/0.1 (+https://github.com/yalesong/pvse)"
 #: hosts whose URLs are pages, not media: straight to yt-dlp
 PAGE_HOSTS = ("youtube.com", "youtu.be", "vimeo.com", "giphy.com", "twitter.com", "x.com")
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+#: the content codings we decode ourselves, under the byte cap (urllib3 would decode unbounded)
+ACCEPT_ENCODING = "gzip, deflate"
+#: bytes read from the wire at a time
+WIRE_CHUNK = 1 << 20
 #: longest Retry-After we honour; a server asking for more gets this
 MAX_RETRY_AFTER = 60.0
+
+
+#: the longest --timeout accepted: a day bounds any one response (a timer cannot take 1e308 s)
+MAX_TIMEOUT = 86400.0
+
+
+def timeout_problem(value) -> str | None:
+    """Why `value` is not a usable time limit in seconds, or None when it is."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"expected a number of seconds, got {value!r}"
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT:
+        return f"expected seconds in (0, {MAX_TIMEOUT:g}], got {value!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -108,14 +135,6 @@ def _retry_after(value: str | None) -> float | None:
             return None
 
 
-def _socket_of(resp) -> socket.socket | None:
-    """The socket under a streaming requests response (urllib3 2.x / http.client internals)."""
-    try:
-        return resp.raw._fp.fp.raw._sock
-    except AttributeError:
-        return None
-
-
 def _read_timed_out(e: BaseException) -> bool:
     """A read that hit the socket timeout; requests hands it over from `iter_content` as a
     ConnectionError around urllib3's ReadTimeoutError."""
@@ -125,11 +144,201 @@ def _read_timed_out(e: BaseException) -> bool:
     return isinstance(e, timeouts) or any(isinstance(a, timeouts) for a in e.args)
 
 
+# -- the network under every request: resolution, the address policy, the watchdog ----------------
+class BlockedAddress(Exception):
+    """A connection the address policy refuses (not an OSError, so urllib3 does not retry it)."""
+
+
+def is_internal(ip: str) -> bool:
+    """Loopback, private, link-local, shared (CGNAT), reserved or multicast: not on the internet."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return True  # not an address we can place: treat it as the more dangerous kind
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return not (mapped or addr).is_global
+
+
+class Network:
+    """How a host name becomes addresses and how a socket connects; tests swap in their own."""
+
+    def resolve(self, host: str, port: int) -> list[tuple[int, tuple]]:
+        """(family, socket address) pairs for `host`, in the order to try them."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return [(family, address) for family, _, _, _, address in infos]
+
+    def connect(self, sock: socket.socket, address: tuple) -> None:
+        sock.connect(address)
+
+
+class _Exchange:
+    """One request with all its redirects: its sockets, its deadline and what it may reach.
+
+    The watchdog shuts every socket of the exchange down at the deadline, whatever it is doing
+    (connecting, reading headers a byte at a time, reading the body), so `timeout` bounds the
+    whole exchange. The first connection tells whether the URL itself is on an internal address;
+    unless it is, no later hop may connect to one.
+    """
+
+    def __init__(self, network: Network, deadline: float):
+        self.network, self.deadline = network, deadline
+        self.fired = threading.Event()
+        self.allow_internal: bool | None = None
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self.cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Exchange:
+        _LOCAL.exchange = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        _LOCAL.exchange = None
+
+    def register(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            fired = self.fired.is_set()
+        if fired:
+            _shutdown(sock)
+
+    def cut(self) -> None:
+        with self._lock:
+            self.fired.set()
+            socks = list(self._socks)
+        for sock in socks:
+            _shutdown(sock)
+
+    def admit(self, host: str, ips: list[str]) -> None:
+        internal = [ip for ip in ips if is_internal(ip)]
+        if self.allow_internal is None:  # the URL's own host
+            self.allow_internal = bool(internal)
+        elif internal and not self.allow_internal:
+            raise BlockedAddress(
+                f"a redirect to {host} ({internal[0]}), a private, loopback or link-local "
+                "address, from a URL on a public one"
+            )
+
+
+_LOCAL = threading.local()
+
+
+def _current_exchange() -> _Exchange | None:
+    return getattr(_LOCAL, "exchange", None)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _GuardedConnectionMixin:
+    """Resolves, checks and connects through the current exchange, so the policy decides on the
+    address that is then connected to, and the watchdog holds the socket from its creation."""
+
+    def _new_conn(self) -> socket.socket:
+        ex = _current_exchange()
+        if ex is None:
+            return super()._new_conn()
+        try:
+            addresses = ex.network.resolve(self._dns_host, self.port)
+        except socket.gaierror as e:
+            raise urllib3.exceptions.NameResolutionError(self.host, self, e) from e
+        ex.admit(self.host, [address[0] for _, address in addresses])
+        timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
+        error: OSError | None = None
+        for family, address in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            ex.register(sock)
+            try:
+                for option in self.socket_options or ():
+                    sock.setsockopt(*option)
+                sock.settimeout(timeout)
+                ex.network.connect(sock, address)
+                self.admitted_ip = address[0]  # what a reuse of this connection is judged by
+                return sock
+            except TimeoutError as e:
+                sock.close()
+                raise urllib3.exceptions.ConnectTimeoutError(
+                    self, f"Connection to {self.host} timed out. (connect timeout={timeout})"
+                ) from e
+            except OSError as e:
+                sock.close()
+                error = e
+        raise urllib3.exceptions.NewConnectionError(
+            self, f"Failed to establish a new connection: {error or 'no address'}"
+        )
+
+
+class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _GuardedPoolMixin:
+    """A kept-alive connection is checked against the policy (and watched) like a new one."""
+
+    def _get_conn(self, timeout: float | None = None):
+        conn = super()._get_conn(timeout)
+        ex = _current_exchange()
+        sock = getattr(conn, "sock", None)
+        if ex is not None and sock is not None:
+            ip = getattr(conn, "admitted_ip", None)
+            if ip is None:
+                try:
+                    ip = sock.getpeername()[0]
+                except OSError:
+                    return conn  # dropped: urllib3 reconnects it through _new_conn
+            try:
+                ex.admit(self.host, [ip])
+            except BlockedAddress:
+                conn.close()  # urllib3 puts a fresh slot back in the pool for it
+                raise
+            ex.register(sock)
+        return conn
+
+
+class _GuardedHTTPPool(_GuardedPoolMixin, HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(_GuardedPoolMixin, HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class _GuardedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _GuardedHTTPPool,
+            "https": _GuardedHTTPSPool,
+        }
+
+
+def _decoder(encoding: str | None):
+    """A zlib decompressor for the response's Content-Encoding, None for identity."""
+    enc = (encoding or "").strip().lower()
+    if enc in ("", "identity"):
+        return None
+    if enc in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if enc == "deflate":
+        return zlib.decompressobj()
+    raise FetchFailure("bad_encoding", f"Content-Encoding {encoding!r} is not one we asked for")
+
+
 class Fetcher:
     """Fetches items for many threads: one requests.Session per thread, a semaphore per host."""
 
-    def __init__(self, config: FetchConfig | None = None):
+    def __init__(self, config: FetchConfig | None = None, network: Network | None = None):
         self.config = config or FetchConfig()
+        self.network = network or Network()
         self._local = threading.local()
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._hosts_lock = threading.Lock()
@@ -141,8 +350,9 @@ class Fetcher:
         if s is None:
             s = requests.Session()
             s.headers["User-Agent"] = USER_AGENT
+            s.headers["Accept-Encoding"] = ACCEPT_ENCODING
             s.max_redirects = 10
-            adapter = requests.adapters.HTTPAdapter(
+            adapter = _GuardedAdapter(
                 pool_connections=16, pool_maxsize=max(1, self.config.per_host)
             )
             s.mount("http://", adapter)
@@ -215,86 +425,142 @@ class Fetcher:
         return result
 
     def _get(self, url: str, deadline: float) -> tuple[bytes, str | None]:
-        """One GET, streamed under the byte cap; the watchdog cuts it at the deadline."""
-        cap = self.config.max_bytes
-        remaining = deadline - time.monotonic()
-        fired = threading.Event()
-        resp = None
-        try:
-            resp = self._session().get(url, stream=True, timeout=(remaining, remaining))
-        except requests.exceptions.TooManyRedirects as e:
-            raise FetchFailure("redirect_loop", f"too many redirects ({e})")
-        except (requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout):
-            raise FetchFailure(
-                "timeout", f"no response within {self.config.timeout:g} s", retryable=True
-            )
-        except requests.exceptions.InvalidURL as e:
-            raise FetchFailure("bad_url", str(e))
-        except requests.exceptions.RequestException as e:
-            raise FetchFailure("connection_error", _short(e), retryable=True)
-        timer = None
-        try:
-            sock = _socket_of(resp)
+        """One GET, held in memory under the byte cap."""
+        chunks: list[bytes] = []
+        ctype = self._stream(url, deadline, self.config.max_bytes, chunks.append)
+        return b"".join(chunks), ctype
 
-            def cut():
-                fired.set()
-                if sock is not None:
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-            timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
-            timer.daemon = True
-            timer.start()
-            code = resp.status_code
-            if code >= 400:
-                retry = code in RETRY_STATUS or code >= 500
-                raise FetchFailure(
-                    f"http_{code}",
-                    f"HTTP {code} {resp.reason or ''}".strip(),
-                    retryable=retry,
-                    retry_after=_retry_after(resp.headers.get("Retry-After")),
-                )
-            length = resp.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > cap:
-                raise FetchFailure(
-                    "too_large", f"Content-Length {int(length)} is over the cap of {cap} bytes"
-                )
-            chunks, got = [], 0
+    def _stream(self, url: str, deadline: float, cap: int, sink) -> str | None:
+        """One GET from connect to last byte within `deadline`; the decoded body goes to `sink`
+        in pieces, at most `cap` bytes in all. Returns the Content-Type."""
+        limit = self.config.timeout
+        with _Exchange(self.network, deadline) as ex:
+            remaining = max(0.001, deadline - time.monotonic())
             try:
-                for chunk in resp.iter_content(chunk_size=1 << 20):
-                    chunks.append(chunk)
-                    got += len(chunk)
-                    if got > cap:
-                        raise FetchFailure("too_large", f"more than {cap} bytes")
-                    if fired.is_set() or time.monotonic() > deadline:
-                        break
-            except (requests.exceptions.RequestException, OSError) as e:
-                if not fired.is_set() and not _read_timed_out(e):
-                    if "IncompleteRead" in repr(e) or "incomplete" in str(e).lower():
-                        raise FetchFailure(
-                            "truncated",
-                            f"connection closed after {got} bytes of {length or 'unknown'}",
-                            retryable=True,
+                resp = self._session().get(url, stream=True, timeout=(remaining, remaining))
+            except BlockedAddress as e:
+                raise FetchFailure("blocked_redirect", str(e)) from None
+            except requests.exceptions.TooManyRedirects as e:
+                raise FetchFailure("redirect_loop", f"too many redirects ({e})") from None
+            except requests.exceptions.InvalidURL as e:
+                raise FetchFailure("bad_url", str(e)) from None
+            except requests.exceptions.RequestException as e:
+                if ex.fired.is_set() or isinstance(
+                    e, (requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout)
+                ):
+                    raise FetchFailure(
+                        "timeout", f"no complete response within {limit:g} s", retryable=True
+                    ) from None
+                raise FetchFailure("connection_error", _short(e), retryable=True) from None
+            try:
+                self._read_body(resp, ex, cap, sink)
+            finally:
+                resp.close()
+            return resp.headers.get("Content-Type")
+
+    def _read_body(self, resp, ex: _Exchange, cap: int, sink) -> None:
+        code = resp.status_code
+        if code >= 400:
+            raise FetchFailure(
+                f"http_{code}",
+                f"HTTP {code} {resp.reason or ''}".strip(),
+                retryable=code in RETRY_STATUS or code >= 500,
+                retry_after=_retry_after(resp.headers.get("Retry-After")),
+            )
+        decoder = _decoder(resp.headers.get("Content-Encoding"))
+        length = resp.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        if decoder is None and length is not None and length > cap:
+            raise FetchFailure(
+                "too_large", f"Content-Length {length} is over the cap of {cap} bytes"
+            )
+        wire = got = 0  # bytes on the wire (what Content-Length counts) and bytes stored
+
+        def take(data: bytes) -> None:
+            nonlocal got
+            got += len(data)
+            if got > cap:
+                raise FetchFailure("too_large", f"more than {cap} bytes")
+            sink(data)
+
+        try:
+            for raw in resp.raw.stream(WIRE_CHUNK, decode_content=False):
+                wire += len(raw)
+                if decoder is None:
+                    take(raw)
+                else:
+                    while raw:  # decoded in pieces no larger than what the cap still allows
+                        take(decoder.decompress(raw, cap - got + 1))
+                        raw = decoder.unconsumed_tail
+                if ex.fired.is_set() or time.monotonic() > ex.deadline:
+                    break
+            if decoder is not None and not ex.fired.is_set():
+                take(decoder.flush())
+        except zlib.error as e:
+            raise FetchFailure(
+                "bad_encoding",
+                f"the {resp.headers.get('Content-Encoding')} body does not decode ({e})",
+            ) from None
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+            if not ex.fired.is_set() and not _read_timed_out(e):
+                if "IncompleteRead" in repr(e) or "incomplete" in str(e).lower():
+                    raise FetchFailure(
+                        "truncated",
+                        f"connection closed after {wire} bytes of {length or 'unknown'}",
+                        retryable=True,
+                    ) from None
+                raise FetchFailure("connection_error", _short(e), retryable=True) from None
+            ex.fired.set()  # the socket's own read timeout came first: the same deadline
+        if ex.fired.is_set() or time.monotonic() > ex.deadline:
+            raise FetchFailure(
+                "timeout",
+                f"response not complete within {self.config.timeout:g} s ({wire} bytes read)",
+                retryable=True,
+            )
+        if length is not None and wire != length:
+            raise FetchFailure("truncated", f"got {wire} of {length} bytes", retryable=True)
+        if decoder is not None and not decoder.eof:
+            raise FetchFailure(
+                "truncated",
+                f"the {resp.headers.get('Content-Encoding')} stream ends early",
+                retryable=True,
+            )
+        if not got:
+            raise FetchFailure("empty", "empty body", retryable=True)
+
+    def fetch_file(self, url: str, path: Path) -> FetchResult:
+        """Stream `url` into `path` under the byte cap; `timeout` bounds all tries together.
+        On failure `path` is removed."""
+        result = FetchResult(url=url)
+        deadline = time.monotonic() + self.config.timeout
+        path = Path(path)
+        try:
+            for attempt in range(1, self.config.retries + 2):
+                result.attempts = attempt
+                t0 = time.monotonic()
+                try:
+                    with open(path, "wb") as out:
+                        result.content_type = self._stream(
+                            url, deadline, self.config.max_bytes, out.write
                         )
-                    raise FetchFailure("connection_error", _short(e), retryable=True)
-                fired.set()  # the socket's own read timeout came first: the same deadline
-            if fired.is_set() or time.monotonic() > deadline:
-                raise FetchFailure(
-                    "timeout",
-                    f"response not complete within {self.config.timeout:g} s ({got} bytes read)",
-                    retryable=True,
-                )
-            if length and length.isdigit() and got != int(length):
-                raise FetchFailure("truncated", f"got {got} of {length} bytes", retryable=True)
-            if not got:
-                raise FetchFailure("empty", "empty body", retryable=True)
-            return b"".join(chunks), resp.headers.get("Content-Type")
+                    result.error, result.message = None, ""
+                    return result
+                except FetchFailure as f:
+                    result.error, result.message = f.cls, f.message
+                    wait = max(self._backoff(attempt), f.retry_after or 0.0)
+                    if (
+                        not f.retryable
+                        or attempt > self.config.retries
+                        or time.monotonic() + wait >= deadline
+                    ):
+                        return result
+                    time.sleep(wait)
+                finally:
+                    result.attempt_seconds.append(time.monotonic() - t0)
+            return result
         finally:
-            if timer is not None:
-                timer.cancel()
-            resp.close()
+            if not result.ok:
+                path.unlink(missing_ok=True)
 
     def _page(self, url: str, html: bytes, deadline: float) -> bytes:
         """A page came back where media was expected: let yt-dlp look for the media in it."""

@@ -147,7 +147,11 @@ def decode_video(
     scratch_dir.mkdir(parents=True, exist_ok=True)
     ext = re.sub(r"[^a-z0-9]", "", (fmt or "bin").lower()) or "bin"
     tmp = scratch_dir / f"{shards.TMP_PREFIX}decode-{os.getpid()}-{uuid.uuid4().hex[:12]}.{ext}"
-    tmp.write_bytes(data)
+    try:
+        tmp.write_bytes(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written scratch file
+        raise
     cmd = [
         "ffmpeg",
         "-hide_banner",
@@ -347,6 +351,7 @@ def _frames_row(item: dict, settings: FrameSettings, scratch: Path) -> tuple[dic
     return row, {**status, "status": "ok", "error": None}
 
 
+@shards.holds_stage_lock(lambda a: paths.frames_dir(a["root"], a["dataset"], a["split"]))
 def extract_frames(
     root=None,
     dataset: str = "mrw",

@@ -6,9 +6,9 @@ import math
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mrw import paths, shards
+from mrw.catalog import read_catalog
 from mrw.descriptors import load_descriptor
 
 
@@ -17,6 +17,7 @@ def stage_info(stage_dir: Path, catalog_items: int | None) -> dict | None:
     if not stage_dir.is_dir():
         return None
     manifest = shards.read_manifest(stage_dir) or {}
+    shards.data_shards(stage_dir)  # a stray shard-*.parquet is reported here, not later
     status = shards.read_status(stage_dir).column("status")
     ok = pc.sum(pc.equal(status, "ok")).as_py() or 0
     info = {
@@ -42,16 +43,9 @@ def collect_info(root, datasets) -> dict:
             cat = paths.catalog_path(root, name, split)
             items = None
             if cat.exists():
-                meta = pq.ParquetFile(cat)
-                items = meta.metadata.num_rows
-                sentences = (
-                    pc.sum(
-                        pc.list_value_length(
-                            pq.read_table(cat, columns=["sentences"]).column("sentences")
-                        )
-                    ).as_py()
-                    or 0
-                )
+                column = read_catalog(root, name, split, columns=["sentences"]).column("sentences")
+                items = len(column)
+                sentences = pc.sum(pc.list_value_length(column)).as_py() or 0
                 entry["catalog"] = {"items": items, "sentences": sentences}
             stages = {}
             for stage, folder in (

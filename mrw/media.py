@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 from mrw.errors import FatalError
 from mrw.fetch import looks_like_html
@@ -453,6 +454,17 @@ def _probe_parsed(data: bytes, fmt: str, limits: MediaLimits) -> MediaInfo:
     return _check_limits(_probe_container(data, fmt, limits), limits)
 
 
+#: probe scratch files are `<tmp>/mrw-probe-<pid>-*`, so a later run can clear a killed one's
+PROBE_PREFIX = "mrw-probe-"
+
+
+def remove_stale_probes() -> int:
+    """Delete probe scratch files whose process is gone (a killed run's); returns how many."""
+    from mrw.shards import remove_stale_scratch
+
+    return remove_stale_scratch(Path(_tmp_dir() or tempfile.gettempdir()), PROBE_PREFIX)
+
+
 def _tmp_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
@@ -492,7 +504,7 @@ def probe_media(
 
 
 def _ffprobe_every_frame(data: bytes, fmt: str, limits: MediaLimits) -> MediaInfo:
-    with tempfile.NamedTemporaryFile(prefix="mrw-probe-", suffix="." + fmt, dir=_tmp_dir()) as fh:
+    with tempfile.NamedTemporaryFile(prefix=f"{PROBE_PREFIX}{os.getpid()}-", suffix="." + fmt, dir=_tmp_dir()) as fh:
         fh.write(data)
         fh.flush()
         cmd = [

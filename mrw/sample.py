@@ -14,6 +14,7 @@ The server serves a release folder on 127.0.0.1 and injects faults per URL path
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import random
@@ -100,6 +101,16 @@ FAULTS = {
     "garbage": "not_video",  # random bytes served as video/mp4
     "corrupt": "decode_error",  # the media's header, then damaged data
 }
+#: more faults the server answers, kept out of releases' fault plans (whose items they would move)
+SERVER_FAULTS = {
+    "slow-header": "timeout",  # the status line and headers a byte at a time
+    "endless": "too_large",  # a body with no end and no Content-Length (stops by itself)
+    "gzip": None,  # Content-Encoding: gzip, Content-Length of the compressed body
+}
+#: served but never put in a release: from a loopback server the redirect is allowed, and the
+#: client would then reach out of the machine. `?to=HOST` picks the redirect's host.
+PRIVATE_REDIRECT_FAULT = "redirect-private"
+PRIVATE_REDIRECT_HOST = "169.254.169.254"
 #: how long the slow faults keep a connection open at most
 FAULT_HOLD_SECONDS = 30.0
 #: bytes served by the too-large faults (tests pass a smaller --max-bytes)
@@ -596,6 +607,46 @@ class _Handler(BaseHTTPRequestHandler):
                     return
             self.close_connection = True
             return
+        if fault == "slow-header":
+            head_bytes = (
+                f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {f.stat().st_size}\r\nX-Filler: {'x' * 256}\r\n\r\n"
+            ).encode()
+            t0 = time.monotonic()
+            for i in range(len(head_bytes)):
+                if stop.wait(0.25) or time.monotonic() - t0 > FAULT_HOLD_SECONDS:
+                    break
+                try:
+                    self.wfile.write(head_bytes[i : i + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
+            self.close_connection = True
+            return
+        if fault == "endless":
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            if head:
+                return
+            chunk = bytes(64 * 1024)
+            t0 = time.monotonic()
+            try:
+                while not stop.is_set() and time.monotonic() - t0 < FAULT_HOLD_SECONDS:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass
+            self.close_connection = True
+            return
+        if fault == "gzip":
+            body = gzip.compress(f.read_bytes(), mtime=0)
+            return self._send(200, body, ctype, headers={"Content-Encoding": "gzip"}, head=head)
+        if fault == PRIVATE_REDIRECT_FAULT:
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            host = query.get("to", [PRIVATE_REDIRECT_HOST])[0]
+            return self._send(302, b"", headers={"Location": f"http://{host}/{rel}"}, head=head)
         if fault == "stall":
             body = f.read_bytes()
             self._send(200, b"", ctype, head=True, length=len(body))

@@ -10,10 +10,18 @@ without a status file. Shards are independent, so Spark, Ray or Dask can map ove
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import functools
+import inspect
 import json
 import os
+import re
+import socket
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,6 +32,13 @@ from mrw.errors import UsageError
 SHARD_PREFIX = "shard-"
 MANIFEST = "_stage.json"
 TMP_PREFIX = ".tmp-"
+#: the names `shard_name` gives; anything else called shard-*.parquet is not ours
+SHARD_NAME = re.compile(r"shard-\d{5,}\.parquet")
+LOCK_SUFFIX = ".lock"
+#: what to do about a damaged file a stage wrote
+REPAIR_HINT = (
+    "run `mrw validate` to see the damage, or delete the file and rerun the stage that wrote it"
+)
 
 STATUS_SCHEMA = pa.schema(
     [
@@ -41,7 +56,16 @@ def shard_name(index: int) -> str:
 
 
 def shard_index(path: Path) -> int:
+    name = Path(path).name
+    if not SHARD_NAME.fullmatch(name):
+        raise UsageError(_stray(Path(path)))
     return int(Path(path).stem[len(SHARD_PREFIX) :])
+
+
+def _stray(path: Path) -> str:
+    return (
+        f"{path}: not a shard name mrw writes (shard-NNNNN.parquet): move it out of {path.parent}"
+    )
 
 
 def shard_ranges(num_items: int, shard_size: int) -> list[tuple[int, int]]:
@@ -151,27 +175,52 @@ def remove_temporaries(stage_dir: Path) -> int:
     return n
 
 
+def _shard_files(folder: Path) -> list[Path]:
+    files = sorted(Path(folder).glob(f"{SHARD_PREFIX}*.parquet"))
+    for p in files:
+        if not SHARD_NAME.fullmatch(p.name):
+            raise UsageError(_stray(p))
+    return files
+
+
 def data_shards(stage_dir: Path) -> list[Path]:
-    return sorted(Path(stage_dir).glob(f"{SHARD_PREFIX}*.parquet"))
+    return _shard_files(Path(stage_dir))
 
 
 def status_shards(stage_dir: Path) -> list[Path]:
-    return sorted((Path(stage_dir) / "status").glob(f"{SHARD_PREFIX}*.parquet"))
+    return _shard_files(Path(stage_dir) / "status")
+
+
+def damaged(path: Path, error: BaseException, hint: str = REPAIR_HINT) -> UsageError:
+    """The one-line error for a file the pipeline wrote that does not read back."""
+    text = " ".join(str(error).split())[:160] or type(error).__name__
+    return UsageError(f"{path}: damaged or not a Parquet file ({text}): {hint}")
+
+
+def read_parquet(path: Path, hint: str = REPAIR_HINT, **options) -> pa.Table:
+    """`pq.read_table`, with a damaged file reported as one UsageError naming it."""
+    try:
+        return pq.read_table(path, **options)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise
+        raise damaged(Path(path), e, hint) from None
 
 
 def read_status(stage_dir: Path) -> pa.Table:
     files = status_shards(stage_dir)
     if not files:
         return STATUS_SCHEMA.empty_table()
-    return pa.concat_tables(pq.read_table(f, schema=STATUS_SCHEMA) for f in files)
+    hint = "delete it and rerun the stage (only that shard is redone)"
+    return pa.concat_tables(read_parquet(f, hint, schema=STATUS_SCHEMA) for f in files)
 
 
 def check_manifest(stage_dir: Path, settings: dict) -> None:
     """Record the settings a stage was built with; refuse to mix shards built with others."""
     path = Path(stage_dir) / MANIFEST
     settings = json.loads(json.dumps(settings))
-    if path.exists():
-        old = json.loads(path.read_text())
+    old = read_manifest(stage_dir)
+    if old is not None:
         if old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise UsageError(
@@ -183,13 +232,142 @@ def check_manifest(stage_dir: Path, settings: dict) -> None:
 
 
 def read_manifest(stage_dir: Path) -> dict | None:
+    """The stage's recorded settings, None when it has none; a damaged one is a UsageError."""
     path = Path(stage_dir) / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        obj = e
+    if not isinstance(obj, dict):
+        what = f"not valid JSON ({obj})" if isinstance(obj, Exception) else "not a JSON object"
+        raise UsageError(
+            f"{path}: damaged stage settings, {what}: delete it and rerun the stage with the "
+            "settings it was built with (or remove the folder to start over)"
+        )
+    return obj
 
 
-def iter_rows(paths: Iterable[Path], columns: Sequence[str] | None = None, batch_size: int = 64):
-    """Stream rows as dicts, one record batch at a time (bounded memory)."""
+def iter_rows(
+    paths: Iterable[Path], columns: Sequence[str] | None = None, batch_size: int = 64
+) -> Iterator[dict]:
+    """Stream rows as dicts, one record batch at a time (bounded memory); a damaged file is one
+    UsageError naming it."""
     for p in paths:
-        pf = pq.ParquetFile(p)
-        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
-            yield from batch.to_pylist()
+        try:
+            pf = pq.ParquetFile(p)
+            batches = pf.iter_batches(batch_size=batch_size, columns=columns)
+            for batch in batches:
+                yield from batch.to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise
+            raise damaged(Path(p), e) from None
+
+
+# -- one run per stage folder -------------------------------------------------------------------
+def lock_path(stage_dir: Path) -> Path:
+    """The lock of a stage folder, beside it (a folder that was never started stays absent)."""
+    stage_dir = Path(stage_dir)
+    return stage_dir.with_name(stage_dir.name + LOCK_SUFFIX)
+
+
+@contextlib.contextmanager
+def stage_lock(stage_dir: Path) -> Iterator[Path]:
+    """Hold the stage folder's lock for a run; a second run gets a UsageError naming the holder.
+
+    An advisory `flock` on the lock file: the kernel drops it when the holder dies, so the lock of
+    a killed run is taken over by the next one. The file records the holder's pid, host and start
+    time for the message."""
+    path = lock_path(stage_dir)
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise
+            raise UsageError(f"cannot write under {path.parent}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise UsageError(
+                f"{stage_dir} is in use by another run ({holder}): wait for it to end or stop "
+                "it, then rerun"
+            ) from None
+        try:  # the holder may have removed the file between our open and our flock
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        record = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {record['pid']} on {record['host']}, started {record['started']}"
+    except (ValueError, KeyError, TypeError, OSError):
+        return "a run that is just starting"
+
+
+def holds_stage_lock(stage_dir_of: Callable[[dict], Path]) -> Callable:
+    """Decorate a stage's run function: `stage_dir_of(arguments)` names the folder whose lock
+    the whole call holds."""
+
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with stage_lock(stage_dir_of(bound.arguments)):
+                return fn(*args, **kwargs)
+
+        return run
+
+    return decorate
+
+
+# -- scratch files of killed runs -------------------------------------------------------------------
+def remove_stale_scratch(folder: Path, prefix: str) -> int:
+    """Delete `<folder>/<prefix><pid>-*` files whose process is gone; returns how many went."""
+    n = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for p in folder.glob(f"{prefix}*"):
+        pid = p.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+    return n
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -8,6 +8,7 @@ exactly one status row, `ok` exactly when it has a data row.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -117,9 +118,9 @@ def validate_split(
     status_of: dict[str, list[str]] = {}
     for f in shards.status_shards(stage_dir):
         try:
-            rows = pq.read_table(f).to_pylist()
-        except Exception as e:
-            report.add("unreadable", f"status/{f.name}: {type(e).__name__}: {str(e)[:120]}")
+            rows = shards.read_parquet(f).to_pylist()
+        except UsageError as e:
+            report.add("unreadable", f"status/{f.name}: {str(e)[:240]}")
             continue
         idx = shards.shard_index(f)
         for r in rows:
@@ -185,6 +186,8 @@ def validate_split(
                                     "checksum", f"{f.name}: id {r['id']!r}: sha256 does not match"
                                 )
             except Exception as e:  # a damaged file: name it and go on with the others
+                if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                    raise
                 report.add("unreadable", f"{f.name}: {type(e).__name__}: {str(e)[:120]}")
     for i, states in status_of.items():
         if "ok" in states and not seen.get(i):

@@ -144,7 +144,9 @@ def test_release_from_url_is_fetched_once_and_cached(tmp_path, root):
             )
             assert res.exit_code == 0, res.output
         assert _CountingHandler.hits == ["/mrw-v1.0.tar.gz"]
-        assert (root / "mrw" / "release" / "mrw-v1.0.tar.gz").is_file()
+        from mrw.datasets.release import cache_key
+
+        assert (root / "mrw" / "release" / cache_key(url) / "mrw-v1.0.tar.gz").is_file()
         assert read_catalog(root, "mrw", "test").column("id").to_pylist() == ["d4"]
         res = run(
             "download",

@@ -319,6 +319,7 @@ def test_bad_input_exits_2(tmp_path):
         res = _mrw("download", "--root", root, "--split", "test", "--metadata", rel, opt, value)
         assert res.returncode == 2 and opt in res.stderr, (opt, res.stderr)
     # an unwritable place for the shards: a file where the videos folder should be
+    paths.dataset_dir(root, "mrw").mkdir(parents=True, exist_ok=True)  # options come first
     (paths.dataset_dir(root, "mrw") / "videos").write_text("in the way")
     res = _mrw(
         "download",

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from mrw.fetch import FetchConfig, Fetcher, looks_like_html
-from mrw.sample import FAULTS, SampleServer, write_sample_release
+from mrw.sample import FAULTS, SERVER_FAULTS, SampleServer, write_sample_release
 
 TIMEOUT = 3.0  # generous: the first yt-dlp page of a process costs about a second on a busy machine
 
@@ -29,12 +29,12 @@ def _fetcher(**kw):
     return Fetcher(FetchConfig(**cfg))
 
 
-EXPECTED = {name: (err, None) for name, err in FAULTS.items()}
+EXPECTED = {name: (err, None) for name, err in {**FAULTS, **SERVER_FAULTS}.items()}
 # garbage and corrupt are media-shaped bytes: fetch hands them on, media.py rejects them
 EXPECTED["garbage"] = EXPECTED["corrupt"] = (None, None)
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("fault", sorted({**FAULTS, **SERVER_FAULTS}))
 def test_each_fault_gets_its_class_and_no_request_outlives_the_timeout(served, fault):
     srv, name, body = served
     res = _fetcher().fetch(f"{srv.url}/fault/{fault}/media/{name}")
@@ -45,9 +45,9 @@ def test_each_fault_gets_its_class_and_no_request_outlives_the_timeout(served, f
         assert res.data == body
     if fault in ("500-then-ok", "429-then-ok"):
         assert res.attempts == 2
-    if fault in ("404", "too-large", "too-large-chunked", "redirect-loop", "html"):
+    if fault in ("404", "too-large", "too-large-chunked", "redirect-loop", "html", "endless"):
         assert res.attempts == 1, "no retry on a permanent failure"
-    if fault in ("slow", "stall", "truncated"):
+    if fault in ("slow", "stall", "truncated", "slow-header"):
         assert res.attempts == 2, "retried once (retries=1)"
     if fault == "embed":
         assert res.via == "yt-dlp"

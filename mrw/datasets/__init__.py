@@ -15,10 +15,13 @@ from mrw.errors import UsageError
 READERS = {"mrw": mrw.read_split, "tgif": tgif.read_split, "coco": coco.read_split}
 
 
-def build_catalog(dataset: str, split: str, root=None, source=None) -> tuple[Path, IngestReport]:
+def build_catalog(
+    dataset: str, split: str, root=None, source=None, **release_limits
+) -> tuple[Path, IngestReport]:
     """Read one split of a release (folder, archive, URL or the official one), validate it and
     write `<root>/<dataset>/catalog/<split>.parquet`. Hard problems raise UsageError and write
-    nothing; soft ones (missing items, a size that differs from the published one) are reported."""
+    nothing; soft ones (missing items, a size that differs from the published one) are reported.
+    `release_limits` (timeout, max_bytes) bound the release download (`open_release`)."""
     dataset, split = paths.check_dataset(dataset), paths.normalize_split(split)
     desc = load_descriptor(dataset)
     report = IngestReport(
@@ -27,7 +30,7 @@ def build_catalog(dataset: str, split: str, root=None, source=None) -> tuple[Pat
         source=str(source) if source else "the official release",
         expected_items=desc["splits"][split].get("items"),
     )
-    with open_release(dataset, source, root) as release_dir:
+    with open_release(dataset, source, root, **release_limits) as release_dir:
         rows = READERS[dataset](Path(release_dir), split, desc, report)
     if not rows:
         raise UsageError(

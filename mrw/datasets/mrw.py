@@ -26,12 +26,21 @@ def _lookup(obj: dict, dotted: str):
 
 
 def load_json_array(path: Path) -> list:
+    """A release's JSON file (UTF-8, a leading BOM allowed); bad input is one UsageError."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text ({e.reason} at offset {e.start})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: not a release file (JSON nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, and integers over Python's digit limit
+        raise UsageError(f"{path}: not valid JSON ({_short(str(e))})") from None
     return data
+
+
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_entries(meta_path: Path, url_fields, report: IngestReport) -> dict:

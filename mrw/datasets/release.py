@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import shutil
 import tarfile
@@ -9,12 +11,14 @@ import tempfile
 import unicodedata
 import urllib.parse
 import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrw import paths
 from mrw.errors import FatalError, UsageError
+from mrw.shards import TMP_PREFIX, pid_alive
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -82,7 +86,18 @@ def unsafe_id_reason(item_id) -> str | None:
         return "id contains a control character"
     if item_id != item_id.strip():
         return "id has leading or trailing whitespace"
+    if not is_unicode(item_id):
+        return "id is not valid Unicode (a lone surrogate)"
     return None
+
+
+def is_unicode(text: str) -> bool:
+    """False for a string that cannot be written as UTF-8 (JSON lets `\\ud800` through)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_id(item_id, where: str) -> str:
@@ -99,12 +114,20 @@ def check_url(url, item_id, where: str) -> str:
         or not urllib.parse.urlsplit(url.strip()).netloc
     ):
         raise UsageError(f"{where}: id {item_id!r}: URL {url!r} is not an http(s) URL")
+    if not is_unicode(url):
+        raise UsageError(
+            f"{where}: id {item_id!r}: the URL is not valid Unicode (a lone surrogate)"
+        )
     return url.strip()
 
 
 def check_sentence(sentence, item_id, where: str) -> str:
     if not isinstance(sentence, str) or not sentence.strip():
         raise UsageError(f"{where}: id {item_id!r}: empty sentence")
+    if not is_unicode(sentence):
+        raise UsageError(
+            f"{where}: id {item_id!r}: the sentence is not valid Unicode (a lone surrogate)"
+        )
     return sentence.strip()
 
 
@@ -121,22 +144,37 @@ def keep_first(seen: dict, item_id: str, record, where: str, report: IngestRepor
 
 
 def read_id_list(path: Path, to_id=lambda line: line) -> list[str]:
-    """One id (or URL) per line; blank lines skipped; duplicates are a hard error."""
+    """One id (or URL) per line of UTF-8 text (a leading BOM is dropped); blank lines skipped;
+    duplicates are a hard error."""
     ids, seen = [], {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            item_id = check_id(to_id(line), f"{path}:{lineno}")
-            if item_id in seen:
-                raise UsageError(
-                    f"{path}:{lineno}: id {item_id!r}: duplicate id in the split list "
-                    f"(first on line {seen[item_id]})"
-                )
-            seen[item_id] = lineno
-            ids.append(item_id)
+    for lineno, line in enumerate(read_text_lines(path), 1):
+        line = line.strip()
+        if not line:
+            continue
+        item_id = check_id(to_id(line), f"{path}:{lineno}")
+        if item_id in seen:
+            raise UsageError(
+                f"{path}:{lineno}: id {item_id!r}: duplicate id in the split list "
+                f"(first on line {seen[item_id]})"
+            )
+        seen[item_id] = lineno
+        ids.append(item_id)
     return ids
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file of the release (a leading BOM dropped); bad input is one
+    UsageError naming the line."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UsageError(
+            f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})"
+        ) from None
+    # universal newlines only, as reading the file in text mode gives (not str.splitlines)
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def find_file(release_dir: Path, candidates, what: str) -> Path:
@@ -157,118 +195,267 @@ def is_url(source: str) -> bool:
     return urllib.parse.urlsplit(str(source)).scheme.lower() in ("http", "https")
 
 
-def fetch_to_cache(url: str, cache_dir: Path, *, timeout: float = 60.0) -> Path:
-    """Download `url` once into `cache_dir` (temporary name, then rename); reuse it afterwards."""
-    import requests
-    from tqdm import tqdm
+#: the release fetch's limits unless the command line says otherwise
+RELEASE_TIMEOUT = 600.0  # seconds for the whole release download, all tries together
+RELEASE_MAX_BYTES = 1 << 30  # when the descriptor gives no size
+RELEASE_SIZE_FACTOR = 4  # cap = this many times the descriptor's `size_bytes`
+#: unpacking stops past this many bytes (at least MIN_UNPACKED_BYTES, else this ratio of the
+#: archive's size) or this many members: a release is a few files that compress a few times
+UNPACK_RATIO = 100
+MIN_UNPACKED_BYTES = 64 << 20
+MAX_MEMBERS = 10_000
 
-    name = os.path.basename(urllib.parse.urlsplit(url).path) or "release"
-    target = cache_dir / name
-    if target.exists():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".tmp-{name}.{os.getpid()}"
+
+def release_max_bytes(desc: dict) -> int:
+    """The default byte cap of a dataset's release download."""
+    size = desc.get("release", {}).get("size_bytes")
+    return RELEASE_SIZE_FACTOR * int(size) if size else RELEASE_MAX_BYTES
+
+
+def fetch_to_cache(
+    url: str,
+    target: Path,
+    *,
+    timeout: float = RELEASE_TIMEOUT,
+    max_bytes: int = RELEASE_MAX_BYTES,
+    network=None,
+) -> Path:
+    """Download `url` to `target` through a temporary name, under a byte cap and one deadline
+    for the whole download; a failed or refused download leaves nothing behind."""
+    from mrw.fetch import FetchConfig, Fetcher, looks_like_html
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}.{os.getpid()}"
+    config = FetchConfig(timeout=timeout, retries=2, max_bytes=max_bytes, use_ytdlp=False)
     try:
-        with requests.get(url, stream=True, timeout=timeout) as resp:
-            if 400 <= resp.status_code < 500:
-                raise UsageError(f"{url}: HTTP {resp.status_code}: the release cannot be fetched")
-            resp.raise_for_status()
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with (
-                open(tmp, "wb") as out,
-                tqdm(
-                    total=total, unit="B", unit_scale=True, desc=f"fetching {name}", leave=False
-                ) as bar,
-            ):
-                for chunk in resp.iter_content(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-            if total is not None and tmp.stat().st_size != total:
-                raise FatalError(
-                    f"{url}: truncated download ({tmp.stat().st_size} of {total} bytes)"
-                )
+        result = Fetcher(config, network).fetch_file(url, tmp)
+        if not result.ok:
+            hint = {
+                "too_large": " (raise --metadata-max-bytes if the release really is that big)",
+                "timeout": " (raise --metadata-timeout on a slow link)",
+            }.get(result.error, "")
+            error = UsageError if result.error.startswith("http_4") else FatalError
+            if result.error in ("too_large", "blocked_redirect", "bad_encoding"):
+                error = UsageError
+            raise error(f"{url}: the release cannot be fetched: {result.error_text}{hint}")
+        with open(tmp, "rb") as fh:
+            head = fh.read(512)
+        if looks_like_html(head):
+            raise UsageError(f"{url}: the server sent an HTML page, not the release")
         os.replace(tmp, target)
-    except requests.RequestException as e:
-        raise FatalError(f"{url}: cannot fetch the release: {e}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return target
 
 
-def _safe_members(tar: tarfile.TarFile, archive: Path):
-    for m in tar.getmembers():
-        name = m.name
-        if name.startswith("/") or ".." in Path(name).parts:
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(url: str) -> str:
+    """The cache folder of a release URL: two URLs never share one, whatever their file names."""
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def cached_release(
+    url: str,
+    cache: Path,
+    metadata_file,
+    *,
+    sha256: str | None = None,
+    timeout: float = RELEASE_TIMEOUT,
+    max_bytes: int = RELEASE_MAX_BYTES,
+    network=None,
+) -> Path:
+    """The unpacked release of `url`, fetched and verified once into `cache/<key of url>/`.
+
+    The entry is built in a temporary folder and renamed into place only once the archive
+    unpacks, holds `metadata_file` and matches `sha256` (when given), so a bad download (an
+    HTML page, a truncated or oversized body, a bomb) is never kept and the next run fetches
+    again."""
+    name = os.path.basename(urllib.parse.urlsplit(url).path) or "release"
+    if not name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise UsageError(
+            f"{url}: a release URL must name an archive ({', '.join(ARCHIVE_SUFFIXES)})"
+        )
+    entry = cache / cache_key(url)
+    unpacked = entry / (name + ".d")
+    if unpacked.is_dir():
+        return unpacked
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f"{TMP_PREFIX}release-{entry.name}.{os.getpid()}"
+    remove_stale_temporaries(cache)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        archive = fetch_to_cache(
+            url, tmp / name, timeout=timeout, max_bytes=max_bytes, network=network
+        )
+        if sha256 and _file_sha256(archive) != sha256.lower():
             raise UsageError(
-                f"{archive}: member {name!r} would be written outside the release folder"
+                f"{url}: the download's sha256 is {_file_sha256(archive)}, the descriptor "
+                f"says {sha256}: not the official release"
             )
-        if m.issym() or m.islnk() or m.isdev():
-            continue  # links and devices are never needed in a release; skip them
-        yield m
+        extract_archive(archive, tmp / (name + ".d"))
+        find_file(tmp / (name + ".d"), metadata_file, "metadata file")
+        (tmp / "url.txt").write_text(url + "\n", encoding="utf-8", errors="surrogateescape")
+        if entry.exists() and not unpacked.is_dir():  # a leftover without its release
+            shutil.rmtree(entry)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not unpacked.is_dir():  # another run did not just put the same release there
+                raise
+    except UsageError as e:
+        raise UsageError(str(e).replace(str(tmp / name), url)) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return unpacked
 
 
-def extract_archive(archive: Path, dest: Path) -> Path:
-    """Unpack a .tar.gz/.tgz/.tar/.zip release safely (no absolute paths, no '..', no links)."""
+def remove_stale_temporaries(cache: Path) -> None:
+    """Delete what a killed release fetch left in the cache (its pid is gone)."""
+    if not cache.is_dir():
+        return
+    for p in cache.glob(f"{TMP_PREFIX}*"):
+        pid = p.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and pid_alive(int(pid)):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _safe_name(name: str, archive: Path) -> str:
+    if name.startswith("/") or ".." in Path(name).parts:
+        raise UsageError(f"{archive}: member {name!r} would be written outside the release folder")
+    return name
+
+
+class _Budget:
+    """Counts unpacked bytes and members against the caps."""
+
+    def __init__(self, archive: Path, max_bytes: int, max_members: int):
+        self.archive, self.max_bytes, self.max_members = archive, max_bytes, max_members
+        self.bytes = self.members = 0
+
+    def member(self) -> None:
+        self.members += 1
+        if self.members > self.max_members:
+            raise UsageError(
+                f"{self.archive}: more than {self.max_members} members: not a release "
+                "(an archive bomb?)"
+            )
+
+    def copy(self, src, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "wb") as out:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                self.bytes += len(block)
+                if self.bytes > self.max_bytes:
+                    raise UsageError(
+                        f"{self.archive}: unpacks to more than {self.max_bytes} bytes: not a "
+                        "release (an archive bomb?)"
+                    )
+                out.write(block)
+
+
+def extract_archive(
+    archive: Path,
+    dest: Path,
+    *,
+    max_bytes: int | None = None,
+    max_members: int = MAX_MEMBERS,
+) -> Path:
+    """Unpack a .tar.gz/.tgz/.tar/.zip release safely: no absolute paths, no '..', no links, at
+    most `max_bytes` unpacked (default: UNPACK_RATIO times the archive, at least
+    MIN_UNPACKED_BYTES) and `max_members` members. On any error `dest` is removed."""
+    if max_bytes is None:
+        max_bytes = max(MIN_UNPACKED_BYTES, UNPACK_RATIO * archive.stat().st_size)
+    budget = _Budget(archive, max_bytes, max_members)
     dest.mkdir(parents=True, exist_ok=True)
     name = archive.name.lower()
     try:
         if name.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
-                    if info.filename.startswith("/") or ".." in Path(info.filename).parts:
-                        raise UsageError(
-                            f"{archive}: member {info.filename!r} would be written "
-                            "outside the release folder"
-                        )
-                zf.extractall(dest)
+                    budget.member()
+                    rel = _safe_name(info.filename, archive)
+                    if info.is_dir():
+                        (dest / rel).mkdir(parents=True, exist_ok=True)
+                        continue
+                    with zf.open(info) as src:
+                        budget.copy(src, dest / rel)
         else:
-            with tarfile.open(archive) as tar:
-                tar.extractall(dest, members=list(_safe_members(tar, archive)))
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise UsageError(f"{archive}: not a readable archive ({e})") from None
+            with tarfile.open(archive, mode="r|*") as tar:
+                for m in tar:  # streamed: one pass, whatever the headers claim
+                    budget.member()
+                    rel = _safe_name(m.name, archive)
+                    if m.isdir():
+                        (dest / rel).mkdir(parents=True, exist_ok=True)
+                    elif m.isfile():
+                        budget.copy(tar.extractfile(m), dest / rel)
+                    # links and devices are never needed in a release; skipped
+    except BaseException as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        if isinstance(e, (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error)) or (
+            isinstance(e, OSError) and not _is_enospc(e)
+        ):
+            raise UsageError(f"{archive}: not a readable archive ({e})") from None
+        raise
     return dest
 
 
+def _is_enospc(e: OSError) -> bool:
+    return e.errno == errno.ENOSPC
+
+
 @contextmanager
-def open_release(dataset: str, source, root) -> Path:
+def open_release(
+    dataset: str,
+    source,
+    root,
+    *,
+    timeout: float = RELEASE_TIMEOUT,
+    max_bytes: int | None = None,
+    network=None,
+) -> Path:
     """Yield a folder holding the release, whatever `source` is.
 
-    None: the official release from the descriptor, fetched once into `<root>/<ds>/release/`.
-    A URL: fetched once into the same cache. A local archive: unpacked into a temporary folder.
-    A folder: used as it is.
+    None: the official release from the descriptor, fetched and verified once into
+    `<root>/<ds>/release/`. A URL: the same, in a cache entry of its own. A local archive:
+    unpacked into a temporary folder. A folder: used as it is. `timeout` and `max_bytes` bound
+    each download (default cap: `release_max_bytes` of the descriptor).
     """
     from mrw.descriptors import load_descriptor
 
     desc = load_descriptor(dataset)
+    release = desc["release"]
     cache = paths.release_cache_dir(root, dataset)
+    if max_bytes is None:
+        max_bytes = release_max_bytes(desc)
+    limits = {"timeout": timeout, "max_bytes": max_bytes, "network": network}
+    checksum = None
     if source is None:
-        release = desc["release"]
         if "files" in release:  # several plain files (TGIF)
+            remove_stale_temporaries(cache)
             for rel, url in release["files"].items():
                 target = cache / rel
                 if not target.exists():
-                    fetch_to_cache(url, target.parent)
+                    fetch_to_cache(url, target, **limits)
             yield cache
             return
-        source = release["url"]
+        source, checksum = release["url"], release.get("sha256")
     source = str(source)
     if is_url(source):
-        archive = fetch_to_cache(source, cache)
-        if not archive.name.lower().endswith(ARCHIVE_SUFFIXES):
-            raise UsageError(
-                f"{source}: a release URL must name an archive ({', '.join(ARCHIVE_SUFFIXES)})"
-            )
-        unpacked = cache / (archive.name + ".d")
-        if not unpacked.is_dir():
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-unpack-", dir=cache))
-            try:
-                extract_archive(archive, tmp)
-                os.replace(tmp, unpacked)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-        yield unpacked
+        yield cached_release(source, cache, release["metadata_file"], sha256=checksum, **limits)
         return
     path = Path(source).expanduser()
     if not path.exists():
@@ -281,4 +468,4 @@ def open_release(dataset: str, source, root) -> Path:
             f"{path}: expected a release folder or archive ({', '.join(ARCHIVE_SUFFIXES)})"
         )
     with tempfile.TemporaryDirectory(prefix="mrw-release-") as tmp:
-        yield extract_archive(path, Path(tmp))
+        yield extract_archive(path, Path(tmp) / "release")

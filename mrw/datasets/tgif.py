@@ -17,6 +17,7 @@ from mrw.datasets.release import (
     check_url,
     find_file,
     read_id_list,
+    read_text_lines,
 )
 from mrw.errors import UsageError
 
@@ -29,14 +30,7 @@ def id_from_url(url: str) -> str:
 def read_sentences(tsv_path: Path) -> tuple[dict, dict]:
     """id -> sentences (file order) and id -> URL, validated."""
     sentences, urls = {}, {}
-    try:
-        fh = open(tsv_path, encoding="utf-8")
-        lines = list(fh)
-        fh.close()
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{tsv_path}: not UTF-8 text ({e})") from None
-    for lineno, line in enumerate(lines, 1):
-        line = line.rstrip("\r\n")
+    for lineno, line in enumerate(read_text_lines(tsv_path), 1):
         if not line.strip():
             continue
         where = f"{tsv_path}:{lineno}"
