@@ -145,6 +145,11 @@ def info(root, dataset, as_json):
     show_default=True,
     help="Requests in flight to one host at a time (be polite to the media hosts).",
 )
+@click.option(
+    "--allow-still",
+    is_flag=True,
+    help="Keep single-frame files in a video dataset (by default they fail as not_animated).",
+)
 @handle_errors
 def download(
     root,
@@ -160,6 +165,7 @@ def download(
     retries,
     max_bytes,
     per_host,
+    allow_still,
 ):
     """Build the split's catalog from the official release, then fetch its media into shards."""
     from mrw.datasets import build_catalog
@@ -183,6 +189,7 @@ def download(
         retries=retries,
         max_bytes=max_bytes,
         per_host=per_host,
+        allow_still=allow_still,
     )
 
 
@@ -231,8 +238,16 @@ def validate(root, dataset, split, workers):
 )
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality, 1-100.")
 @click.option("--workers", type=int, default=None, help="Videos decoded at once (default: CPUs).")
+@click.option(
+    "--sampling",
+    type=click.Choice(["reference", "native"]),
+    default="reference",
+    show_default=True,
+    help="reference: the frame shown at each 1/fps, as GulpIO's burst made the paper's frames "
+    "(slower clips repeat frames); native: the first frame of each 1/fps slot, no repeats.",
+)
 @handle_errors
-def extract_frames(root, dataset, split, fps, size, quality, workers):
+def extract_frames(root, dataset, split, fps, size, quality, workers, sampling):
     """Decode each video once into resized JPEG frames, in frame shards (resumable)."""
     from mrw.frames import extract_frames as run
 
@@ -244,6 +259,7 @@ def extract_frames(root, dataset, split, fps, size, quality, workers):
         size=size,
         quality=quality,
         workers=workers,
+        sampling=sampling,
     )
     click.echo(report.summary(), err=True)
     click.echo(f"frames: {report.stage_dir}")

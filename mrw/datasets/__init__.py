@@ -18,7 +18,7 @@ READERS = {"mrw": mrw.read_split, "tgif": tgif.read_split, "coco": coco.read_spl
 def build_catalog(dataset: str, split: str, root=None, source=None) -> tuple[Path, IngestReport]:
     """Read one split of a release (folder, archive, URL or the official one), validate it and
     write `<root>/<dataset>/catalog/<split>.parquet`. Hard problems raise UsageError and write
-    nothing; soft ones (missing items, a size that differs from the published one) are reported."""
+    nothing; soft ones (missing items, dead links, a size that differs from the published one) are reported."""
     dataset, split = paths.check_dataset(dataset), paths.normalize_split(split)
     desc = load_descriptor(dataset)
     report = IngestReport(
@@ -36,6 +36,7 @@ def build_catalog(dataset: str, split: str, root=None, source=None) -> tuple[Pat
         )
     report.items = len(rows)
     report.sentences = sum(len(r["sentences"]) for r in rows)
+    report.no_url = [r["id"] for r in rows if r["url"] is None]
     path = write_catalog(
         rows, root, dataset, split, metadata={"mrw.ingest": json.dumps(report.as_dict())}
     )
