@@ -82,19 +82,37 @@ def main():
 @click.option(
     "--dataset", type=click.Choice(DATASETS), default=None, help="Only this dataset (default: all)."
 )
+@click.option(
+    "--split",
+    default=None,
+    help="With --failures: only this split (train, val or test; default: all).",
+)
+@click.option(
+    "--failures",
+    is_flag=True,
+    help="What failed, by class and by host, with example ids, and the share of each split "
+    "that is usable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
-def info(root, dataset, as_json):
+def info(root, dataset, split, failures, as_json):
     """Datasets, splits, counts, and which stages exist under the root."""
-    from mrw.info import collect_info, format_info
+    from mrw.info import collect_failures, collect_info, format_failures, format_info
 
-    report = collect_info(root, [dataset] if dataset else list(DATASETS))
+    names = [dataset] if dataset else list(DATASETS)
+    if split is not None and not failures:
+        raise UsageError("--split applies to --failures only")
+    if failures:
+        report = collect_failures(root, names, [split] if split else None)
+        text = format_failures
+    else:
+        report, text = collect_info(root, names), format_info
     if as_json:
         import json
 
         click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(format_info(report))
+        click.echo(text(report))
 
 
 # -- download ---------------------------------------------------------------------------------
