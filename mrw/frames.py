@@ -9,10 +9,11 @@ a constant 8 FPS, the frame shown at each 1/8 s, so a slower clip repeats frames
 drops them; each frame is then resized with OpenCV's bilinear `cv2.resize` to a shorter side of
 `size` and a longer side of `int(size * long / short)` (GulpIO's `resize_by_short_edge`, which
 truncates). `native` keeps the first frame of each 1/fps slot, never repeats one, and lets
-ffmpeg's bicubic scaler round the longer side. Frame shard `i` covers
-the same catalog rows as video shard `i`: one row per video that decoded, one status row per video
-of the video shard (a video that failed to download has no row here; one that fails to decode gets
-a `failed` status row).
+ffmpeg's bicubic scaler round the longer side.
+
+Frame shard `i` covers the same catalog rows as video shard `i`: one row per video that decoded,
+one status row per video of the video shard (a video that failed to download has no row here; one
+that fails to decode gets a `failed` status row).
 """
 
 from __future__ import annotations
@@ -248,7 +249,8 @@ def decode_video(
         except FileNotFoundError:
             raise FatalError("ffmpeg not found on PATH: install ffmpeg (5.x or newer)") from None
         log: list[bytes] = []
-        reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
+        tail: deque = deque(maxlen=LOG_TAIL_LINES)
+        reader = threading.Thread(target=_collect_log, args=(proc.stderr, log, tail), daemon=True)
         reader.start()
         frames, dims = [], (0, 0)
         try:
@@ -265,7 +267,8 @@ def decode_video(
             reader.join()
         text = b"".join(log).decode("utf-8", "replace")
         if rc != 0:  # the message without the scratch name, so a re-run writes the same bytes
-            message = _last_error_line(text).replace(f"{tmp}: ", "").replace(str(tmp), "input")
+            rest = b"".join(tail).decode("utf-8", "replace")
+            message = _last_error_line(rest).replace(f"{tmp}: ", "").replace(str(tmp), "input")
             raise DecodeError(message or f"ffmpeg exited with {rc}")
         if not frames:
             raise DecodeError("no video frames decoded")
@@ -288,13 +291,26 @@ def decode_video(
         tmp.unlink(missing_ok=True)
 
 
+#: lines of ffmpeg's log kept, besides the per-frame ones, for the message of a failure
+LOG_TAIL_LINES = 64
+_DEBUG_TS_PREFIXES = (b"demuxer", b"decoder ->", b"encoder ", b"muxer <-", b"filter ")
+
+
+def _collect_log(stream, frame_lines: list, tail: deque) -> None:
+    """ffmpeg's log, bounded: the per-frame lines that timestamps come from (showinfo's, the
+    muxer's), and the last few others; -debug_ts's other per-packet lines are dropped."""
+    for line in stream:
+        if b"Parsed_showinfo" in line or line.startswith(b"muxer <-"):
+            frame_lines.append(line)
+        elif not line.startswith(_DEBUG_TS_PREFIXES) and b"Last message repeated" not in line:
+            tail.append(line)
+
+
 def _last_error_line(log: str) -> str:
     lines = [
         ln.strip()
         for ln in log.splitlines()
-        if ln.strip()
-        and "Parsed_showinfo" not in ln
-        and not ln.startswith(("frame=", "video:", "muxer <-", "demuxer", "decoder ->"))
+        if ln.strip() and "Parsed_showinfo" not in ln and not ln.startswith(("frame=", "video:"))
     ]
     return lines[-1][:300] if lines else ""
 

@@ -244,6 +244,8 @@ def test_dead_links_download_as_no_url_and_the_run_exits_0(tmp_path, root):
         else:
             assert row["status"] == "ok", row
     assert "no_url: 2" in res.output
+    res = run("validate", "--root", root, "--split", "test")
+    assert res.exit_code == 0, res.output
 
 
 class _CountingHandler(http.server.SimpleHTTPRequestHandler):
