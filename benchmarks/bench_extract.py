@@ -13,7 +13,8 @@ MP4 and GIF clips made with ffmpeg), then measures:
 It also compares the two samplings of `extract-frames` on the same split in the same run
 (`--sampling-only` measures that alone, into its own section, bench_extract_sampling): the
 reference (GulpIO's burst: ffmpeg's constant 8 FPS output, OpenCV resize) against native (first
-frame of each 1/8 s slot, ffmpeg's scaler), alternating, the faster of two rounds each.
+frame of each 1/8 s slot, ffmpeg's scaler), alternating, the fastest of three rounds each
+(two in the full run).
 
     python benchmarks/bench_extract.py [--clips N] [--sampling-only] [--no-write]
 """
@@ -234,11 +235,14 @@ def sampling_compare(root: Path, rounds: int = 2) -> dict:
 
 def sampling_run(clips: int, root: Path) -> dict:
     seconds = make_split(root, root / "media", clips)
+    load_before = os.getloadavg()[0]
+    sampling = sampling_compare(root, rounds=3)
     return {
         "clips": clips,
         "video_seconds": seconds,
         "cpus": os.cpu_count(),
-        "sampling": sampling_compare(root),
+        "sampling": sampling,
+        "load": (load_before, os.getloadavg()[0]),
     }
 
 
@@ -256,12 +260,14 @@ def render_sampling(r: dict) -> str:
             "## extract-frames: reference sampling against native (`benchmarks/bench_extract.py "
             "--sampling-only`)",
             "",
-            f"CPU: {cpu_name()}, {r['cpus']} cores visible (shared with other work while measured).",
+            f"CPU: {cpu_name()}, {r['cpus']} cores visible; load average {r['load'][0]:.1f} "
+            f"before and {r['load'][1]:.1f} after the measurement (a busy machine widens the "
+            "spread of the ratio from run to run).",
             "",
             f"Workload: {r['clips']} synthetic clips made with ffmpeg (MP4 H.264 480x360 30 fps "
             f"4 s, 640x360 24 fps 6 s; GIF 320x240 10 fps 3 s, 400x300 15 fps 2 s), "
             f"{r['video_seconds']:.0f} s of video in video shards; 8 fps, 256 px, JPEG 90; each "
-            f"sampling run {s['rounds']} times, alternating, the faster run kept.",
+            f"sampling run {s['rounds']} times, alternating, the fastest run kept.",
             "",
             "| sampling | frames | seconds | frames/s | video seconds per second |",
             "|---|---:|---:|---:|---:|",
