@@ -132,19 +132,37 @@ def main():
 @click.option(
     "--dataset", type=click.Choice(DATASETS), default=None, help="Only this dataset (default: all)."
 )
+@click.option(
+    "--split",
+    default=None,
+    help="With --failures: only this split (train, val or test; default: all).",
+)
+@click.option(
+    "--failures",
+    is_flag=True,
+    help="What failed, by class and by host, with example ids, and the share of each split "
+    "that is usable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
-def info(root, dataset, as_json):
+def info(root, dataset, split, failures, as_json):
     """Datasets, splits, counts, and which stages exist under the root."""
-    from mrw.info import collect_info, format_info
+    from mrw.info import collect_failures, collect_info, format_failures, format_info
 
-    report = collect_info(root, [dataset] if dataset else list(DATASETS))
+    names = [dataset] if dataset else list(DATASETS)
+    if split is not None and not failures:
+        raise UsageError("--split applies to --failures only")
+    if failures:
+        report = collect_failures(root, names, [split] if split else None)
+        text = format_failures
+    else:
+        report, text = collect_info(root, names), format_info
     if as_json:
         import json
 
         click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(format_info(report))
+        click.echo(text(report))
 
 
 # -- download ---------------------------------------------------------------------------------
@@ -209,6 +227,11 @@ def info(root, dataset, as_json):
     help="Largest release download accepted, in bytes (default: 4x the descriptor's size, "
     "else 1 GiB).",
 )
+@click.option(
+    "--allow-still",
+    is_flag=True,
+    help="Keep single-frame files in a video dataset (by default they fail as not_animated).",
+)
 @handle_errors
 def download(
     root,
@@ -226,6 +249,7 @@ def download(
     per_host,
     metadata_timeout,
     metadata_max_bytes,
+    allow_still,
 ):
     """Build the split's catalog from the official release, then fetch its media into shards."""
     from mrw.datasets import build_catalog
@@ -266,6 +290,7 @@ def download(
         retries=retries,
         max_bytes=max_bytes,
         per_host=per_host,
+        allow_still=allow_still,
     )
 
 
@@ -314,8 +339,16 @@ def validate(root, dataset, split, workers):
 )
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality, 1-100.")
 @click.option("--workers", type=int, default=None, help="Videos decoded at once (default: CPUs).")
+@click.option(
+    "--sampling",
+    type=click.Choice(["reference", "native"]),
+    default="reference",
+    show_default=True,
+    help="reference: the frame shown at each 1/fps, as GulpIO's burst made the paper's frames "
+    "(slower clips repeat frames); native: the first frame of each 1/fps slot, no repeats.",
+)
 @handle_errors
-def extract_frames(root, dataset, split, fps, size, quality, workers):
+def extract_frames(root, dataset, split, fps, size, quality, workers, sampling):
     """Decode each video once into resized JPEG frames, in frame shards (resumable)."""
     from mrw.frames import extract_frames as run
 
@@ -327,6 +360,7 @@ def extract_frames(root, dataset, split, fps, size, quality, workers):
         size=size,
         quality=quality,
         workers=workers,
+        sampling=sampling,
     )
     click.echo(report.summary(), err=True)
     click.echo(f"frames: {report.stage_dir}")

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from mrw import paths, shards
 from mrw.catalog import read_catalog
+from mrw.descriptors import load_descriptor
 from mrw.errors import FatalError, UsageError
 from mrw.fetch import FetchConfig, Fetcher, timeout_problem
 from mrw.media import MediaError, MediaLimits, probe_media, remove_stale_probes, require_ffprobe
@@ -133,12 +134,36 @@ def local_file(from_dir: Path, item: dict) -> Path | None:
     return None
 
 
+def still_check(result: ItemResult, stills_ok: bool) -> ItemResult:
+    """A single-frame file in a video dataset fails as `not_animated`: dead GIF hosts answer 200
+    with a still placeholder image."""
+    if stills_ok or result.row is None or result.row["num_frames"] >= 2:
+        return result
+    fmt = result.row["format"]
+    return ItemResult(
+        result.id,
+        result.url,
+        None,
+        f"not_animated: a still {fmt} (1 frame) where the dataset has video",
+        result.attempts,
+    )
+
+
 class _ItemWorker:
-    def __init__(self, from_dir: Path | None, fetch_config: FetchConfig, limits: MediaLimits):
-        self.from_dir, self.limits = from_dir, limits
+    def __init__(
+        self,
+        from_dir: Path | None,
+        fetch_config: FetchConfig,
+        limits: MediaLimits,
+        stills_ok: bool = True,
+    ):
+        self.from_dir, self.limits, self.stills_ok = from_dir, limits, stills_ok
         self.fetcher = Fetcher(fetch_config)
 
     def __call__(self, item: dict) -> ItemResult:
+        return still_check(self._fetch_and_probe(item), self.stills_ok)
+
+    def _fetch_and_probe(self, item: dict) -> ItemResult:
         item_id, url = item["id"], item.get("url")
         if self.from_dir is not None:
             path = local_file(self.from_dir, item)
@@ -158,7 +183,7 @@ class _ItemWorker:
             return _validate(item_id, url, path.read_bytes(), 1, self.limits)
         if not url:
             return ItemResult(
-                item_id, url, None, "bad_url: the catalog has no URL for this item", 0
+                item_id, url, None, "no_url: the release gives no URL for this item", 0
             )
         res = self.fetcher.fetch(url)
         if not res.ok:
@@ -282,10 +307,13 @@ def download_split(
     max_bytes: int = 64 * 1024 * 1024,
     per_host: int = 4,
     backoff: float = 0.5,
+    allow_still: bool = False,
     progress: bool = True,
     log=None,
 ) -> DownloadReport:
-    """Fetch (or read `from_dir`), validate and shard every item of the split's catalog."""
+    """Fetch (or read `from_dir`), validate and shard every item of the split's catalog.
+
+    In a video dataset a single-frame file fails as `not_animated` unless `allow_still`."""
     dataset, split = paths.check_dataset(dataset), paths.normalize_split(split)
     check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host)
     if from_dir is not None:
@@ -309,6 +337,8 @@ def download_split(
             "split": split,
             "shard_size": shard_size,
             "max_bytes": max_bytes,
+            # recorded only when set, so that stages written before the option still resume
+            **({"allow_still": True} if allow_still else {}),
         },
     )
     shards.remove_temporaries(stage_dir)
@@ -338,6 +368,7 @@ def download_split(
             backoff=backoff,
         ),
         limits,
+        stills_ok=allow_still or load_descriptor(dataset).get("modality") == "image",
     )
     from tqdm import tqdm
 

@@ -254,6 +254,7 @@ class ItemFrames(torch.utils.data.Dataset):
                     self.decode.fps,
                     self.decode.size,
                     self.scratch_dir,
+                    sampling=self.decode.sampling,
                 )
                 keep = uniform_indices(len(video.frames), self.max_frames)
                 images = [Image.fromarray(video.frames[k]) for k in keep]
@@ -438,6 +439,7 @@ def _pick_source(root, dataset: str, split: str) -> tuple[str, Path, dict]:
         {
             "fps": decode.fps,
             "size": decode.size,
+            "sampling": decode.sampling,
             "shard_size": (shards.read_manifest(videos_dir) or {}).get("shard_size"),
         },
     )
@@ -527,7 +529,11 @@ def extract_features(
     decode = (
         None
         if source == "frames"
-        else FrameSettings(source_settings["fps"], source_settings["size"])
+        else FrameSettings(
+            source_settings["fps"],
+            source_settings["size"],
+            sampling=source_settings.get("sampling", "native"),
+        )
     )
     indices, waiting = complete_shards(source_dir)
     if source == "frames":  # video shards that extract-frames has not reached yet

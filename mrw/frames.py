@@ -1,10 +1,19 @@
 """Video shards -> frame shards: decode each video once, sample, resize, JPEG-encode.
 
 What GulpIO did for the reference code (burst every video at 8 FPS, resize to 256), in Parquet:
-one ffmpeg process per video samples and resizes, Python encodes the JPEGs. Frame shard `i` covers
-the same catalog rows as video shard `i`: one row per video that decoded, one status row per video
-of the video shard (a video that failed to download has no row here; one that fails to decode gets
-a `failed` status row).
+one ffmpeg process per video samples (and, for native sampling, resizes), Python encodes the JPEGs.
+
+Two samplings. `reference` is GulpIO's burst, `ffmpeg -i CLIP -q:v 1 -r 8 -f image2 %04d.jpg`
+(TwentyBN/GulpIO, `gulpio/utils.py`, `burst_frames_to_shm`): `-r` on the output makes ffmpeg emit
+a constant 8 FPS, the frame shown at each 1/8 s, so a slower clip repeats frames and a faster one
+drops them; each frame is then resized with OpenCV's bilinear `cv2.resize` to a shorter side of
+`size` and a longer side of `int(size * long / short)` (GulpIO's `resize_by_short_edge`, which
+truncates). `native` keeps the first frame of each 1/fps slot, never repeats one, and lets
+ffmpeg's bicubic scaler round the longer side.
+
+Frame shard `i` covers the same catalog rows as video shard `i`: one row per video that decoded,
+one status row per video of the video shard (a video that failed to download has no row here; one
+that fails to decode gets a `failed` status row).
 """
 
 from __future__ import annotations
@@ -54,6 +63,18 @@ PARQUET_OPTIONS = {
 }
 
 
+#: sampling name -> what the stage manifest records about it
+SAMPLINGS = {
+    "reference": "ffmpeg -r <fps> on the output (the frame shown at each 1/fps), as GulpIO's burst",
+    "native": "first frame of each 1/fps slot",
+}
+#: how each sampling resizes, for the stage manifest
+RESIZES = {
+    "reference": "shorter side, cv2.resize bilinear, longer side int(size * long / short)",
+    "native": "shorter side, bicubic",
+}
+
+
 @dataclass(frozen=True)
 class FrameSettings:
     """How frames are sampled and stored; recorded in the stage's `_stage.json`."""
@@ -61,8 +82,13 @@ class FrameSettings:
     fps: float = 8.0  # the reference burst videos at 8 FPS
     size: int = 256  # shorter side, as the reference resized before its 224 crops
     quality: int = 90  # JPEG quality, 1-100
+    sampling: str = "reference"  # "reference" (GulpIO's burst) or "native"
 
     def check(self) -> FrameSettings:
+        if self.sampling not in SAMPLINGS:
+            raise UsageError(
+                f"--sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}"
+            )
         if not (self.fps > 0 and np.isfinite(self.fps)):
             raise UsageError(f"--fps must be a positive number, got {self.fps}")
         if not 16 <= self.size <= 4096:
@@ -125,6 +151,32 @@ def _read_ppm_stream(stream) -> Iterator[np.ndarray]:
         yield np.frombuffer(data, np.uint8).reshape(h, w, 3)
 
 
+def reference_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) after GulpIO's `resize_by_short_edge`: the shorter side becomes `size`,
+    the longer one `int(size * long / short)`, truncated."""
+    if height < width:
+        return int(size * (width / float(height))), size
+    return size, int(size * (height / float(width)))
+
+
+def _reference_resize(frame: np.ndarray, size: int) -> np.ndarray:
+    h, w = frame.shape[:2]
+    return cv2.resize(frame, reference_size(w, h, size), interpolation=cv2.INTER_LINEAR)
+
+
+def _reference_args(fps: float) -> list[str]:
+    # the burst's own output options (`-r` after `-i`, default frame-rate mode); -debug_ts logs
+    # each frame's timestamp as it leaves, after ffmpeg has repeated or dropped frames
+    return ["-an", "-sn", "-dn", "-r", _rate_text(fps)]
+
+
+def _rate_text(fps: float) -> str:
+    return str(int(fps)) if float(fps).is_integer() else repr(float(fps))
+
+
+_MUXED_PTS = re.compile(r"muxer <- type:video pkt_pts:-?\d+ pkt_pts_time:(-?[0-9.e+-]+)")
+
+
 def decode_video(
     data: bytes,
     fmt: str | None,
@@ -132,8 +184,12 @@ def decode_video(
     size: int = 256,
     scratch_dir: Path | None = None,
     convert: Callable | None = None,
+    sampling: str = "native",
 ) -> DecodedVideo:
-    """Decode once with ffmpeg: sample at `fps` (every frame of a slower clip), shorter side `size`.
+    """Decode once with ffmpeg, sampled at `fps` and resized to a shorter side of `size`.
+
+    `sampling="native"`: the first frame of each 1/fps slot (every frame of a slower clip);
+    `"reference"`: GulpIO's burst, the frame shown at each 1/fps (see the module's docstring).
 
     `convert` (e.g. JPEG encoding) runs on each frame as it arrives, while ffmpeg decodes the
     next ones, so a long clip never sits in memory as raw pixels.
@@ -141,6 +197,8 @@ def decode_video(
     MP4 needs seeking (its index may sit at the end), so the bytes go to a scratch file named like
     the stage's temporaries, which `shards.remove_temporaries` clears after a killed run.
     """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"unknown sampling {sampling!r}")
     if not data:
         raise DecodeError("empty media")
     scratch_dir = Path(scratch_dir) if scratch_dir else Path(os.environ.get("TMPDIR", "/tmp"))
@@ -152,6 +210,22 @@ def decode_video(
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk leaves no half-written scratch file
         raise
+    reference = sampling == "reference"
+    if reference:
+        sample_args = _reference_args(fps)
+    else:
+        graph = _filter_graph(fps, size)
+        sample_args = [
+            "-map",
+            "0:v:0",
+            "-an",
+            "-sn",
+            "-dn",
+            "-vf",
+            graph,
+            "-fps_mode",
+            "passthrough",
+        ]
     cmd = [
         "ffmpeg",
         "-hide_banner",
@@ -159,19 +233,12 @@ def decode_video(
         "-nostdin",
         "-loglevel",
         "level+info",  # each line tagged with its level: errors are told from showinfo's lines
+        *(["-debug_ts"] if reference else []),
         "-threads",
         "1",
         "-i",
         str(tmp),
-        "-map",
-        "0:v:0",
-        "-an",
-        "-sn",
-        "-dn",
-        "-vf",
-        _filter_graph(fps, size),
-        "-fps_mode",
-        "passthrough",
+        *sample_args,
         "-f",
         "image2pipe",
         "-c:v",
@@ -186,11 +253,17 @@ def decode_video(
         except FileNotFoundError:
             raise FatalError("ffmpeg not found on PATH: install ffmpeg (5.x or newer)") from None
         log: list[bytes] = []
-        reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
+        tail: deque = deque(maxlen=LOG_TAIL_LINES)
+        errors: list[bytes] = []
+        reader = threading.Thread(
+            target=_collect_log, args=(proc.stderr, log, tail, errors), daemon=True
+        )
         reader.start()
         frames, dims = [], (0, 0)
         try:
             for frame in _read_ppm_stream(proc.stdout):
+                if reference:
+                    frame = _reference_resize(frame, size)
                 dims = frame.shape[:2]
                 frames.append(convert(frame) if convert else frame)
         except BaseException:
@@ -200,14 +273,23 @@ def decode_video(
             rc = proc.wait()
             reader.join()
         text = b"".join(log).decode("utf-8", "replace")
-        if rc != 0:
-            raise DecodeError(_clean(_last_error_line(text), tmp) or f"ffmpeg exited with {rc}")
+        if rc != 0:  # the message without the scratch name, so a re-run writes the same bytes
+            rest = b"".join([*errors, *tail]).decode("utf-8", "replace")
+            raise DecodeError(_clean(_last_error_line(rest), tmp) or f"ffmpeg exited with {rc}")
         # ffmpeg conceals damaged frames and exits 0: any error it logged fails the item
-        damaged = _ERROR_LINE.search(text)
-        if damaged:
-            raise DecodeError(f"frames that do not decode: {_clean(damaged.group(0), tmp)}")
+        if errors:
+            first = errors[0].decode("utf-8", "replace")
+            raise DecodeError(f"frames that do not decode: {_clean(first, tmp)}")
         if not frames:
             raise DecodeError("no video frames decoded")
+        if reference:
+            times = [float(t) for t in _MUXED_PTS.findall(text)]
+            if len(times) != len(frames):
+                raise DecodeError(
+                    f"ffmpeg reported {len(times)} timestamps for {len(frames)} frames"
+                )
+            timestamps = [round(t - times[0], 6) for t in times]
+            return DecodedVideo(frames, timestamps, width=dims[1], height=dims[0])
         tb = _TIME_BASE.search(text)
         pts = [int(m) for m in _PTS.findall(text)]
         if tb is None or len(pts) != len(frames):
@@ -227,6 +309,30 @@ def _clean(line: str, scratch: Path) -> str:
     line = line.replace(f"{scratch}: ", "").replace(str(scratch), "input")
     line = re.sub(r" @ 0x[0-9a-fA-F]+", "", line)
     return " ".join(re.sub(r"\[(?:info|warning|error|fatal|panic)\] ?", "", line).split())[:300]
+
+
+#: lines of ffmpeg's log kept, besides the per-frame ones, for the message of a failure
+LOG_TAIL_LINES = 64
+#: error lines kept (the first ones: they name the damage)
+LOG_ERROR_LINES = 16
+_DEBUG_TS_PREFIXES = (b"demuxer", b"decoder ->", b"encoder ", b"muxer <-", b"filter ")
+_LEVEL_TAG = re.compile(rb"^\[(?:info|warning|error|fatal|panic|verbose|debug)\] ")
+_ERROR_TAG = re.compile(rb"\[(?:error|fatal|panic)\]")
+
+
+def _collect_log(stream, frame_lines: list, tail: deque, errors: list) -> None:
+    """ffmpeg's log (`-loglevel level+info`), bounded: the per-frame lines that timestamps come
+    from (showinfo's, the muxer's), the first error lines, and the last few others;
+    -debug_ts's other per-packet lines are dropped."""
+    for line in stream:
+        body = _LEVEL_TAG.sub(b"", line, count=1)
+        if b"Parsed_showinfo" in line or body.startswith(b"muxer <-"):
+            frame_lines.append(line)
+        elif _ERROR_TAG.search(line[:120]):
+            if len(errors) < LOG_ERROR_LINES:
+                errors.append(line)
+        elif not body.startswith(_DEBUG_TS_PREFIXES) and b"Last message repeated" not in body:
+            tail.append(line)
 
 
 def _last_error_line(log: str) -> str:
@@ -334,6 +440,7 @@ def _frames_row(item: dict, settings: FrameSettings, scratch: Path) -> tuple[dic
             settings.size,
             scratch,
             convert=lambda f: encode_jpeg(f, settings.quality),
+            sampling=settings.sampling,
         )
     except DecodeError as e:
         return None, {**status, "status": "failed", "error": f"decode_error: {e}"}
@@ -361,13 +468,14 @@ def extract_frames(
     quality: int = 90,
     workers: int | None = None,
     progress: bool = True,
+    sampling: str = "reference",
 ) -> FramesReport:
     """Every complete video shard without a complete frame shard -> a frame shard; resumable."""
     from tqdm import tqdm
 
     dataset = paths.check_dataset(dataset)
     split = paths.normalize_split(split)
-    settings = FrameSettings(float(fps), int(size), int(quality)).check()
+    settings = FrameSettings(float(fps), int(size), int(quality), sampling).check()
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
@@ -379,8 +487,8 @@ def extract_frames(
         {
             "stage": "frames",
             **asdict(settings),
-            "resize": "shorter side, bicubic",
-            "sampling": "first frame of each 1/fps slot",
+            "sampling_rule": SAMPLINGS[settings.sampling],
+            "resize": RESIZES[settings.sampling],
             "shard_size": video_manifest.get("shard_size"),
         },
     )

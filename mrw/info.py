@@ -1,8 +1,10 @@
-"""`mrw info`: what exists under the root, per dataset and split, read from the files themselves."""
+"""`mrw info`: what exists under the root, per dataset and split, read from the files themselves;
+`mrw info --failures`: what failed, by class and by host, and how much of each split is usable."""
 
 from __future__ import annotations
 
 import math
+import urllib.parse
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -90,4 +92,136 @@ def format_info(report: dict) -> str:
                 f"{cat['items'] if cat else '-':>8} {cat['sentences'] if cat else '-':>9}  "
                 + ("; ".join(stage_txt) if stage_txt else ("catalog" if cat else "nothing yet"))
             )
+    return "\n".join(lines)
+
+
+# -- mrw info --failures ------------------------------------------------------------------------
+#: example ids shown per failure class and per host
+EXAMPLES = 3
+
+
+def _host(url: str | None) -> str:
+    if not url:
+        return "(no URL)"
+    return urllib.parse.urlsplit(url).hostname or "(no host)"
+
+
+def stage_failures(stage_dir: Path) -> dict | None:
+    """A stage's failed items by class and by host, with counts and example ids; None when the
+    stage was never started. Only the failed rows are turned into Python objects."""
+    if not stage_dir.is_dir():
+        return None
+    status = shards.read_status(stage_dir)
+    failed = status.filter(pc.not_equal(status.column("status"), "ok"))
+    by_class: dict[str, dict] = {}
+    by_host: dict[str, dict] = {}
+    for row in failed.select(["id", "url", "error"]).to_pylist():
+        cls = (row["error"] or "unknown").split(":", 1)[0]
+        entry = by_class.setdefault(cls, {"count": 0, "examples": []})
+        entry["count"] += 1
+        if len(entry["examples"]) < EXAMPLES:
+            entry["examples"].append(row["id"])
+        host = by_host.setdefault(_host(row["url"]), {"count": 0, "classes": {}, "examples": []})
+        host["count"] += 1
+        host["classes"][cls] = host["classes"].get(cls, 0) + 1
+        if len(host["examples"]) < EXAMPLES:
+            host["examples"].append(row["id"])
+
+    def ranked(d: dict) -> dict:
+        return dict(sorted(d.items(), key=lambda kv: (-kv[1]["count"], kv[0])))
+
+    for host in by_host.values():
+        host["classes"] = dict(sorted(host["classes"].items(), key=lambda kv: (-kv[1], kv[0])))
+    return {
+        "items": len(status),
+        "ok": len(status) - len(failed),
+        "failed": len(failed),
+        "by_class": ranked(by_class),
+        "by_host": ranked(by_host),
+        "_ok_ids": set(
+            status.filter(pc.equal(status.column("status"), "ok")).column("id").to_pylist()
+        ),
+        "_failed_ids": set(failed.column("id").to_pylist()),
+    }
+
+
+def collect_failures(root, datasets, splits=None) -> dict:
+    """Failures of every started split, per stage, and the share of the split that is usable:
+    downloaded, and failed by no later stage."""
+    root = paths.resolve_root(root)
+    report: dict = {"root": str(root), "splits": []}
+    for name in datasets:
+        for split in splits or paths.SPLITS:
+            split = paths.normalize_split(split)
+            cat = paths.catalog_path(root, name, split)
+            items = pq.ParquetFile(cat).metadata.num_rows if cat.exists() else None
+            stages = {}
+            for stage, folder in _stage_dirs(root, name, split):
+                got = stage_failures(folder)
+                if got is not None:
+                    stages[stage] = got
+            if not stages:
+                continue
+            # usable: downloaded, and failed by no later stage (one not run yet fails nothing)
+            videos = stages.get("videos")
+            usable_ids = videos["_ok_ids"] if videos else set()
+            for s in stages.values():
+                failed_ids = s.pop("_failed_ids")
+                s.pop("_ok_ids")
+                if s is not videos:
+                    usable_ids = usable_ids - failed_ids
+            entry = {
+                "dataset": name,
+                "split": split,
+                "items": items,
+                "usable": len(usable_ids),
+                "usable_share": round(len(usable_ids) / items, 6) if items else None,
+                # items the download has not reached yet (incomplete or missing shards)
+                "not_downloaded": (items - videos["items"]) if items and videos else None,
+                "stages": stages,
+            }
+            report["splits"].append(entry)
+    return report
+
+
+def _stage_dirs(root: Path, dataset: str, split: str) -> list[tuple[str, Path]]:
+    found = [
+        ("videos", paths.videos_dir(root, dataset, split)),
+        ("frames", paths.frames_dir(root, dataset, split)),
+    ]
+    features_root = paths.dataset_dir(root, dataset) / "features"
+    if features_root.is_dir():
+        for backbone_dir in sorted(p for p in features_root.iterdir() if p.is_dir()):
+            found.append((f"features/{backbone_dir.name}", backbone_dir / split))
+    return found
+
+
+def format_failures(report: dict) -> str:
+    lines = [f"root: {report['root']}"]
+    if not report["splits"]:
+        lines.append("no split has been downloaded yet: nothing failed")
+    for e in report["splits"]:
+        share = f" ({100 * e['usable_share']:.1f}%)" if e["usable_share"] is not None else ""
+        items = e["items"] if e["items"] is not None else "?"
+        head = f"\n{e['dataset']}/{e['split']}: {items} items, {e['usable']} usable{share}"
+        if e["not_downloaded"]:
+            head += f", {e['not_downloaded']} not downloaded yet"
+        lines.append(head)
+        for stage, s in e["stages"].items():
+            lines.append(f"  {stage}: {s['ok']} ok, {s['failed']} failed")
+            if not s["failed"]:
+                continue
+            width = max(len(k) for k in [*s["by_class"], *s["by_host"]])
+            lines.append("    by class:")
+            for cls, c in s["by_class"].items():
+                lines.append(
+                    f"      {cls:<{width}} {c['count']:>7}  e.g. {', '.join(c['examples'])}"
+                )
+            lines.append("    by host:")
+            for host, h in s["by_host"].items():
+                classes = ", ".join(f"{k} {n}" for k, n in h["classes"].items())
+                lines.append(
+                    f"      {host:<{width}} {h['count']:>7}  {classes}; "
+                    f"e.g. {', '.join(h['examples'])}"
+                )
     return "\n".join(lines)

@@ -14,6 +14,7 @@ The server serves a release folder on 127.0.0.1 and injects faults per URL path
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import os
@@ -100,6 +101,8 @@ FAULTS = {
     "embed": None,  # an HTML page with <video src=...>: yt-dlp fetches it
     "garbage": "not_video",  # random bytes served as video/mp4
     "corrupt": "decode_error",  # the media's header, then damaged data
+    "s3-denied": "http_403",  # S3's AccessDenied XML error document with 403
+    "still": "not_animated",  # 200 with a one-frame placeholder GIF, as dead GIF hosts answer
 }
 #: more faults the server answers, kept out of releases' fault plans (whose items they would move)
 SERVER_FAULTS = {
@@ -697,11 +700,45 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "garbage":
             return self._send(200, _filler(4096), ctype, head=head)
         if fault == "corrupt":
-            body = bytearray(f.read_bytes())
-            keep = min(len(body), 48)
-            noise = random.Random(rel).randbytes(len(body) - keep)
-            return self._send(200, bytes(body[:keep]) + noise, ctype, head=head)
+            return self._send(200, _corrupted(f.read_bytes(), rel), ctype, head=head)
+        if fault == "s3-denied":
+            return self._send(403, S3_ACCESS_DENIED, "application/xml", head=head)
+        if fault == "still":
+            return self._send(200, _still_gif(), "image/gif", head=head)
         return self._send(404, b"unknown fault\n", head=head)
+
+
+#: the body S3 sends for an object that is gone from a bucket that cannot be listed
+S3_ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message><RequestId>4442587FB7D0A2F9</RequestId>"
+    b"<HostId>mrw-sample</HostId></Error>"
+)
+
+
+@functools.cache
+def _still_gif() -> bytes:
+    """A one-frame grey GIF, like the placeholder dead GIF hosts serve with 200."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (120, 90), (128, 128, 128)).save(buf, "GIF")
+    return buf.getvalue()
+
+
+def _corrupted(body: bytes, seed: str) -> bytes:
+    """The media with its coded frames replaced by noise: the container (an MP4's index
+    included) stays intact, so the file still opens as video and fails to decode."""
+    data = bytearray(body)
+    at = data.find(b"mdat")
+    size = int.from_bytes(data[at - 4 : at], "big") if at >= 4 else 0
+    lo, hi = at + 4 + 16, min(len(data), at - 4 + size)
+    if at < 4 or hi <= lo:  # no MP4 media box: keep the header, noise after it
+        lo, hi = min(len(data), 48), len(data)
+    data[lo:hi] = random.Random(seed).randbytes(hi - lo)
+    return bytes(data)
 
 
 def _filler(n: int) -> bytes:

@@ -116,6 +116,138 @@ def test_mrw_missing_items_are_reported_not_fatal(tmp_path, root):
     assert read_catalog(root, "mrw", "train").column("id").to_pylist() == ["a1", "b2"]
 
 
+# -- dead links: items without a media URL stay in the catalog ---------------------------------
+DEAD_MRW = [
+    {"id": "e1", "sentence": "MRW the link is empty", "images": {"mp4_url": ""}},
+    {"id": "e2", "sentence": "MRW the link is blank", "images": {"mp4_url": "  "}},
+    {"id": "e3", "sentence": "MRW the link is null", "images": {"mp4_url": None}},
+    {"id": "e4", "sentence": "MRW there is no link at all", "images": {}},
+    {"id": "e5", "sentence": "MRW not even images"},
+]
+
+
+def test_mrw_items_without_a_url_are_kept_with_a_null_url(tmp_path, root):
+    splits = {"train": ["a1", "e1", "e2", "e3", "e4", "e5"], "valid": [], "test": []}
+    release = write_mrw_release(tmp_path / "rel", records=MRW_RECORDS + DEAD_MRW, splits=splits)
+    res = run(
+        "download", "--root", root, "--split", "train", "--metadata", release, "--catalog-only"
+    )
+    assert res.exit_code == 0, res.output
+    assert "no URL: 5 items" in res.output and "e1, e2, e3, e4, e5" in res.output
+    table = read_catalog(root, "mrw", "train")
+    assert table.column("id").to_pylist() == splits["train"]
+    assert table.column("url").to_pylist() == ["https://media.example.org/a1.mp4"] + [None] * 5
+    ingest = json.loads(pq.read_schema(next(root.rglob("train.parquet"))).metadata[b"mrw.ingest"])
+    assert ingest["no_url"] == 5
+
+
+def test_tgif_rows_with_a_bare_name_are_dead_links_and_empty_rows_are_skipped(tmp_path, root):
+    rel = tmp_path / "tgif"
+    (rel / "splits").mkdir(parents=True)
+    (rel / "tgif-v1.0.tsv").write_text(
+        "https://x.org/tumblr_a.gif\ta cat jumps\n"
+        "tumblr_b.gif\ta dog without a link\n"
+        "\ta row that names no gif\n"
+    )
+    (rel / "splits" / "test.txt").write_text(
+        "https://x.org/tumblr_a.gif\nhttps://x.org/tumblr_b.gif\n"
+    )
+    res = run(
+        "download",
+        "--root",
+        root,
+        "--dataset",
+        "tgif",
+        "--split",
+        "test",
+        "--metadata",
+        rel,
+        "--catalog-only",
+    )
+    assert res.exit_code == 0, res.output
+    assert "no URL: 1 items" in res.output and "1 rows of tgif-v1.0.tsv have no GIF" in res.output
+    table = read_catalog(root, "tgif", "test")
+    assert table.column("id").to_pylist() == ["tumblr_a", "tumblr_b"]
+    assert table.column("url").to_pylist() == ["https://x.org/tumblr_a.gif", None]
+    (rel / "tgif-v1.0.tsv").write_text("ftp://x.org/tumblr_a.gif\ta cat\n")
+    res = run(
+        "download",
+        "--root",
+        root,
+        "--dataset",
+        "tgif",
+        "--split",
+        "test",
+        "--metadata",
+        rel,
+        "--catalog-only",
+    )
+    assert res.exit_code == 2 and "not an http(s) URL" in res.output
+
+
+def test_coco_images_without_url_or_file_are_kept_with_a_null_url(tmp_path, root):
+    rel = _coco_release(tmp_path)
+    data = json.loads((rel / "dataset_coco.json").read_text())
+    del data["images"][3]["filename"]  # no file, no coco_url: a dead link
+    data["images"][4]["coco_url"] = ""  # an empty coco_url falls back to the file name
+    (rel / "dataset_coco.json").write_text(json.dumps(data))
+    res = run(
+        "download",
+        "--root",
+        root,
+        "--dataset",
+        "coco",
+        "--split",
+        "test",
+        "--metadata",
+        rel,
+        "--catalog-only",
+    )
+    assert res.exit_code == 0, res.output
+    table = read_catalog(root, "coco", "test")
+    assert table.column("id").to_pylist() == ["103", "104"]
+    assert table.column("url").to_pylist() == [
+        None,
+        "http://images.cocodataset.org/val2014/COCO_x_000000000004.jpg",
+    ]
+    assert table.column("filename").to_pylist()[0] is None
+
+
+def test_dead_links_download_as_no_url_and_the_run_exits_0(tmp_path, root):
+    from mrw.sample import SampleServer, write_sample_release
+
+    rel = tmp_path / "rel"
+    rel.mkdir()
+    with SampleServer(rel) as srv:
+        write_sample_release(rel, "mrw", srv.url, counts={"train": 0, "val": 0, "test": 6}, seed=3)
+        records = json.loads((rel / "mrw-v1.0.json").read_text())
+        test_ids = (rel / "split" / "test.tsv").read_text().split()
+        dead = {test_ids[1]: "", test_ids[4]: None}
+        for r in records:
+            if r["id"] == test_ids[1]:
+                r["images"]["mp4_url"] = ""
+            if r["id"] == test_ids[4]:
+                del r["images"]["mp4_url"]
+        (rel / "mrw-v1.0.json").write_text(json.dumps(records))
+        res = run("download", "--root", root, "--split", "test", "--metadata", rel)
+        assert res.exit_code == 0, res.output
+    from mrw import paths, shards
+
+    status = {
+        r["id"]: r for r in shards.read_status(paths.videos_dir(root, "mrw", "test")).to_pylist()
+    }
+    assert len(status) == 6
+    for item_id, row in status.items():
+        if item_id in dead:
+            assert row["status"] == "failed" and row["error"].startswith("no_url:"), row
+            assert row["url"] is None and row["attempts"] == 0
+        else:
+            assert row["status"] == "ok", row
+    assert "no_url: 2" in res.output
+    res = run("validate", "--root", root, "--split", "test")
+    assert res.exit_code == 0, res.output
+
+
 class _CountingHandler(http.server.SimpleHTTPRequestHandler):
     hits = []
 
@@ -350,7 +482,10 @@ BAD_MRW = {
         _bad([{"id": "a1", "sentence": "s", "url": "file:///etc/passwd"}]),
         "is not an http(s) URL",
     ),
-    "no url": (_bad([{"id": "a1", "sentence": "s"}]), "'a1': no video URL"),
+    "url not a string": (
+        _bad([{"id": "a1", "sentence": "s", "images": {"mp4_url": 12}}]),
+        "is not an http(s) URL",
+    ),
     "dotdot id": (
         _bad([{"id": "../../x", "sentence": "s", "url": "https://x.org/a.mp4"}]),
         "unsafe id",

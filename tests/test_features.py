@@ -149,15 +149,17 @@ def test_from_video_shards_with_max_frames_and_a_broken_video(root, clips):
     assert status["p"]["status"] == "ok"
     assert status["x"]["status"] == "failed" and status["x"]["error"].startswith("decode_error")
     row = features_of(stage)["p"]
-    # 24 fps for 1 s sampled at 8 fps: 8 frames; 3 of them, evenly spread: 0, 4 (3.5 rounds), 7
-    assert row["num_frames"] == 3
-    assert row["timestamps"] == pytest.approx([0.0, 4 / 8 + 1 / 24 * 0, 7 / 8], abs=0.05)
+    # decoded as extract-frames samples by default (reference: 8 frames a second), then 3 of
+    # them evenly spread
+    from mrw.features import uniform_indices
     from mrw.frames import decode_video
 
-    video = decode_video(clips["pattern"]["path"].read_bytes(), "mp4")
-    direct = direct_features(
-        reference_model(), [Image.fromarray(video.frames[k]) for k in (0, 4, 7)]
-    )
+    video = decode_video(clips["pattern"]["path"].read_bytes(), "mp4", sampling="reference")
+    keep = uniform_indices(len(video.frames), 3)
+    assert row["num_frames"] == 3 and keep[0] == 0 and keep[-1] == len(video.frames) - 1
+    assert row["timestamps"] == pytest.approx([video.timestamps[k] for k in keep], abs=1e-6)
+    assert np.allclose(np.diff(video.timestamps), 0.125)
+    direct = direct_features(reference_model(), [Image.fromarray(video.frames[k]) for k in keep])
     assert_close_after_float16(read_features(row), direct)
 
 
@@ -210,7 +212,7 @@ def test_weights_from_a_state_dict_path(tmp_path, root, clips):
     row = features_of(paths.features_dir(root, "mrw", "val", "resnet18"))["a"]
     from mrw.frames import decode_video
 
-    video = decode_video(clips["green"]["path"].read_bytes(), "mp4")
+    video = decode_video(clips["green"]["path"].read_bytes(), "mp4", sampling="reference")
     assert_close_after_float16(
         read_features(row), direct_features(other, [Image.fromarray(f) for f in video.frames])
     )
@@ -310,7 +312,7 @@ def test_imagenet_weights_come_from_the_torch_cache(root, clips, mirror):
     assert "IMAGENET1K_V1" in json.loads((stage / "_stage.json").read_text())["weights"]
     from mrw.frames import decode_video
 
-    video = decode_video(clips["green"]["path"].read_bytes(), "mp4")
+    video = decode_video(clips["green"]["path"].read_bytes(), "mp4", sampling="reference")
     direct = direct_features(
         reference_model(state=state), [Image.fromarray(f) for f in video.frames]
     )

@@ -30,8 +30,9 @@ def _fetcher(**kw):
 
 
 EXPECTED = {name: (err, None) for name, err in {**FAULTS, **SERVER_FAULTS}.items()}
-# garbage and corrupt are media-shaped bytes: fetch hands them on, media.py rejects them
-EXPECTED["garbage"] = EXPECTED["corrupt"] = (None, None)
+# garbage, corrupt and still are media-shaped bytes: fetch hands them on, the probe (or the
+# still check of download.py) rejects them
+EXPECTED["garbage"] = EXPECTED["corrupt"] = EXPECTED["still"] = (None, None)
 
 
 @pytest.mark.parametrize("fault", sorted({**FAULTS, **SERVER_FAULTS}))
@@ -41,11 +42,19 @@ def test_each_fault_gets_its_class_and_no_request_outlives_the_timeout(served, f
     expected = EXPECTED[fault][0]
     assert res.error == expected, res.error_text
     assert max(res.attempt_seconds) <= TIMEOUT + 1.0, res.attempt_seconds
-    if expected is None and fault not in ("garbage", "corrupt"):
+    if expected is None and fault not in ("garbage", "corrupt", "still"):
         assert res.data == body
     if fault in ("500-then-ok", "429-then-ok"):
         assert res.attempts == 2
-    if fault in ("404", "too-large", "too-large-chunked", "redirect-loop", "html", "endless"):
+    if fault in (
+        "404",
+        "too-large",
+        "too-large-chunked",
+        "redirect-loop",
+        "html",
+        "endless",
+        "s3-denied",
+    ):
         assert res.attempts == 1, "no retry on a permanent failure"
     if fault in ("slow", "stall", "truncated", "slow-header"):
         assert res.attempts == 2, "retried once (retries=1)"

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from media_corpus import gulpio_burst
 from test_frames_decode import make_clip, make_jpeg, write_video_stage
 
 from mrw import paths, shards
@@ -50,7 +51,7 @@ def read_stage(stage_dir: Path) -> dict:
     }
 
 
-def test_frame_shards_follow_video_shards(root, video_stage):
+def test_frame_shards_follow_video_shards(tmp_path, root, video_stage):
     result = cli("extract-frames", "--root", root, "--split", "test")
     assert result.exit_code == 0, result.output
     stage = paths.frames_dir(root, "mrw", "test")
@@ -75,13 +76,14 @@ def test_frame_shards_follow_video_shards(root, video_stage):
         + pq.read_table(shards.data_path(stage, 1)).to_pylist()
     }
     assert set(rows) == {"v0", "v2", "v3"}
-    for item_id, clip, expected in (
-        ("v0", video_stage["red"], 16),
-        ("v2", video_stage["pattern"], 12),
-        ("v3", video_stage["slow"], 10),
+    # reference sampling (the default): as many frames as GulpIO's burst of the same file
+    for item_id, clip in (
+        ("v0", video_stage["red"]),
+        ("v2", video_stage["pattern"]),
+        ("v3", video_stage["slow"]),
     ):
         row = rows[item_id]
-        assert abs(row["num_frames"] - expected) <= 1
+        assert row["num_frames"] == len(gulpio_burst(clip["path"], tmp_path / item_id)[0])
         assert len(row["frames"]) == len(row["timestamps"]) == row["num_frames"]
         first = decode_jpeg(row["frames"][0])
         assert first.shape == (row["height"], row["width"], 3)
@@ -93,6 +95,21 @@ def test_frame_shards_follow_video_shards(root, video_stage):
     manifest = json.loads((stage / "_stage.json").read_text())
     assert manifest["stage"] == "frames" and manifest["fps"] == 8.0 and manifest["size"] == 256
     assert manifest["quality"] == 90 and manifest["shard_size"] == 3
+    assert manifest["sampling"] == "reference" and "GulpIO" in manifest["sampling_rule"]
+
+
+def test_native_sampling_keeps_each_frame_of_a_slow_clip_once(root, video_stage):
+    result = cli("extract-frames", "--root", root, "--split", "test", "--sampling", "native")
+    assert result.exit_code == 0, result.output
+    stage = paths.frames_dir(root, "mrw", "test")
+    rows = {r["id"]: r for r in pq.read_table(shards.data_path(stage, 1)).to_pylist()}
+    assert rows["v3"]["num_frames"] == 10  # 5 fps for 2 s: no frame repeated
+    assert np.allclose(np.diff(rows["v3"]["timestamps"]), 0.2)
+    manifest = json.loads((stage / "_stage.json").read_text())
+    assert manifest["sampling"] == "native" and manifest["resize"] == "shorter side, bicubic"
+    other = cli("extract-frames", "--root", root, "--split", "test")
+    assert other.exit_code == 2 and "other settings (" in other.output
+    assert "sampling" in other.output
 
 
 def test_rerun_skips_complete_shards_and_refuses_other_settings(root, video_stage):

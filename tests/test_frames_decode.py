@@ -196,3 +196,26 @@ def test_undecodable_bytes_raise_decode_error(tmp_path):
     with pytest.raises(DecodeError):
         decode_video(b"", "gif")
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+# -- reference sampling: GulpIO's burst and its resize ------------------------------------------
+def test_reference_resize_truncates_the_longer_side_as_gulpio_did(tmp_path):
+    from mrw.frames import reference_size
+
+    clip = make_clip(tmp_path / "wide.mp4", "mp4", 10, 1.0, size=(322, 194))
+    data = clip["path"].read_bytes()
+    ref = decode_video(data, "mp4", size=256, sampling="reference")
+    native = decode_video(data, "mp4", size=256, sampling="native")
+    # 256 * 322 / 194 = 424.907...: GulpIO's int() keeps 424, ffmpeg's scaler rounds to 425
+    assert (ref.width, ref.height) == reference_size(322, 194, 256) == (424, 256)
+    assert (native.width, native.height) == (425, 256)
+    assert ref.frames[0].shape == (256, 424, 3)
+    assert reference_size(97, 161, 256) == (256, 424)  # portrait: the height is the longer side
+
+
+def test_reference_sampling_repeats_the_frames_of_a_slow_clip(tmp_path):
+    clip = make_clip(tmp_path / "slow.mp4", "mp4", 4, 2.0, size=(64, 48))
+    video = decode_video(clip["path"].read_bytes(), "mp4", fps=8.0, size=64, sampling="reference")
+    assert len(video.frames) >= 16 and np.allclose(np.diff(video.timestamps), 0.125)
+    native = decode_video(clip["path"].read_bytes(), "mp4", fps=8.0, size=64, sampling="native")
+    assert len(native.frames) == 8

@@ -20,8 +20,8 @@ def build_catalog(
 ) -> tuple[Path, IngestReport]:
     """Read one split of a release (folder, archive, URL or the official one), validate it and
     write `<root>/<dataset>/catalog/<split>.parquet`. Hard problems raise UsageError and write
-    nothing; soft ones (missing items, a size that differs from the published one) are reported.
-    `release_limits` (timeout, max_bytes) bound the release download (`open_release`)."""
+    nothing; soft ones (missing items, dead links, a size that differs from the published one) are
+    reported. `release_limits` (timeout, max_bytes) bound the release download (`open_release`)."""
     dataset, split = paths.check_dataset(dataset), paths.normalize_split(split)
     desc = load_descriptor(dataset)
     report = IngestReport(
@@ -39,6 +39,7 @@ def build_catalog(
         )
     report.items = len(rows)
     report.sentences = sum(len(r["sentences"]) for r in rows)
+    report.no_url = [r["id"] for r in rows if r["url"] is None]
     path = write_catalog(
         rows, root, dataset, split, metadata={"mrw.ingest": json.dumps(report.as_dict())}
     )

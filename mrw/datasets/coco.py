@@ -9,9 +9,9 @@ from mrw.datasets.release import (
     IngestReport,
     check_id,
     check_sentence,
-    check_url,
     find_file,
     keep_first,
+    optional_url,
 )
 from mrw.errors import UsageError
 
@@ -32,7 +32,7 @@ def read_split(release_dir: Path, split: str, desc: dict, report: IngestReport) 
             raise UsageError(f"{where}: expected an object")
         if img.get("split") not in wanted:
             continue
-        for key in ("cocoid", "filepath", "filename", "sentences"):
+        for key in ("cocoid", "sentences"):
             if key not in img:
                 raise UsageError(f"{where}: image has no {key!r}")
         item_id = check_id(str(img["cocoid"]), where)
@@ -42,19 +42,21 @@ def read_split(release_dir: Path, split: str, desc: dict, report: IngestReport) 
             sentences.append(check_sentence(raw, item_id, where))
         if not sentences:
             raise UsageError(f"{where}: id {item_id!r}: image has no caption")
-        # Karpathy's file names no URL; COCO's own annotations call it `coco_url`: use it when given
-        url = img.get("coco_url") or rel["image_url_template"].format(
-            filepath=img["filepath"], filename=img["filename"]
-        )
-        url = check_url(url, item_id, where)
+        # Karpathy's file names no URL; COCO's own annotations call it `coco_url`: use it when
+        # given. An image with neither a URL nor a file name is a dead link, kept with no URL.
+        filepath, filename = img.get("filepath") or None, img.get("filename") or None
+        url = img.get("coco_url")
+        if (url is None or (isinstance(url, str) and not url.strip())) and filepath and filename:
+            url = rel["image_url_template"].format(filepath=filepath, filename=filename)
+        url = optional_url(url, item_id, where)
         row = {
             "id": item_id,
             "sentences": sentences,
             "url": url,
             "protocol_sentences": list(range(min(CAPTIONS_PER_IMAGE, len(sentences)))),
             "cocoid": int(img["cocoid"]),
-            "filepath": img["filepath"],
-            "filename": img["filename"],
+            "filepath": filepath,
+            "filename": filename,
         }
         if not keep_first(seen, item_id, row, where, report):
             continue

@@ -9,9 +9,9 @@ from mrw.datasets.release import (
     IngestReport,
     check_id,
     check_sentence,
-    check_url,
     find_file,
     keep_first,
+    optional_url,
     read_id_list,
 )
 from mrw.errors import UsageError
@@ -23,6 +23,10 @@ def _lookup(obj: dict, dotted: str):
             return None
         obj = obj[key]
     return obj
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def load_json_array(path: Path) -> list:
@@ -44,7 +48,7 @@ def _short(text: str, limit: int = 160) -> str:
 
 
 def read_entries(meta_path: Path, url_fields, report: IngestReport) -> dict:
-    """id -> (sentence, url) for every record of the release file, validated."""
+    """id -> (sentence, url or None) for every record of the release file, validated."""
     data = load_json_array(meta_path)
     if not isinstance(data, list):
         raise UsageError(f"{meta_path}: expected a JSON array of objects")
@@ -57,10 +61,9 @@ def read_entries(meta_path: Path, url_fields, report: IngestReport) -> dict:
             raise UsageError(f"{where}: record has no 'id'")
         item_id = check_id(str(obj["id"]) if isinstance(obj["id"], int) else obj["id"], where)
         sentence = check_sentence(obj.get("sentence"), item_id, where)
-        url = next((u for u in (_lookup(obj, f) for f in url_fields) if u is not None), None)
-        if url is None:
-            raise UsageError(f"{where}: id {item_id!r}: no video URL ({', '.join(url_fields)})")
-        keep_first(entries, item_id, (sentence, check_url(url, item_id, where)), where, report)
+        # a dead link (an empty or missing URL) stays an item, with no URL
+        url = next((u for u in (_lookup(obj, f) for f in url_fields) if not _blank(u)), None)
+        keep_first(entries, item_id, (sentence, optional_url(url, item_id, where)), where, report)
     return entries
 
 

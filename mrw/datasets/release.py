@@ -35,6 +35,7 @@ class IngestReport:
     sentences: int = 0
     missing: list = field(default_factory=list)  # split ids with no entry in the metadata
     duplicates_collapsed: int = 0  # identical repeated records
+    no_url: list = field(default_factory=list)  # items kept with no media URL (dead links)
     expected_items: int | None = None
     warnings: list = field(default_factory=list)
 
@@ -48,6 +49,12 @@ class IngestReport:
             lines.append(
                 f"  missing: {len(self.missing)} ids of the split list have no entry "
                 f"in the release metadata ({shown})"
+            )
+        if self.no_url:
+            shown = ", ".join(self.no_url[:5]) + (", ..." if len(self.no_url) > 5 else "")
+            lines.append(
+                f"  no URL: {len(self.no_url)} items have no media URL in the release; "
+                f"kept, they fail as no_url at download ({shown})"
             )
         if self.duplicates_collapsed:
             lines.append(
@@ -68,6 +75,7 @@ class IngestReport:
             "items": self.items,
             "sentences": self.sentences,
             "missing": len(self.missing),
+            "no_url": len(self.no_url),
             "duplicates_collapsed": self.duplicates_collapsed,
             "expected_items": self.expected_items,
         }
@@ -119,6 +127,14 @@ def check_url(url, item_id, where: str) -> str:
             f"{where}: id {item_id!r}: the URL is not valid Unicode (a lone surrogate)"
         )
     return url.strip()
+
+
+def optional_url(url, item_id, where: str) -> str | None:
+    """A release URL that may be absent: None, a blank string and a missing key mean a dead link
+    (kept in the catalog with no URL); anything else must be an http(s) URL."""
+    if url is None or (isinstance(url, str) and not url.strip()):
+        return None
+    return check_url(url, item_id, where)
 
 
 def check_sentence(sentence, item_id, where: str) -> str:

@@ -27,9 +27,12 @@ def id_from_url(url: str) -> str:
     return name[:-4] if name.lower().endswith(".gif") else name
 
 
-def read_sentences(tsv_path: Path) -> tuple[dict, dict]:
-    """id -> sentences (file order) and id -> URL, validated."""
-    sentences, urls = {}, {}
+def read_sentences(tsv_path: Path, report: IngestReport | None = None) -> tuple[dict, dict]:
+    """id -> sentences (file order) and id -> URL (None for a bare file name: a dead link),
+    validated. A row with nothing in its URL field names no GIF: skipped, with a warning."""
+    sentences: dict[str, list[str]] = {}
+    urls: dict[str, str | None] = {}
+    nameless = 0
     for lineno, line in enumerate(read_text_lines(tsv_path), 1):
         if not line.strip():
             continue
@@ -37,9 +40,13 @@ def read_sentences(tsv_path: Path) -> tuple[dict, dict]:
         parts = line.split("\t")
         if len(parts) < 2:
             raise UsageError(f"{where}: expected '<gif url><TAB><sentence>'")
-        url = parts[0].strip()
+        url: str | None = parts[0].strip()
+        if not url:
+            nameless += 1
+            continue
         item_id = check_id(id_from_url(url), where)
-        url = check_url(url, item_id, where)
+        # a bare file name (no scheme) identifies the GIF but gives no link to it
+        url = check_url(url, item_id, where) if urllib.parse.urlsplit(url).scheme else None
         sentence = check_sentence(parts[1], item_id, where)
         if item_id in urls and urls[item_id] != url:
             raise UsageError(
@@ -48,6 +55,10 @@ def read_sentences(tsv_path: Path) -> tuple[dict, dict]:
             )
         urls[item_id] = url
         sentences.setdefault(item_id, []).append(sentence)
+    if nameless and report is not None:
+        report.warnings.append(
+            f"{nameless} rows of {tsv_path.name} have no GIF URL or name: skipped"
+        )
     return sentences, urls
 
 
@@ -55,7 +66,7 @@ def read_split(release_dir: Path, split: str, desc: dict, report: IngestReport) 
     rel = desc["release"]
     tsv_path = find_file(release_dir, rel["metadata_file"], "TGIF sentence file")
     split_path = find_file(tsv_path.parent, rel["split_files"][split], f"'{split}' split list")
-    sentences, urls = read_sentences(tsv_path)
+    sentences, urls = read_sentences(tsv_path, report)
     rows = []
     for item_id in read_id_list(split_path, to_id=id_from_url):
         if item_id not in sentences:
