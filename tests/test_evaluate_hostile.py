@@ -151,7 +151,7 @@ def test_truncated_catalog(root, tmp_path):
         tmp_path,
         good_preds(tmp_path / "p"),
         str(path),
-        "does not read as Parquet",
+        "Parquet",
         "mrw download --dataset mrw --split test --catalog-only",
     )
 
@@ -159,4 +159,4 @@ def test_truncated_catalog(root, tmp_path):
 def test_garbled_catalog(root, tmp_path):
     path = paths.catalog_path(root, "mrw", "test")
     path.write_bytes(b"PAR1" + os.urandom(3000) + b"PAR1")
-    run_bad(root, tmp_path, good_preds(tmp_path / "p"), str(path), "mrw validate")
+    run_bad(root, tmp_path, good_preds(tmp_path / "p"), str(path), "--catalog-only")
