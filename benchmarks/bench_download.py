@@ -129,7 +129,7 @@ def catalog_rows(urls: list[str]) -> list[dict]:
 
 
 class LocalServer:
-    """`python -m mrw.sample serve` in a child process (127.0.0.1, a free port)."""
+    """`python -m mrw.demo serve` in a child process (127.0.0.1, a free port)."""
 
     def __init__(self, folder: Path, latency: float):
         port_file = Path(tempfile.mktemp(prefix="port-", dir=folder))
@@ -137,7 +137,7 @@ class LocalServer:
             [
                 sys.executable,
                 "-m",
-                "mrw.sample",
+                "mrw.demo",
                 "serve",
                 str(folder),
                 "--latency",

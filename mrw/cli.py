@@ -252,7 +252,7 @@ def download(
     allow_still,
 ):
     """Build the split's catalog from the official release, then fetch its media into shards."""
-    from mrw.datasets import build_catalog
+    from mrw.releases import build_catalog
     from mrw.download import check_options
     from mrw.fetch import timeout_problem
 

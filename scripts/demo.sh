@@ -14,7 +14,7 @@ step() { printf '\n== %s\n' "$*"; }
 START=$(date +%s)
 
 step "serving a synthetic $DATASET release on 127.0.0.1"
-python -m mrw.sample demo --dataset "$DATASET" --out "$OUT/release" --port-file "$OUT/port" >"$OUT/server.log" 2>&1 &
+python -m mrw.demo demo --dataset "$DATASET" --out "$OUT/release" --port-file "$OUT/port" >"$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 600); do

@@ -214,7 +214,7 @@ def test_coco_images_without_url_or_file_are_kept_with_a_null_url(tmp_path, root
 
 
 def test_dead_links_download_as_no_url_and_the_run_exits_0(tmp_path, root):
-    from mrw.sample import SampleServer, write_sample_release
+    from mrw.demo import SampleServer, write_sample_release
 
     rel = tmp_path / "rel"
     rel.mkdir()
@@ -276,7 +276,7 @@ def test_release_from_url_is_fetched_once_and_cached(tmp_path, root):
             )
             assert res.exit_code == 0, res.output
         assert _CountingHandler.hits == ["/mrw-v1.0.tar.gz"]
-        from mrw.datasets.release import cache_key
+        from mrw.releases.release import cache_key
 
         assert (root / "mrw" / "release" / cache_key(url) / "mrw-v1.0.tar.gz").is_file()
         assert read_catalog(root, "mrw", "test").column("id").to_pylist() == ["d4"]

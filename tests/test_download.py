@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from mrw import paths, shards
-from mrw.datasets import build_catalog
+from mrw.releases import build_catalog
 from mrw.download import download_split
 from mrw.errors import UsageError
-from mrw.sample import FAULTS, SampleServer, write_sample_release
+from mrw.demo import FAULTS, SampleServer, write_sample_release
 
 
 def _mrw(*args, env_root=None, **kw):

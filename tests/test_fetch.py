@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from mrw.fetch import FetchConfig, Fetcher, looks_like_html
-from mrw.sample import FAULTS, SERVER_FAULTS, SampleServer, write_sample_release
+from mrw.demo import FAULTS, SERVER_FAULTS, SampleServer, write_sample_release
 
 TIMEOUT = 3.0  # generous: the first yt-dlp page of a process costs about a second on a busy machine
 

@@ -28,11 +28,11 @@ from click.testing import CliRunner
 from mrw import paths, shards
 from mrw.catalog import write_catalog
 from mrw.cli import main
-from mrw.datasets import build_catalog
-from mrw.datasets.release import cache_key, cached_release, extract_archive, open_release
+from mrw.releases import build_catalog
+from mrw.releases.release import cache_key, cached_release, extract_archive, open_release
 from mrw.errors import FatalError, UsageError
 from mrw.fetch import FetchConfig, Fetcher, Network, is_internal
-from mrw.sample import SampleServer, write_sample_release
+from mrw.demo import SampleServer, write_sample_release
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -233,7 +233,7 @@ def test_trickling_release_is_cut_at_the_deadline(media, tmp_path):
 
 
 def test_release_default_cap_is_a_multiple_of_the_descriptor_size():
-    from mrw.datasets.release import RELEASE_MAX_BYTES, RELEASE_SIZE_FACTOR, release_max_bytes
+    from mrw.releases.release import RELEASE_MAX_BYTES, RELEASE_SIZE_FACTOR, release_max_bytes
 
     assert release_max_bytes({"release": {"size_bytes": 1000}}) == 1000 * RELEASE_SIZE_FACTOR
     assert release_max_bytes({"release": {}}) == RELEASE_MAX_BYTES

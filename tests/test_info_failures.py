@@ -9,7 +9,7 @@ from test_frames_decode import make_clip, write_video_stage
 
 from mrw import paths, shards
 from mrw.cli import main
-from mrw.sample import SampleServer, write_sample_release
+from mrw.demo import SampleServer, write_sample_release
 
 FAULTS = ["404", "404", "s3-denied", "still", "html", "404"]
 

@@ -7,7 +7,7 @@ import sys
 import requests
 
 from mrw.media import probe_media
-from mrw.sample import SampleServer, write_sample_release
+from mrw.demo import SampleServer, write_sample_release
 
 COUNTS = {"train": 4, "val": 2, "test": 3}
 
@@ -39,7 +39,7 @@ def test_mrw_clip_shows_what_its_sentence_says(tmp_path):
     import cv2
     import numpy as np
 
-    from mrw.sample import COLOURS
+    from mrw.demo import COLOURS
 
     out = write_sample_release(
         tmp_path / "rel", "mrw", "http://x", counts={"train": 12, "val": 0, "test": 0}
@@ -161,7 +161,7 @@ def test_command_line_release_and_serve(tmp_path):
         [
             sys.executable,
             "-m",
-            "mrw.sample",
+            "mrw.demo",
             "release",
             "--dataset",
             "tgif",
@@ -182,7 +182,7 @@ def test_command_line_release_and_serve(tmp_path):
     assert (out / "tgif-v1.0.tsv").exists()
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mrw.sample", "serve", str(out), "--port-file", str(port_file)],
+        [sys.executable, "-m", "mrw.demo", "serve", str(out), "--port-file", str(port_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -197,6 +197,6 @@ def test_command_line_release_and_serve(tmp_path):
         proc.kill()
         proc.wait()
     bad = subprocess.run(
-        [sys.executable, "-m", "mrw.sample", "serve", str(tmp_path / "nope")], capture_output=True
+        [sys.executable, "-m", "mrw.demo", "serve", str(tmp_path / "nope")], capture_output=True
     )
     assert bad.returncode == 2 and b"no such folder" in bad.stderr

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mrw import paths, shards
-from mrw.datasets import build_catalog
+from mrw.releases import build_catalog
 from mrw.download import PARQUET_OPTIONS, download_split
-from mrw.sample import write_sample_release
+from mrw.demo import write_sample_release
 from mrw.validate import validate_split
 
 

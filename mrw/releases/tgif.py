@@ -10,7 +10,7 @@ from __future__ import annotations
 import urllib.parse
 from pathlib import Path
 
-from mrw.datasets.release import (
+from mrw.releases.release import (
     IngestReport,
     check_id,
     check_sentence,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mrw.datasets.mrw import load_json_array
-from mrw.datasets.release import (
+from mrw.releases.mrw import load_json_array
+from mrw.releases.release import (
     IngestReport,
     check_id,
     check_sentence,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mrw import paths
 from mrw.catalog import write_catalog
-from mrw.datasets import coco, mrw, tgif
-from mrw.datasets.release import IngestReport, open_release
+from mrw.releases import coco, mrw, tgif
+from mrw.releases.release import IngestReport, open_release
 from mrw.descriptors import load_descriptor
 from mrw.errors import UsageError
 

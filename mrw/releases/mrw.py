@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mrw.datasets.release import (
+from mrw.releases.release import (
     IngestReport,
     check_id,
     check_sentence,
