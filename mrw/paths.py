@@ -67,3 +67,17 @@ def features_dir(root, dataset, split, backbone="resnet152") -> Path:
 def status_dir(stage_dir: Path) -> Path:
     """Each stage folder keeps one status row per catalog item under `status/`."""
     return Path(stage_dir) / "status"
+
+
+STAGES = ("videos", "frames", "features")
+
+
+def stage_dir(root, dataset, split, stage: str, backbone: str | None = None) -> Path:
+    """The folder of one stage's shards: `videos`, `frames`, or `features` (of `backbone`)."""
+    if stage == "videos":
+        return videos_dir(root, dataset, split)
+    if stage == "frames":
+        return frames_dir(root, dataset, split)
+    if stage == "features":
+        return features_dir(root, dataset, split, backbone or "resnet152")
+    raise UsageError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")
