@@ -59,6 +59,49 @@ def split_option(fn):
     )(fn)
 
 
+def distribution_options(fn):
+    """`--distributor`, `--ray-address`, `--max-shard-retry`: where a stage's shards run."""
+    fn = click.option(
+        "--max-shard-retry",
+        type=click.IntRange(min=0),
+        default=2,
+        show_default=True,
+        help="Tries after the first for a shard whose task fails or dies.",
+    )(fn)
+    fn = click.option(
+        "--ray-address",
+        default=None,
+        help="The Ray cluster to run on (default: auto when RAY_ADDRESS is set, "
+        "else a local Ray started for this run).",
+    )(fn)
+    fn = click.option(
+        "--distributor",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="Run the shards in this process (local) or as tasks on a Ray cluster (ray).",
+    )(fn)
+    return fn
+
+
+def _distribution(distributor, ray_address, max_shard_retry):
+    from mrw.stage import Distribution
+
+    return Distribution(distributor, ray_address, max_shard_retry)
+
+
+def _with_summary(run, **options):
+    """Run a stage; when some shards failed, show what the others did before the error."""
+    from mrw.stage import ShardsFailed
+
+    try:
+        return run(**options)
+    except ShardsFailed as e:
+        if e.report is not None:
+            click.echo(e.report.summary(), err=True)
+        raise
+
+
 class _Group(click.Group):
     def main(self, *args, **kwargs):
         # click's own usage errors exit 2 already; keep them to one line plus a hint
@@ -145,6 +188,18 @@ def info(root, dataset, as_json):
     show_default=True,
     help="Requests in flight to one host at a time (be polite to the media hosts).",
 )
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Fetch again the failed items of complete shards; rewrite only the shards that change.",
+)
+@click.option(
+    "--only",
+    default=None,
+    metavar="CLASSES",
+    help="With --retry-failed: only these failure classes, e.g. timeout,http_5xx (x: any digit).",
+)
+@distribution_options
 @handle_errors
 def download(
     root,
@@ -160,16 +215,29 @@ def download(
     retries,
     max_bytes,
     per_host,
+    retry_failed,
+    only,
+    distributor,
+    ray_address,
+    max_shard_retry,
 ):
     """Build the split's catalog from the official release, then fetch its media into shards."""
-    from mrw.datasets import build_catalog
+    from mrw.download import download_split, parse_only
 
-    path, report = build_catalog(dataset, split, root=root, source=source)
-    click.echo(report.summary(), err=True)
-    click.echo(f"catalog: {path}")
+    distribution = _distribution(distributor, ray_address, max_shard_retry).check()
+    if only is not None and not retry_failed:
+        raise UsageError("--only goes with --retry-failed")
+    classes = parse_only(only)
+    if retry_failed and catalog_only:
+        raise UsageError("--retry-failed and --catalog-only exclude each other")
+    if not retry_failed:
+        from mrw.datasets import build_catalog
+
+        path, report = build_catalog(dataset, split, root=root, source=source)
+        click.echo(report.summary(), err=True)
+        click.echo(f"catalog: {path}")
     if catalog_only:
         return
-    from mrw.download import download_split
 
     download_split(
         root=root,
@@ -183,6 +251,9 @@ def download(
         retries=retries,
         max_bytes=max_bytes,
         per_host=per_host,
+        distribution=distribution,
+        retry_failed=retry_failed,
+        only=classes,
     )
 
 
@@ -230,13 +301,22 @@ def validate(root, dataset, split, workers):
     help="Shorter side of the stored frames, in pixels.",
 )
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality, 1-100.")
-@click.option("--workers", type=int, default=None, help="Videos decoded at once (default: CPUs).")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Videos decoded at once (default: the CPUs; with --distributor ray: 1 per task).",
+)
+@distribution_options
 @handle_errors
-def extract_frames(root, dataset, split, fps, size, quality, workers):
+def extract_frames(
+    root, dataset, split, fps, size, quality, workers, distributor, ray_address, max_shard_retry
+):
     """Decode each video once into resized JPEG frames, in frame shards (resumable)."""
     from mrw.frames import extract_frames as run
 
-    report = run(
+    report = _with_summary(
+        run,
         root=root,
         dataset=dataset,
         split=split,
@@ -244,6 +324,7 @@ def extract_frames(root, dataset, split, fps, size, quality, workers):
         size=size,
         quality=quality,
         workers=workers,
+        distribution=_distribution(distributor, ray_address, max_shard_retry),
     )
     click.echo(report.summary(), err=True)
     click.echo(f"frames: {report.stage_dir}")
@@ -286,12 +367,33 @@ def extract_frames(root, dataset, split, fps, size, quality, workers):
     default=None,
     help="DataLoader workers decoding frames (default: half the CPUs; CPUs-1 with --gpu).",
 )
+@click.option(
+    "--cpu-decode",
+    is_flag=True,
+    help="With --gpu: decode the JPEG frames in the DataLoader workers, not on the GPU.",
+)
+@distribution_options
 @handle_errors
-def extract_features(root, dataset, split, backbone, weights, gpu, batch_size, max_frames, workers):
+def extract_features(
+    root,
+    dataset,
+    split,
+    backbone,
+    weights,
+    gpu,
+    batch_size,
+    max_frames,
+    workers,
+    cpu_decode,
+    distributor,
+    ray_address,
+    max_shard_retry,
+):
     """Per-frame CNN features (videos) or the 7x7 grid (images) into feature shards (resumable)."""
     from mrw.features import extract_features as run
 
-    report = run(
+    report = _with_summary(
+        run,
         root=root,
         dataset=dataset,
         split=split,
@@ -301,6 +403,8 @@ def extract_features(root, dataset, split, backbone, weights, gpu, batch_size, m
         batch_size=batch_size,
         max_frames=max_frames,
         workers=workers,
+        distribution=_distribution(distributor, ray_address, max_shard_retry),
+        device_decode=gpu and not cpu_decode,
     )
     click.echo(report.summary(), err=True)
     click.echo(f"features: {report.stage_dir}")

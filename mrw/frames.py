@@ -26,9 +26,19 @@ from typing import Callable
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mrw import paths, shards
 from mrw.errors import FatalError, UsageError
+from mrw.stage import (
+    Distribution,
+    ShardsFailed,
+    StageReport,
+    complete_shards,
+    pending_shards,
+    progress_bar,
+    run_stage,
+)
 
 FRAMES_SCHEMA = pa.schema(
     [
@@ -240,29 +250,6 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 # -- the stage --------------------------------------------------------------------------------
 @dataclass
-class StageReport:
-    """What one run of a shard-by-shard stage did (frames here, features after it)."""
-
-    stage_dir: Path
-    shards_total: int = 0
-    shards_done: int = 0
-    shards_skipped: int = 0
-    shards_waiting: int = 0  # source shards not complete yet
-    items_ok: int = 0
-    items_failed: int = 0
-    frames: int = 0
-    elapsed_s: float = 0.0
-
-    def counts(self, stage: str, items: str) -> str:
-        rate = self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        return (
-            f"{stage}: {self.shards_done} shards written, {self.shards_skipped} already "
-            f"complete; {self.items_ok} {items} ok, {self.items_failed} failed; {self.frames} "
-            f"frames in {self.elapsed_s:.1f}s ({rate:.0f} frames/s"
-        )
-
-
-@dataclass
 class FramesReport(StageReport):
     video_seconds: float = 0.0
 
@@ -289,12 +276,6 @@ def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def complete_shards(stage_dir: Path) -> tuple[list[int], set[int]]:
-    """Indices of a stage's complete shards, and of those with data but no status yet."""
-    complete = [shards.shard_index(p) for p in shards.status_shards(stage_dir)]
-    return complete, {shards.shard_index(p) for p in shards.data_shards(stage_dir)} - set(complete)
 
 
 def require_videos(root, dataset: str, split: str) -> Path:
@@ -335,6 +316,71 @@ def _frames_row(item: dict, settings: FrameSettings, scratch: Path) -> tuple[dic
     return row, {**status, "status": "ok", "error": None}
 
 
+@dataclass(frozen=True)
+class FramesStage:
+    """Frame shard `i` from video shard `i`: every video decoded, `workers` at once."""
+
+    videos_dir: Path
+    stage_dir: Path
+    settings: FrameSettings
+    workers: int
+    local_shards: int = 1  # the videos of one shard run in parallel already
+    num_cpus: float = 1.0
+    actor_gpus: float | None = None
+
+    def open(self) -> None:
+        return None
+
+    def run_shard(self, context: None, index: int) -> None:
+        urls = {
+            r["id"]: r["url"]
+            for r in shards.iter_rows(
+                [shards.status_path(self.videos_dir, index)], columns=["id", "url"]
+            )
+        }
+        data_file = shards.data_path(self.videos_dir, index)
+        items = (
+            {**r, "url": urls.get(r["id"])}
+            for r in shards.iter_rows(
+                [data_file] if data_file.exists() else [],
+                columns=["id", "video", "format", "duration"],
+                batch_size=16,
+            )
+        )
+        rows, status = [], []
+        for row, st in ordered_map(
+            lambda it: _frames_row(it, self.settings, self.stage_dir), items, self.workers
+        ):
+            status.append(st)
+            if row is not None:
+                row.pop("_seconds")
+                rows.append(row)
+        table = pa.Table.from_pylist(rows, schema=FRAMES_SCHEMA) if rows else None
+        shards.write_shard(self.stage_dir, index, table, status, **PARQUET_OPTIONS)
+
+
+def _count_frames(report: FramesReport, videos_dir: Path, stage_dir: Path, index: int) -> None:
+    """Add one written shard's items, frames and seconds of video to the report."""
+    status = pq.read_table(shards.status_path(stage_dir, index), columns=["status"])
+    ok = sum(1 for s in status.column("status").to_pylist() if s == "ok")
+    report.items_ok += ok
+    report.items_failed += status.num_rows - ok
+    data = shards.data_path(stage_dir, index)
+    if not data.exists():
+        return
+    table = pq.read_table(data, columns=["id", "num_frames"])
+    report.frames += sum(table.column("num_frames").to_pylist())
+    source = shards.data_path(videos_dir, index)
+    if source.exists():
+        ids = set(table.column("id").to_pylist())
+        videos = pq.read_table(source, columns=["id", "duration"])
+        report.video_seconds += sum(
+            float(d or 0.0)
+            for i, d in zip(videos.column("id").to_pylist(), videos.column("duration").to_pylist())
+            if i in ids
+        )
+
+
 def extract_frames(
     root=None,
     dataset: str = "mrw",
@@ -344,18 +390,23 @@ def extract_frames(
     quality: int = 90,
     workers: int | None = None,
     progress: bool = True,
+    distribution: Distribution | None = None,
 ) -> FramesReport:
-    """Every complete video shard without a complete frame shard -> a frame shard; resumable."""
-    from tqdm import tqdm
+    """Every complete video shard without a complete frame shard -> a frame shard; resumable.
 
+    Locally `workers` videos decode at once (default: the CPUs); on Ray each shard is one task of
+    `workers` CPUs (default 1).
+    """
     dataset = paths.check_dataset(dataset)
     split = paths.normalize_split(split)
+    distribution = (distribution or Distribution()).check()
     settings = FrameSettings(float(fps), int(size), int(quality)).check()
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    on_ray = distribution.distributor == "ray"
+    workers = (1 if on_ray else (os.cpu_count() or 1)) if workers is None else int(workers)
     if workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
     videos_dir = require_videos(root, dataset, split)
-    stage_dir = paths.frames_dir(root, dataset, split)
+    stage_dir = paths.stage_dir(root, dataset, split, "frames")
     video_manifest = shards.read_manifest(videos_dir) or {}
     shards.check_manifest(
         stage_dir,
@@ -373,41 +424,20 @@ def extract_frames(
     report = FramesReport(
         stage_dir=stage_dir, shards_total=len(indices), shards_waiting=len(waiting)
     )
-    todo = [i for i in indices if not shards.is_shard_complete(stage_dir, i)]
+    todo = pending_shards(stage_dir, indices)
     report.shards_skipped = len(indices) - len(todo)
+    stage = FramesStage(videos_dir, stage_dir, settings, workers, num_cpus=float(workers))
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="shard", desc="extract-frames", disable=not progress)
-    for index in todo:
-        urls = {
-            r["id"]: r["url"]
-            for r in shards.iter_rows(
-                [shards.status_path(videos_dir, index)], columns=["id", "url"]
-            )
-        }
-        data_file = shards.data_path(videos_dir, index)
-        items = (
-            {**r, "url": urls.get(r["id"])}
-            for r in shards.iter_rows(
-                [data_file] if data_file.exists() else [],
-                columns=["id", "video", "format", "duration"],
-                batch_size=16,
-            )
-        )
-        rows, status = [], []
-        for row, st in ordered_map(lambda it: _frames_row(it, settings, stage_dir), items, workers):
-            status.append(st)
-            if row is None:
-                report.items_failed += 1
-                continue
-            report.items_ok += 1
-            report.frames += row["num_frames"]
-            report.video_seconds += row.pop("_seconds")
-            rows.append(row)
-        table = pa.Table.from_pylist(rows, schema=FRAMES_SCHEMA) if rows else None
-        shards.write_shard(stage_dir, index, table, status, **PARQUET_OPTIONS)
-        report.shards_done += 1
-        bar.update(1)
-        bar.set_postfix(frames=report.frames)
-    bar.close()
+    bar = progress_bar(len(todo), "shard", "extract-frames", progress)
+    try:
+        done, failed = run_stage(stage, todo, distribution, on_shard=lambda i: bar.update(1))
+    finally:
+        bar.close()
     report.elapsed_s = time.perf_counter() - start
+    for index in done:
+        _count_frames(report, videos_dir, stage_dir, index)
+    report.shards_done = len(done)
+    report.shards_failed = failed
+    if failed:
+        raise ShardsFailed(failed, report)
     return report
