@@ -449,6 +449,7 @@ def download_split(
         workers=workers,
         retry_only=only if retry_failed else None,
     )
+    written_before = {i: _stamp(shards.status_path(stage_dir, i)) for i in todo}
     bar = progress_bar(sum(len(ids_of[i]) for i in todo), "item", f"{dataset}/{split}", progress)
     try:
         done, failed = run_stage(
@@ -462,7 +463,10 @@ def download_split(
         bar.close()
     report = DownloadReport(dataset, split, stage_dir, items=num_items, shards=len(ranges))
     report.skipped_shards = len(ranges) - len(todo) if not retry_failed else 0
-    report.retried_shards = len(done) if retry_failed else 0
+    if retry_failed:  # shards whose failures came back the same stay as they were
+        report.retried_shards = sum(
+            _stamp(shards.status_path(stage_dir, i)) != written_before[i] for i in done
+        )
     for index, part in ids_of.items():
         finished, rows = _shard_done(stage_dir, index, part)
         if finished:
@@ -472,6 +476,14 @@ def download_split(
     if failed:
         raise ShardsFailed(failed, report)
     return report
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _has_failures(stage_dir: Path, index: int, only: tuple[str, ...]) -> bool:

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import io
 import os
-import time
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -25,15 +25,7 @@ from torch import nn
 from mrw import paths, shards
 from mrw.errors import UsageError
 from mrw.frames import DecodeError, FrameSettings, decode_video, require_videos
-from mrw.stage import (
-    Distribution,
-    ShardsFailed,
-    StageReport,
-    complete_shards,
-    pending_shards,
-    progress_bar,
-    run_stage,
-)
+from mrw.stage import Distribution, StageReport, complete_shards, run_and_report
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 RESIZE, CROP = 256, 224
@@ -219,7 +211,9 @@ def decode_crops(jpegs: list[torch.Tensor], device: torch.device) -> torch.Tenso
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms import functional as F
 
-    images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+    with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec; this still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
     out = []
     for img in images:  # frames of one clip share a size, but a batch call needs equal shapes
         out.append(F.center_crop(F.resize(img, RESIZE, antialias=True), CROP))
@@ -609,16 +603,6 @@ def _place(stage: FeaturesStage, trunk: ResNetTrunk) -> tuple[ResNetTrunk, int]:
     return trunk, batch_size or 32
 
 
-def _count_features(report: FeaturesReport, stage_dir: Path, index: int) -> None:
-    status = pq.read_table(shards.status_path(stage_dir, index), columns=["status"])
-    ok = sum(1 for s in status.column("status").to_pylist() if s == "ok")
-    report.items_ok += ok
-    report.items_failed += status.num_rows - ok
-    data = shards.data_path(stage_dir, index)
-    if data.exists():
-        report.frames += sum(pq.read_table(data, columns=["num_frames"])[0].to_pylist())
-
-
 def extract_features(
     root=None,
     dataset: str = "mrw",
@@ -713,22 +697,7 @@ def extract_features(
         shards_total=len(indices),
         shards_waiting=len(waiting),
     )
-    todo = pending_shards(stage_dir, indices)
-    report.shards_skipped = len(indices) - len(todo)
-    start = time.perf_counter()
-    bar = progress_bar(len(todo), "shard", "extract-features", progress)
-    try:
-        done, failed = run_stage(stage, todo, distribution, on_shard=lambda i: bar.update(1))
-    finally:
-        bar.close()
-    report.elapsed_s = time.perf_counter() - start
-    for index in done:
-        _count_features(report, stage_dir, index)
-    report.shards_done = len(done)
-    report.shards_failed = failed
-    if failed:
-        raise ShardsFailed(failed, report)
-    return report
+    return run_and_report(stage, indices, report, distribution, "extract-features", progress)
 
 
 def read_features(row: dict) -> np.ndarray:

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -30,15 +29,7 @@ import pyarrow.parquet as pq
 
 from mrw import paths, shards
 from mrw.errors import FatalError, UsageError
-from mrw.stage import (
-    Distribution,
-    ShardsFailed,
-    StageReport,
-    complete_shards,
-    pending_shards,
-    progress_bar,
-    run_stage,
-)
+from mrw.stage import Distribution, StageReport, complete_shards, run_and_report
 
 FRAMES_SCHEMA = pa.schema(
     [
@@ -359,26 +350,18 @@ class FramesStage:
         shards.write_shard(self.stage_dir, index, table, status, **PARQUET_OPTIONS)
 
 
-def _count_frames(report: FramesReport, videos_dir: Path, stage_dir: Path, index: int) -> None:
-    """Add one written shard's items, frames and seconds of video to the report."""
-    status = pq.read_table(shards.status_path(stage_dir, index), columns=["status"])
-    ok = sum(1 for s in status.column("status").to_pylist() if s == "ok")
-    report.items_ok += ok
-    report.items_failed += status.num_rows - ok
-    data = shards.data_path(stage_dir, index)
-    if not data.exists():
+def _add_seconds(report: FramesReport, videos_dir: Path, stage_dir: Path, index: int) -> None:
+    """Add the seconds of video behind one written frame shard to the report."""
+    data, source = shards.data_path(stage_dir, index), shards.data_path(videos_dir, index)
+    if not (data.exists() and source.exists()):
         return
-    table = pq.read_table(data, columns=["id", "num_frames"])
-    report.frames += sum(table.column("num_frames").to_pylist())
-    source = shards.data_path(videos_dir, index)
-    if source.exists():
-        ids = set(table.column("id").to_pylist())
-        videos = pq.read_table(source, columns=["id", "duration"])
-        report.video_seconds += sum(
-            float(d or 0.0)
-            for i, d in zip(videos.column("id").to_pylist(), videos.column("duration").to_pylist())
-            if i in ids
-        )
+    ids = set(pq.read_table(data, columns=["id"]).column("id").to_pylist())
+    videos = pq.read_table(source, columns=["id", "duration"])
+    report.video_seconds += sum(
+        float(d or 0.0)
+        for i, d in zip(videos.column("id").to_pylist(), videos.column("duration").to_pylist())
+        if i in ids
+    )
 
 
 def extract_frames(
@@ -424,20 +407,13 @@ def extract_frames(
     report = FramesReport(
         stage_dir=stage_dir, shards_total=len(indices), shards_waiting=len(waiting)
     )
-    todo = pending_shards(stage_dir, indices)
-    report.shards_skipped = len(indices) - len(todo)
     stage = FramesStage(videos_dir, stage_dir, settings, workers, num_cpus=float(workers))
-    start = time.perf_counter()
-    bar = progress_bar(len(todo), "shard", "extract-frames", progress)
-    try:
-        done, failed = run_stage(stage, todo, distribution, on_shard=lambda i: bar.update(1))
-    finally:
-        bar.close()
-    report.elapsed_s = time.perf_counter() - start
-    for index in done:
-        _count_frames(report, videos_dir, stage_dir, index)
-    report.shards_done = len(done)
-    report.shards_failed = failed
-    if failed:
-        raise ShardsFailed(failed, report)
-    return report
+    return run_and_report(
+        stage,
+        indices,
+        report,
+        distribution,
+        "extract-frames",
+        progress,
+        count=lambda rep, index: _add_seconds(rep, videos_dir, stage_dir, index),
+    )

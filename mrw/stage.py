@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -206,6 +207,49 @@ def _run_local(
     return errors
 
 
+def run_and_report(
+    stage: Stage,
+    indices: list[int],
+    report: StageReport,
+    distribution: Distribution,
+    desc: str,
+    progress: bool = True,
+    count: Callable[[StageReport, int], None] | None = None,
+) -> StageReport:
+    """The shards of `indices` not complete yet -> `run_stage` -> `report`, filled from what the
+    written shards hold (`count` adds a stage's own figures); `ShardsFailed` if some never were."""
+    todo = pending_shards(stage.stage_dir, indices)
+    report.shards_skipped = len(indices) - len(todo)
+    start = time.perf_counter()
+    bar = progress_bar(len(todo), "shard", desc, progress)
+    try:
+        done, failed = run_stage(stage, todo, distribution, on_shard=lambda i: bar.update(1))
+    finally:
+        bar.close()
+    report.elapsed_s = time.perf_counter() - start
+    for index in done:
+        count_shard(report, stage.stage_dir, index)
+        if count:
+            count(report, index)
+    report.shards_done, report.shards_failed = len(done), failed
+    if failed:
+        raise ShardsFailed(failed, report)
+    return report
+
+
+def count_shard(report: StageReport, stage_dir: Path, index: int) -> None:
+    """Add a written shard's items (from its status file) and frames (its data) to `report`."""
+    import pyarrow.parquet as pq
+
+    status = pq.read_table(shards.status_path(stage_dir, index), columns=["status"])
+    ok = sum(1 for s in status.column("status").to_pylist() if s == "ok")
+    report.items_ok += ok
+    report.items_failed += status.num_rows - ok
+    data = shards.data_path(stage_dir, index)
+    if data.exists():
+        report.frames += sum(pq.read_table(data, columns=["num_frames"])[0].to_pylist())
+
+
 # -- Ray --------------------------------------------------------------------------------------
 _CONTEXTS: dict = {}  # stage -> its context, once per Ray worker process
 
@@ -263,7 +307,9 @@ def connect_ray(address: str | None) -> bool:
             **local,
         )
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UsageError(f"cannot reach a Ray cluster at {address or 'a new local one'}: {e}") from None
+        raise UsageError(
+            f"cannot reach a Ray cluster at {address or 'a new local one'}: {e}"
+        ) from None
     return True
 
 
