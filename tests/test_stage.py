@@ -296,3 +296,23 @@ def test_no_stage_module_keeps_its_own_copy_of_the_skeleton():
         text = (REPO / "mrw" / name).read_text()
         assert re.search(r"run_stage\(|run_and_report\(", text) and "tqdm(" not in text
         assert not re.search(r"^(class StageReport|def complete_shards)", text, re.M)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_jpeg_decoding_on_cuda_matches_the_cpu(flaky, tmp_path):
+    _, root, _ = flaky
+    copy = tmp_path / "cuda"
+    shutil.copytree(root, copy)
+    extract_frames(root=copy, split="test", workers=2, progress=False)
+    frames = paths.frames_dir(copy, "mrw", "test")
+    row = pq.read_table(shards.data_shards(frames)[0]).slice(0, 1).to_pylist()[0]
+    jpegs = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in row["frames"]]
+    on_gpu = decode_crops(jpegs, torch.device("cuda")).cpu()
+    on_cpu = decode_crops(jpegs, torch.device("cpu"))
+    diff = (on_gpu.int() - on_cpu.int()).abs().float()
+    assert diff.mean() < 1.0 and diff.max() <= 16, (diff.mean(), diff.max())
+    report = extract_features(
+        root=copy, split="test", backbone="resnet18", weights="none", gpu=True, progress=False
+    )
+    assert report.items_failed == 0 and report.items_ok == 39
