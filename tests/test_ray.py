@@ -92,35 +92,51 @@ def test_download_on_ray_writes_the_bytes_of_the_local_executor(cluster, faulty,
     assert _files(paths.videos_dir(root, "mrw", "test")) == videos
 
 
-def test_frames_and_features_on_ray_write_the_bytes_of_the_local_executor(
-    cluster, faulty, tmp_path, one_torch_thread
-):
+@pytest.fixture(scope="module")
+def extracted(faulty):
+    """The local executor's frame and feature shards of the downloaded split."""
     _, local, _ = faulty
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a Ray worker of 1 CPU
+    try:
+        extract_frames(root=local, split="test", workers=2, progress=False)
+        extract_features(root=local, split="test", progress=False, **FEATURES)
+    finally:
+        torch.set_num_threads(threads)
+    return local
+
+
+def test_frames_and_features_on_ray_write_the_bytes_of_the_local_executor(
+    cluster, extracted, tmp_path
+):
+    local = extracted
     root = tmp_path / "ray"
-    shutil.copytree(local, root)
-    extract_frames(root=local, split="test", workers=2, progress=False)
+    shutil.copytree(local, root, ignore=shutil.ignore_patterns("frames", "features"))
     report = extract_frames(root=root, split="test", progress=False, distribution=RAY)
     assert report.shards_done == 4 and report.items_ok > 0 and report.frames > 0
     frames = _files(paths.frames_dir(local, "mrw", "test"))
     assert len(frames) == 8 and _files(paths.frames_dir(root, "mrw", "test")) == frames
 
-    extract_features(root=local, split="test", progress=False, **FEATURES)
     extract_features(root=root, split="test", progress=False, distribution=RAY, **FEATURES)
     features = _files(paths.features_dir(local, "mrw", "test", "resnet18"))
     assert len(features) == 8
     assert _files(paths.features_dir(root, "mrw", "test", "resnet18")) == features
 
-    # the GPU path's actor (one per GPU, the backbone loaded once), here with no GPU
-    actors = tmp_path / "actors"
-    shutil.copytree(root, actors, ignore=shutil.ignore_patterns("features"))
-    extract_features(root=actors, split="test", progress=False, **FEATURES)  # the manifest
-    stage_dir = paths.features_dir(actors, "mrw", "test", "resnet18")
+
+@pytest.mark.slow
+def test_the_gpu_actor_path_writes_the_same_features(cluster, extracted, tmp_path):
+    """One actor per GPU that loads the backbone once, here with no GPU (num_gpus=0)."""
+    local = extracted
+    root = tmp_path / "actors"
+    shutil.copytree(local, root)
+    stage_dir = paths.features_dir(root, "mrw", "test", "resnet18")
     shutil.rmtree(paths.status_dir(stage_dir))
     for p in shards.data_shards(stage_dir):
         p.unlink()
     stage = FeaturesStage(
         source="frames",
-        source_dir=paths.frames_dir(actors, "mrw", "test"),
+        source_dir=paths.frames_dir(root, "mrw", "test"),
         stage_dir=stage_dir,
         backbone="resnet18",
         weights="none",
@@ -131,10 +147,11 @@ def test_frames_and_features_on_ray_write_the_bytes_of_the_local_executor(
         decode=None,
         images=False,
         device_decode=False,
+        actor_gpus=0.0,
     )
-    done, failed = run_stage(replace(stage, actor_gpus=0.0), [0, 1, 2, 3], replace(RAY, actors=2))
+    done, failed = run_stage(stage, [0, 1, 2, 3], replace(RAY, actors=2))
     assert done == [0, 1, 2, 3] and not failed
-    assert _files(stage_dir) == features
+    assert _files(stage_dir) == _files(paths.features_dir(local, "mrw", "test", "resnet18"))
 
 
 def test_a_worker_killed_while_writing_a_shard_is_retried(cluster, tmp_path):
