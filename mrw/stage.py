@@ -256,7 +256,11 @@ _CONTEXTS: dict = {}  # stage -> its context, once per Ray worker process
 
 def _context_of(stage: Stage) -> Any:
     if stage not in _CONTEXTS:
-        _CONTEXTS.clear()  # one stage's resources at a time in a reused worker
+        for old in _CONTEXTS.values():  # one stage's resources at a time in a reused worker
+            close = getattr(old, "close", None)
+            if callable(close):
+                close()
+        _CONTEXTS.clear()
         _CONTEXTS[stage] = stage.open()
     return _CONTEXTS[stage]
 
@@ -420,7 +424,15 @@ def run(stage_name: str, **options: Any) -> Any:
     """Run one stage from Python, with the options of its command (`distributor="ray"`, ...).
 
     `stage_name` is `download`, `extract-frames` or `extract-features`; returns its report.
+    `distributor`, `ray_address` and `max_shard_retry` may be given instead of `distribution`.
     """
+    given = {
+        k: options.pop(k) for k in ("distributor", "ray_address", "max_shard_retry") if k in options
+    }
+    if given:
+        if "distribution" in options:
+            raise UsageError("give either distribution or distributor/ray_address/max_shard_retry")
+        options["distribution"] = Distribution(**given)
     if stage_name == "download":
         from mrw.download import download_split
 

@@ -18,7 +18,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from mrw import paths, shards  # noqa: E402
+from mrw import paths, shards, stage  # noqa: E402
 from mrw.datasets import build_catalog  # noqa: E402
 from mrw.download import download_split  # noqa: E402
 from mrw.features import FeaturesStage, extract_features  # noqa: E402
@@ -259,8 +259,15 @@ def test_a_shard_that_always_fails_on_ray_is_reported_and_the_others_complete(
     shutil.copytree(local, root, ignore=shutil.ignore_patterns("frames", "features"))
     data = shards.data_path(paths.videos_dir(root, "mrw", "test"), 2)
     data.write_bytes(data.read_bytes()[:100])
-    with pytest.raises(ShardsFailed) as info:
-        extract_frames(root=root, split="test", progress=False, distribution=RAY)
+    with pytest.raises(ShardsFailed) as info:  # through the Python API
+        stage.run(
+            "extract-frames",
+            root=root,
+            split="test",
+            progress=False,
+            distributor="ray",
+            max_shard_retry=1,
+        )
     assert list(info.value.failed) == [2] and "shard 2:" in str(info.value)
     assert info.value.report.shards_done == 3
     frames = paths.frames_dir(root, "mrw", "test")
