@@ -295,7 +295,9 @@ def _format(results: dict, rev: str) -> str:
             f"one task of 1 CPU per shard on Ray ({CPUS} CPUs). Ray's cluster start-up and one "
             f"warm-up task per worker ({min(startups):.1f}-{max(startups):.1f} s) are outside "
             "the clock. `before`: the code "
-            f"at `{rev}` (before the stage runner), same benchmark. Best of the runs.",
+            f"at `{rev}` (before the stage runner), same benchmark. Best of the runs: on a "
+            "shared machine single runs of one variant vary by up to 2x, so the ratios hold "
+            "within that noise.",
             "",
             "| stage | work | before, local (/s) | after, local (/s) | after, Ray (/s) "
             "| Ray / local | local after / before |",
