@@ -191,7 +191,7 @@ def loader_only_fps(root: Path, max_frames: int) -> float:
     """The CPU side alone, as `extract-features --gpu` runs it: frame shards read, JPEGs decoded
     and cropped in DataLoader workers, crops handed to this process; no model."""
     from mrw.features import ItemFrames, _source_shard
-    from mrw.frames import complete_shards
+    from mrw.stage import complete_shards
 
     frames_dir = paths.frames_dir(root, "mrw", "test")
     frames, start = 0, time.perf_counter()

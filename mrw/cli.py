@@ -109,6 +109,49 @@ def split_option(fn):
     )(fn)
 
 
+def distribution_options(fn):
+    """`--distributor`, `--ray-address`, `--max-shard-retry`: where a stage's shards run."""
+    fn = click.option(
+        "--max-shard-retry",
+        type=click.IntRange(min=0),
+        default=2,
+        show_default=True,
+        help="Tries after the first for a shard whose task fails or dies.",
+    )(fn)
+    fn = click.option(
+        "--ray-address",
+        default=None,
+        help="The Ray cluster to run on (default: auto when RAY_ADDRESS is set, "
+        "else a local Ray started for this run).",
+    )(fn)
+    fn = click.option(
+        "--distributor",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="Run the shards in this process (local) or as tasks on a Ray cluster (ray).",
+    )(fn)
+    return fn
+
+
+def _distribution(distributor, ray_address, max_shard_retry):
+    from mrw.stage import Distribution
+
+    return Distribution(distributor, ray_address, max_shard_retry)
+
+
+def _with_summary(run, **options):
+    """Run a stage; when some shards failed, show what the others did before the error."""
+    from mrw.stage import ShardsFailed
+
+    try:
+        return run(**options)
+    except ShardsFailed as e:
+        if e.report is not None:
+            click.echo(e.report.summary(), err=True)
+        raise
+
+
 class _Group(click.Group):
     def main(self, *args, **kwargs):
         # click's own usage errors exit 2 already; keep them to one line plus a hint
@@ -232,6 +275,18 @@ def info(root, dataset, split, failures, as_json):
     is_flag=True,
     help="Keep single-frame files in a video dataset (by default they fail as not_animated).",
 )
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Fetch again the failed items of complete shards; rewrite only the shards that change.",
+)
+@click.option(
+    "--only",
+    default=None,
+    metavar="CLASSES",
+    help="With --retry-failed: only these failure classes, e.g. timeout,http_5xx (x: any digit).",
+)
+@distribution_options
 @handle_errors
 def download(
     root,
@@ -250,12 +305,22 @@ def download(
     metadata_timeout,
     metadata_max_bytes,
     allow_still,
+    retry_failed,
+    only,
+    distributor,
+    ray_address,
+    max_shard_retry,
 ):
     """Build the split's catalog from the official release, then fetch its media into shards."""
-    from mrw.releases import build_catalog
-    from mrw.download import check_options
+    from mrw.download import check_options, download_split, parse_only
     from mrw.fetch import timeout_problem
 
+    distribution = _distribution(distributor, ray_address, max_shard_retry).check()
+    if only is not None and not retry_failed:
+        raise UsageError("--only goes with --retry-failed")
+    classes = parse_only(only)
+    if retry_failed and catalog_only:
+        raise UsageError("--retry-failed and --catalog-only exclude each other")
     check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host)
     problem = timeout_problem(metadata_timeout)
     if problem:
@@ -264,19 +329,21 @@ def download(
         raise UsageError(
             f"--metadata-max-bytes must be a positive integer, got {metadata_max_bytes}"
         )
-    path, report = build_catalog(
-        dataset,
-        split,
-        root=root,
-        source=source,
-        timeout=metadata_timeout,
-        max_bytes=metadata_max_bytes,
-    )
-    click.echo(report.summary(), err=True)
-    click.echo(f"catalog: {path}")
+    if not retry_failed:
+        from mrw.releases import build_catalog
+
+        path, report = build_catalog(
+            dataset,
+            split,
+            root=root,
+            source=source,
+            timeout=metadata_timeout,
+            max_bytes=metadata_max_bytes,
+        )
+        click.echo(report.summary(), err=True)
+        click.echo(f"catalog: {path}")
     if catalog_only:
         return
-    from mrw.download import download_split
 
     download_split(
         root=root,
@@ -291,6 +358,9 @@ def download(
         max_bytes=max_bytes,
         per_host=per_host,
         allow_still=allow_still,
+        distribution=distribution,
+        retry_failed=retry_failed,
+        only=classes,
     )
 
 
@@ -338,7 +408,12 @@ def validate(root, dataset, split, workers):
     help="Shorter side of the stored frames, in pixels.",
 )
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality, 1-100.")
-@click.option("--workers", type=int, default=None, help="Videos decoded at once (default: CPUs).")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Videos decoded at once (default: the CPUs; with --distributor ray: 1 per task).",
+)
 @click.option(
     "--sampling",
     type=click.Choice(["reference", "native"]),
@@ -347,12 +422,26 @@ def validate(root, dataset, split, workers):
     help="reference: the frame shown at each 1/fps, as GulpIO's burst made the paper's frames "
     "(slower clips repeat frames); native: the first frame of each 1/fps slot, no repeats.",
 )
+@distribution_options
 @handle_errors
-def extract_frames(root, dataset, split, fps, size, quality, workers, sampling):
+def extract_frames(
+    root,
+    dataset,
+    split,
+    fps,
+    size,
+    quality,
+    workers,
+    sampling,
+    distributor,
+    ray_address,
+    max_shard_retry,
+):
     """Decode each video once into resized JPEG frames, in frame shards (resumable)."""
     from mrw.frames import extract_frames as run
 
-    report = run(
+    report = _with_summary(
+        run,
         root=root,
         dataset=dataset,
         split=split,
@@ -361,6 +450,7 @@ def extract_frames(root, dataset, split, fps, size, quality, workers, sampling):
         quality=quality,
         workers=workers,
         sampling=sampling,
+        distribution=_distribution(distributor, ray_address, max_shard_retry),
     )
     click.echo(report.summary(), err=True)
     click.echo(f"frames: {report.stage_dir}")
@@ -403,12 +493,33 @@ def extract_frames(root, dataset, split, fps, size, quality, workers, sampling):
     default=None,
     help="DataLoader workers decoding frames (default: half the CPUs; CPUs-1 with --gpu).",
 )
+@click.option(
+    "--cpu-decode",
+    is_flag=True,
+    help="With --gpu: decode the JPEG frames in the DataLoader workers, not on the GPU.",
+)
+@distribution_options
 @handle_errors
-def extract_features(root, dataset, split, backbone, weights, gpu, batch_size, max_frames, workers):
+def extract_features(
+    root,
+    dataset,
+    split,
+    backbone,
+    weights,
+    gpu,
+    batch_size,
+    max_frames,
+    workers,
+    cpu_decode,
+    distributor,
+    ray_address,
+    max_shard_retry,
+):
     """Per-frame CNN features (videos) or the 7x7 grid (images) into feature shards (resumable)."""
     from mrw.features import extract_features as run
 
-    report = run(
+    report = _with_summary(
+        run,
         root=root,
         dataset=dataset,
         split=split,
@@ -418,6 +529,8 @@ def extract_features(root, dataset, split, backbone, weights, gpu, batch_size, m
         batch_size=batch_size,
         max_frames=max_frames,
         workers=workers,
+        distribution=_distribution(distributor, ray_address, max_shard_retry),
+        device_decode=gpu and not cpu_decode,
     )
     click.echo(report.summary(), err=True)
     click.echo(f"features: {report.stage_dir}")

@@ -14,8 +14,7 @@ import errno
 import hashlib
 import os
 import sys
-import uuid
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from mrw.descriptors import load_descriptor
 from mrw.errors import FatalError, UsageError
 from mrw.fetch import FetchConfig, Fetcher, timeout_problem
 from mrw.media import MediaError, MediaLimits, probe_media, remove_stale_probes, require_ffprobe
+from mrw.stage import Distribution, ShardsFailed, progress_bar, run_stage
 
 VIDEO_SCHEMA = pa.schema(
     [
@@ -64,12 +64,18 @@ class DownloadReport:
     failed: int = 0
     errors: Counter = field(default_factory=Counter)
     missing: list = field(default_factory=list)  # --from-dir: ids with no file
+    retried_shards: int = 0  # --retry-failed: shards rewritten
+    failed_shards: dict = field(default_factory=dict)  # index -> error of shards never written
 
     def summary(self) -> str:
         lines = [
             f"{self.dataset}/{self.split}: {self.ok} ok, {self.failed} failed of {self.items} items "
             f"in {self.shards} shards ({self.skipped_shards} already complete) under {self.stage_dir}"
         ]
+        if self.retried_shards:
+            lines.append(f"  retried: {self.retried_shards} shards with failed items")
+        for index, error in sorted(self.failed_shards.items()):
+            lines.append(f"  shard {index} not written: {error}")
         for cls, n in sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {cls}: {n}")
         if self.missing:
@@ -191,59 +197,6 @@ class _ItemWorker:
         return _validate(item_id, url, res.data, res.attempts, self.limits)
 
 
-# -- one shard's data file, streamed -------------------------------------------------------------
-class VideoShardWriter:
-    """Appends rows in order to a temporary Parquet file; `commit` renames it into place.
-
-    Row groups close at about `shards.ROW_GROUP_BYTES`, a function of the rows alone, so the same
-    rows always give the same bytes."""
-
-    def __init__(self, stage_dir: Path, index: int):
-        self.path = shards.data_path(stage_dir, index)
-        self.tmp = (
-            self.path.parent
-            / f"{shards.TMP_PREFIX}{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        )
-        self._writer = None
-        self._rows: list[dict] = []
-        self._bytes = 0
-        self.count = 0
-
-    def append(self, row: dict) -> None:
-        self._rows.append(row)
-        self._bytes += len(row["video"]) + 256
-        self.count += 1
-        if self._bytes >= shards.ROW_GROUP_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._rows:
-            return
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self.tmp, VIDEO_SCHEMA, **PARQUET_OPTIONS)
-        table = pa.Table.from_pylist(self._rows, schema=VIDEO_SCHEMA)
-        self._writer.write_table(table, row_group_size=len(self._rows))
-        self._rows, self._bytes = [], 0
-
-    def commit(self) -> None:
-        self._flush()
-        if self._writer is None:  # nothing succeeded: no data file, as write_shard does
-            self.path.unlink(missing_ok=True)
-            return
-        self._writer.close()
-        with open(self.tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:
-                pass
-        self.tmp.unlink(missing_ok=True)
-
-
 # -- the split ----------------------------------------------------------------------------------
 def check_options(
     workers: int = 16,
@@ -272,7 +225,7 @@ def check_options(
 
 def _prepare_stage_dir(stage_dir: Path) -> None:
     try:
-        (stage_dir / "status").mkdir(parents=True, exist_ok=True)
+        paths.status_dir(stage_dir).mkdir(parents=True, exist_ok=True)
         probe = stage_dir / f"{shards.TMP_PREFIX}write-test.{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -293,6 +246,175 @@ def _shard_done(stage_dir: Path, index: int, ids: list[str]) -> tuple[bool, list
     return [r["id"] for r in rows] == ids, rows
 
 
+def error_class_matches(error: str | None, patterns: tuple[str, ...]) -> bool:
+    """Whether a status error's class matches one of `patterns` (`x` stands for any digit, so
+    `http_5xx` matches `http_500` and `http_503`); no patterns match every class."""
+    if not error:
+        return False
+    cls = error.split(":", 1)[0]
+    if not patterns:
+        return True
+    for pat in patterns:
+        if len(pat) == len(cls) and all(
+            p == c or (p == "x" and c.isdigit()) for p, c in zip(pat, cls)
+        ):
+            return True
+    return False
+
+
+def parse_only(text: str | None) -> tuple[str, ...]:
+    """`--only timeout,http_5xx` -> ("timeout", "http_5xx"); None -> () (every class)."""
+    if text is None:
+        return ()
+    classes = tuple(c.strip() for c in str(text).split(","))
+    if not classes or any(not c or not c.replace("_", "").isalnum() for c in classes):
+        raise UsageError(
+            f"--only must be failure classes separated by commas (e.g. timeout,http_5xx), got {text!r}"
+        )
+    return classes
+
+
+@dataclass
+class _DownloadContext:
+    items: list
+    worker: _ItemWorker
+    pool: ThreadPoolExecutor
+    window: int
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class DownloadStage:
+    """Shard `i` of a split: its catalog items fetched (or read), validated, written in order.
+
+    With `retry_only` set, a complete shard instead re-fetches its failed items whose class
+    matches (every failed item when empty) and is rewritten only when something changed."""
+
+    stage_dir: Path
+    catalog_file: Path
+    limit: int | None
+    shard_size: int
+    from_dir: Path | None
+    fetch: FetchConfig
+    limits: MediaLimits
+    workers: int
+    retry_only: tuple[str, ...] | None = None
+    stills_ok: bool = True
+    #: two shards at once share the item pool, so that one's slow tail overlaps the next's start
+    local_shards: int = 2
+    num_cpus: float = 1.0
+    actor_gpus: float | None = None
+
+    def open(self) -> _DownloadContext:
+        catalog = pq.read_table(self.catalog_file)
+        columns = [c for c in ("id", "url", "filepath", "filename") if c in catalog.column_names]
+        items = catalog.select(columns).to_pylist()
+        if self.limit is not None:
+            items = items[: self.limit]
+        return _DownloadContext(
+            items=items,
+            worker=_ItemWorker(self.from_dir, self.fetch, self.limits, self.stills_ok),
+            pool=ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mrw-download"),
+            window=max(4 * self.workers, 32),
+        )
+
+    def items_of(self, items: list, index: int) -> list:
+        return items[index * self.shard_size : (index + 1) * self.shard_size]
+
+    def run_shard(self, context: _DownloadContext, index: int) -> None:
+        items = self.items_of(context.items, index)
+        if self.retry_only is not None:
+            return self._retry_shard(context, index, items)
+        self._write(index, _fetch_in_order(context, items), len(items))
+
+    def _write(self, index: int, results, expected: int) -> None:
+        """Rows in order into the data file, then the status file; nothing on failure."""
+        writer = shards.ShardWriter(self.stage_dir, index, VIDEO_SCHEMA, PARQUET_OPTIONS, "video")
+        status: list[dict] = []
+        try:
+            for res in results:
+                if res.row is not None:
+                    writer.append(res.row)
+                status.append(res.status)
+            if len(status) != expected:
+                raise RuntimeError(f"shard {index}: {len(status)} results for {expected} items")
+            writer.commit()
+            shards.write_table_atomic(
+                shards.status_table(status), shards.status_path(self.stage_dir, index)
+            )
+        except OSError as e:
+            writer.abort()
+            raise FatalError(f"cannot write shard {index} under {self.stage_dir}: {e}") from e
+        except BaseException:
+            writer.abort()
+            raise
+
+    def _retry_shard(self, context: _DownloadContext, index: int, items: list) -> None:
+        done, old = _shard_done(self.stage_dir, index, [it["id"] for it in items])
+        if not done:
+            return
+        redo = [
+            pos
+            for pos, r in enumerate(old)
+            if r["status"] != "ok" and error_class_matches(r["error"], self.retry_only or ())
+        ]
+        if not redo:
+            return
+        fresh = dict(zip(redo, _fetch_in_order(context, [items[p] for p in redo])))
+        if all(fresh[p].status == old[p] for p in redo):
+            return  # failed again the same way: the shard stays as it is
+        data = shards.data_path(self.stage_dir, index)
+        kept = shards.iter_rows([data] if data.exists() else [], batch_size=16)
+
+        def merged():
+            for pos, r in enumerate(old):
+                if pos in fresh:
+                    yield fresh[pos]
+                elif r["status"] == "ok":
+                    row = next(kept)
+                    if row["id"] != r["id"]:
+                        raise RuntimeError(f"shard {index}: data and status disagree at {r['id']}")
+                    yield ItemResult(r["id"], r["url"], row, None, r["attempts"])
+                else:
+                    yield ItemResult(r["id"], r["url"], None, r["error"], r["attempts"])
+
+        self._write(index, merged(), len(items))
+
+
+def _fetch_in_order(context: _DownloadContext, items: list):
+    """Each item's result, in order, with at most `context.window` in flight."""
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append((item, context.pool.submit(context.worker, item)))
+            if len(pending) >= context.window:
+                yield _result(*pending.popleft())
+        while pending:
+            yield _result(*pending.popleft())
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+
+
+def _result(item: dict, future) -> ItemResult:
+    try:
+        return future.result()
+    except FatalError:
+        raise  # nothing can succeed (a missing tool): stop, keeping finished shards
+    except OSError as e:
+        if e.errno == errno.ENOSPC:  # a full disk fails every item: stop, keeping finished shards
+            raise FatalError(f"{e}") from e
+        return ItemResult(
+            item["id"], item.get("url"), None, f"internal_error: {type(e).__name__}: {e}", 0
+        )
+    except Exception as e:  # a bug or an OS error in one item must not lose the run
+        return ItemResult(
+            item["id"], item.get("url"), None, f"internal_error: {type(e).__name__}: {e}", 0
+        )
+
+
 @shards.holds_stage_lock(lambda a: paths.videos_dir(a["root"], a["dataset"], a["split"]))
 def download_split(
     root=None,
@@ -310,24 +432,32 @@ def download_split(
     allow_still: bool = False,
     progress: bool = True,
     log=None,
+    distribution: Distribution | None = None,
+    retry_failed: bool = False,
+    only: tuple[str, ...] | str | None = None,
 ) -> DownloadReport:
     """Fetch (or read `from_dir`), validate and shard every item of the split's catalog.
 
-    In a video dataset a single-frame file fails as `not_animated` unless `allow_still`."""
+    `retry_failed`: instead, re-fetch the failed items (of the classes in `only`, default all) of
+    complete shards and rewrite each shard that changed, as if they had succeeded at once.
+    In a video dataset a single-frame file fails as `not_animated` unless `allow_still`.
+    """
     dataset, split = paths.check_dataset(dataset), paths.normalize_split(split)
     check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host)
+    distribution = (distribution or Distribution()).check()
+    only = parse_only(only) if isinstance(only, str) or only is None else tuple(only)
+    if only and not retry_failed:
+        raise UsageError("--only goes with --retry-failed")
     if from_dir is not None:
         from_dir = Path(from_dir)
         if not from_dir.is_dir():
             raise UsageError(f"--from-dir {from_dir}: no such folder")
     catalog = read_catalog(root, dataset, split)
     require_ffprobe()
-    items = catalog.select(
-        [c for c in ("id", "url", "filepath", "filename") if c in catalog.column_names]
-    ).to_pylist()
-    if limit is not None:
-        items = items[:limit]
-    stage_dir = paths.videos_dir(root, dataset, split)
+    num_items = catalog.num_rows if limit is None else min(limit, catalog.num_rows)
+    ids = catalog.column("id").to_pylist()[:num_items]
+    del catalog
+    stage_dir = paths.stage_dir(root, dataset, split, "videos")
     _prepare_stage_dir(stage_dir)
     shards.check_manifest(
         stage_dir,
@@ -345,101 +475,74 @@ def download_split(
     remove_stale_probes()
     log = log or (lambda msg: print(msg, file=sys.stderr))
 
-    report = DownloadReport(dataset, split, stage_dir, items=len(items))
-    todo = []  # (shard index, items)
-    for index, (lo, hi) in enumerate(shards.shard_ranges(len(items), shard_size)):
-        part = items[lo:hi]
-        done, rows = _shard_done(stage_dir, index, [it["id"] for it in part])
-        report.shards += 1
-        if done:
-            report.skipped_shards += 1
-            _count(report, rows)
-        else:
-            todo.append((index, part))
-
-    limits = MediaLimits(max_bytes=max_bytes)
-    worker = _ItemWorker(
-        from_dir,
-        FetchConfig(
+    ranges = shards.shard_ranges(num_items, shard_size)
+    ids_of = {index: ids[lo:hi] for index, (lo, hi) in enumerate(ranges)}
+    complete = {index: _shard_done(stage_dir, index, part)[0] for index, part in ids_of.items()}
+    if retry_failed:
+        todo = [i for i, ok in complete.items() if ok and _has_failures(stage_dir, i, only)]
+    else:
+        todo = [i for i, ok in complete.items() if not ok]
+    stage = DownloadStage(
+        stage_dir=stage_dir,
+        catalog_file=paths.catalog_path(root, dataset, split),
+        limit=num_items,
+        shard_size=shard_size,
+        from_dir=from_dir,
+        fetch=FetchConfig(
             timeout=timeout,
             retries=retries,
             max_bytes=max_bytes,
             per_host=per_host,
             backoff=backoff,
         ),
-        limits,
+        limits=MediaLimits(max_bytes=max_bytes),
+        workers=workers,
+        retry_only=only if retry_failed else None,
         stills_ok=allow_still or load_descriptor(dataset).get("modality") == "image",
     )
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=sum(len(p) for _, p in todo),
-        unit="item",
-        desc=f"{dataset}/{split}",
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-    bar.set_postfix(ok=report.ok, failed=report.failed)
-    window = max(4 * workers, 32)
+    written_before = {i: _stamp(shards.status_path(stage_dir, i)) for i in todo}
+    bar = progress_bar(sum(len(ids_of[i]) for i in todo), "item", f"{dataset}/{split}", progress)
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mrw-download") as pool:
-            queue = [(index, it) for index, part in todo for it in part]
-            futures: dict[int, object] = {}
-            submitted = 0
-            writer = None
-            status_rows: list[dict] = []
-            current = None
-            for pos, (index, it) in enumerate(queue):
-                while submitted < len(queue) and submitted < pos + window:
-                    futures[submitted] = pool.submit(worker, queue[submitted][1])
-                    submitted += 1
-                if index != current:
-                    current, writer, status_rows = index, VideoShardWriter(stage_dir, index), []
-                try:
-                    res = futures.pop(pos).result()
-                except FatalError:
-                    raise  # nothing can succeed (a missing tool): stop, keeping finished shards
-                except OSError as e:
-                    if e.errno == errno.ENOSPC:
-                        raise  # a full disk fails every item: stop, keeping finished shards
-                    res = ItemResult(
-                        it["id"], it.get("url"), None, f"internal_error: {type(e).__name__}: {e}", 0
-                    )
-                except Exception as e:  # a bug or an OS error in one item must not lose the run
-                    res = ItemResult(
-                        it["id"], it.get("url"), None, f"internal_error: {type(e).__name__}: {e}", 0
-                    )
-                if res.row is not None:
-                    writer.append(res.row)
-                status_rows.append(res.status)
-                _count(report, [res.status])
-                bar.update(1)
-                bar.set_postfix(ok=report.ok, failed=report.failed, refresh=False)
-                if pos + 1 == len(queue) or queue[pos + 1][0] != index:
-                    try:
-                        writer.commit()
-                        shards.write_table_atomic(
-                            shards.status_table(status_rows), shards.status_path(stage_dir, index)
-                        )
-                    except OSError as e:
-                        writer.abort()
-                        raise FatalError(
-                            f"cannot write shard {index} under {stage_dir}: {e}"
-                        ) from e
-                    writer = None
-                if report.missing is not None and res.error and res.error.startswith("missing:"):
-                    report.missing.append(res.id)
-    except BaseException:
-        for f in locals().get("futures", {}).values():
-            f.cancel()
-        if locals().get("writer") is not None:
-            writer.abort()
-        raise
+        done, failed = run_stage(
+            stage,
+            todo,
+            distribution,
+            on_shard=lambda i: bar.update(len(ids_of[i])),
+            require_success=retry_failed,  # a retried shard has a status file before and after
+        )
     finally:
         bar.close()
+    report = DownloadReport(dataset, split, stage_dir, items=num_items, shards=len(ranges))
+    report.skipped_shards = len(ranges) - len(todo) if not retry_failed else 0
+    if retry_failed:  # shards whose failures came back the same stay as they were
+        report.retried_shards = sum(
+            _stamp(shards.status_path(stage_dir, i)) != written_before[i] for i in done
+        )
+    for index, part in ids_of.items():
+        finished, rows = _shard_done(stage_dir, index, part)
+        if finished:
+            _count(report, rows)
+    report.failed_shards = failed
     log(report.summary())
+    if failed:
+        raise ShardsFailed(failed, report)
     return report
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _has_failures(stage_dir: Path, index: int, only: tuple[str, ...]) -> bool:
+    table = pq.read_table(shards.status_path(stage_dir, index), columns=["status", "error"])
+    return any(
+        st != "ok" and error_class_matches(err, only)
+        for st, err in zip(table.column("status").to_pylist(), table.column("error").to_pylist())
+    )
 
 
 def _count(report: DownloadReport, status_rows) -> None:
@@ -449,3 +552,5 @@ def _count(report: DownloadReport, status_rows) -> None:
         else:
             report.failed += 1
             report.errors[(r["error"] or "unknown").split(":", 1)[0]] += 1
+            if r["error"] and r["error"].startswith("missing:"):
+                report.missing.append(r["id"])

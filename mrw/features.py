@@ -12,8 +12,8 @@ import functools
 import hashlib
 import io
 import os
-import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +23,8 @@ from torch import nn
 
 from mrw import paths, shards
 from mrw.errors import UsageError
-from mrw.frames import (
-    DecodeError,
-    FrameSettings,
-    StageReport,
-    complete_shards,
-    decode_video,
-    require_videos,
-)
+from mrw.frames import DecodeError, FrameSettings, decode_video, require_videos
+from mrw.stage import Distribution, StageReport, complete_shards, run_and_report
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 RESIZE, CROP = 256, 224
@@ -210,6 +204,33 @@ def normalize(batch: torch.Tensor) -> torch.Tensor:
     return (batch.float() / 255.0 - mean) / std
 
 
+def decode_crops(jpegs: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """JPEG bytes (uint8 tensors) decoded on `device` in one batched call (nvJPEG on CUDA), then
+    resized and center-cropped there as `preprocess` does -> uint8 [n, 3, 224, 224]."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms import functional as F
+
+    with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec; this still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+    out = []
+    for img in images:  # frames of one clip share a size, but a batch call needs equal shapes
+        out.append(F.center_crop(F.resize(img, RESIZE, antialias=True), CROP))
+    return torch.stack(out)
+
+
+def device_decodes(device: torch.device) -> bool:
+    """Whether this torchvision decodes JPEGs on `device` (CUDA needs its nvJPEG build)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))
+    try:
+        decode_crops([torch.frombuffer(bytearray(buf.tobytes()), dtype=torch.uint8)], device)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):
+        return False
+    return bool(ok)
+
+
 def uniform_indices(n: int, max_frames: int) -> list[int]:
     """At most `max_frames` of `n` frames, evenly spread from the first to the last."""
     if max_frames <= 0 or n <= max_frames:
@@ -229,11 +250,13 @@ class ItemFrames(torch.utils.data.Dataset):
         max_frames: int,
         decode: FrameSettings | None,
         scratch_dir: Path | None = None,
+        raw: bool = False,
     ):
         self.table = table
         self.max_frames = max_frames
         self.decode = decode  # None: rows hold JPEG frames; else video bytes to decode first
         self.scratch_dir = scratch_dir
+        self.raw = raw  # JPEG frames: hand out their bytes, for `decode_crops` on the device
 
     def __len__(self):
         return self.table.num_rows
@@ -243,6 +266,14 @@ class ItemFrames(torch.utils.data.Dataset):
 
         row = self.table.slice(pos, 1).to_pylist()[0]
         try:
+            if self.decode is None and self.raw:
+                keep = uniform_indices(len(row["frames"]), self.max_frames)
+                if not keep:
+                    raise DecodeError("no frames")
+                jpegs = [
+                    torch.frombuffer(bytearray(row["frames"][k]), dtype=torch.uint8) for k in keep
+                ]
+                return pos, jpegs, [row["timestamps"][k] for k in keep], None
             if self.decode is None:
                 keep = uniform_indices(len(row["frames"]), self.max_frames)
                 images = [open_jpeg(row["frames"][k]) for k in keep]
@@ -295,16 +326,27 @@ def encode_batch(trunk: ResNetTrunk, x: torch.Tensor, grid: bool):
 class FeatureRunner:
     """Packs items' frames into fixed-size batches and runs the trunk; CPU or CUDA."""
 
-    def __init__(self, trunk: ResNetTrunk, device: torch.device, batch_size: int, grid: bool):
+    def __init__(
+        self,
+        trunk: ResNetTrunk,
+        device: torch.device,
+        batch_size: int,
+        grid: bool,
+        device_decode: bool = False,
+    ):
         self.device = device
         self.cuda = device.type == "cuda"
         self.grid = grid
         self.dim = trunk.dim
         self.trunk = trunk
         self.batch_size = batch_size
-        # two pinned staging buffers: fill one while the GPU still reads the other
+        self.device_decode = device_decode  # items come as JPEG bytes, decoded on the device
+        # two staging buffers: fill one while the GPU still reads the other; pinned host memory,
+        # or on the device itself when the crops are made there
         self.buffers = [
-            torch.empty((batch_size, 3, CROP, CROP), dtype=torch.uint8, pin_memory=self.cuda)
+            torch.empty((batch_size, 3, CROP, CROP), dtype=torch.uint8, device=device)
+            if device_decode
+            else torch.empty((batch_size, 3, CROP, CROP), dtype=torch.uint8, pin_memory=self.cuda)
             for _ in range(2 if self.cuda else 1)
         ]
         # and two pinned buffers for the results: a copy into pageable memory would make the
@@ -362,6 +404,11 @@ class FeatureRunner:
                     outputs[pos][1][first : first + count] = grid[off : off + count].numpy()
 
         for pos, crops, stamps, error in loader:
+            if error is None and isinstance(crops, list):
+                try:
+                    crops = decode_crops(crops, self.device)
+                except (RuntimeError, ValueError) as e:
+                    error = f"decode_error: {str(e).splitlines()[0][:200]}"
             if error is not None:
                 failures.append((pos, error))
                 continue
@@ -461,6 +508,102 @@ def default_workers(gpu: bool) -> int:
     return max(1, min(16, cpus - 1)) if gpu else max(1, cpus // 2)
 
 
+@dataclass
+class _FeaturesContext:
+    runner: FeatureRunner
+    threads: int
+
+    def close(self) -> None:
+        torch.set_num_threads(self.threads)
+
+
+@dataclass(frozen=True)
+class FeaturesStage:
+    """Feature shard `i` from source shard `i` (frames, or videos decoded on the fly)."""
+
+    source: str
+    source_dir: Path
+    stage_dir: Path
+    backbone: str
+    weights: str
+    gpu: bool
+    batch_size: int | None
+    max_frames: int
+    workers: int
+    decode: FrameSettings | None  # None: the source holds JPEG frames
+    images: bool
+    device_decode: bool  # JPEG frames decoded by `decode_crops` on the device, if it can
+    local_shards: int = 1
+    num_cpus: float = 1.0
+    actor_gpus: float | None = None
+    #: the driver's trunk, already placed, and its batch size (never shipped to Ray workers)
+    preloaded: tuple | None = field(default=None, compare=False, hash=False, repr=False)
+
+    def __reduce__(self):
+        values = [None if f.name == "preloaded" else getattr(self, f.name) for f in fields(self)]
+        return (type(self), tuple(values))
+
+    def open(self) -> _FeaturesContext:
+        device = torch.device("cuda" if self.gpu else "cpu")
+        if self.preloaded is not None:
+            trunk, batch_size = self.preloaded
+        else:
+            trunk, batch_size = _place(self, build_backbone(self.backbone, self.weights)[0])
+        threads = torch.get_num_threads()
+        if self.gpu:  # the CPUs belong to the DataLoader workers: idle OpenMP threads would spin
+            torch.set_num_threads(1)
+        on_device = self.device_decode and self.source == "frames" and device_decodes(device)
+        return _FeaturesContext(
+            FeatureRunner(trunk, device, batch_size, self.images, on_device), threads
+        )
+
+    def run_shard(self, context: _FeaturesContext, index: int) -> None:
+        runner = context.runner
+        table, urls = _source_shard(self.source, self.source_dir, index)
+        parallel = self.workers if table.num_rows > 1 else 0
+        loader = torch.utils.data.DataLoader(
+            ItemFrames(table, self.max_frames, self.decode, self.stage_dir, runner.device_decode),
+            batch_size=None,
+            shuffle=False,
+            num_workers=parallel,
+            prefetch_factor=4 if parallel else None,
+        )
+        outputs: dict = {}
+        failures = dict(runner.run(loader, outputs))
+        rows, status = [], []
+        for pos, item_id in enumerate(table.column("id").to_pylist()):
+            st = {"id": item_id, "url": urls.get(item_id), "attempts": 1}
+            if pos in failures:
+                status.append({**st, "status": "failed", "error": failures[pos]})
+                continue
+            pooled, grid, stamps = outputs[pos]
+            row = {
+                "id": item_id,
+                "features": pooled.astype("<f2").tobytes(),
+                "num_frames": pooled.shape[0],
+                "dim": pooled.shape[1],
+                "timestamps": [float(t) for t in stamps],
+            }
+            if self.images:
+                row["grid"] = grid[0].astype("<f2").tobytes()
+            rows.append(row)
+            status.append({**st, "status": "ok", "error": None})
+        schema = IMAGE_FEATURES_SCHEMA if self.images else FEATURES_SCHEMA
+        out = pa.Table.from_pylist(rows, schema=schema) if rows else None
+        shards.write_shard(self.stage_dir, index, out, status)
+
+
+def _place(stage: FeaturesStage, trunk: ResNetTrunk) -> tuple[ResNetTrunk, int]:
+    """The trunk on the stage's device and the batch size to run it with."""
+    device = torch.device("cuda" if stage.gpu else "cpu")
+    trunk = place_trunk(trunk, device)
+    batch_size = stage.batch_size
+    if stage.gpu:
+        torch.backends.cudnn.benchmark = True
+        batch_size = batch_size or largest_batch(trunk, device, stage.images)
+    return trunk, batch_size or 32
+
+
 @shards.holds_stage_lock(
     lambda a: paths.features_dir(a["root"], a["dataset"], a["split"], a["backbone"])
 )
@@ -475,12 +618,19 @@ def extract_features(
     max_frames: int = 64,
     workers: int | None = None,
     progress: bool = True,
+    distribution: Distribution | None = None,
+    device_decode: bool | None = None,
 ) -> FeaturesReport:
-    """Every complete source shard without a complete feature shard -> a feature shard."""
-    from tqdm import tqdm
+    """Every complete source shard without a complete feature shard -> a feature shard.
 
+    `device_decode` (default: on with `gpu`) decodes JPEG frames on the device in batches instead
+    of in the DataLoader workers; where the device cannot, the workers do it as before. With
+    `gpu` on Ray, one actor per GPU loads the backbone once and takes shards one after another.
+    """
     dataset = paths.check_dataset(dataset)
     split = paths.normalize_split(split)
+    distribution = (distribution or Distribution()).check()
+    on_ray = distribution.distributor == "ray"
     if backbone not in BACKBONES:
         raise UsageError(f"unknown --backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
     if batch_size is not None and batch_size < 1:
@@ -490,7 +640,7 @@ def extract_features(
     workers = default_workers(gpu) if workers is None else int(workers)
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
-    if gpu and not torch.cuda.is_available():
+    if gpu and not on_ray and not torch.cuda.is_available():
         raise UsageError(
             "--gpu was given but CUDA is not available on this machine "
             "(no CUDA device or a CPU-only torch build): run without --gpu"
@@ -499,7 +649,7 @@ def extract_features(
     images = dataset in IMAGE_DATASETS
 
     source, source_dir, source_settings = _pick_source(root, dataset, split)
-    stage_dir = paths.features_dir(root, dataset, split, backbone)
+    stage_dir = paths.stage_dir(root, dataset, split, "features", backbone)
     trunk, described = build_backbone(backbone, weights)
     shards.check_manifest(
         stage_dir,
@@ -520,86 +670,42 @@ def extract_features(
     )
     shards.remove_temporaries(stage_dir)
 
-    trunk = place_trunk(trunk, device)
-    if gpu:
-        torch.backends.cudnn.benchmark = True
-        batch_size = batch_size or largest_batch(trunk, device, images)
-    batch_size = batch_size or 32
-    runner = FeatureRunner(trunk, device, batch_size, images)
-    decode = (
-        None
+    stage = FeaturesStage(
+        source=source,
+        source_dir=source_dir,
+        stage_dir=stage_dir,
+        backbone=backbone,
+        weights=weights,
+        gpu=gpu,
+        batch_size=batch_size,
+        max_frames=max_frames,
+        workers=workers,
+        decode=None
         if source == "frames"
         else FrameSettings(
             source_settings["fps"],
             source_settings["size"],
             sampling=source_settings.get("sampling", "native"),
-        )
+        ),
+        images=images,
+        device_decode=gpu if device_decode is None else bool(device_decode),
+        num_cpus=float(max(1, workers)),
+        actor_gpus=(1.0 if gpu else None) if on_ray else None,
     )
+    if not on_ray:  # the backbone built for the manifest is the one that runs
+        stage = replace(stage, preloaded=_place(stage, trunk))
     indices, waiting = complete_shards(source_dir)
     if source == "frames":  # video shards that extract-frames has not reached yet
         waiting |= set(complete_shards(paths.videos_dir(root, dataset, split))[0]) - set(indices)
     report = FeaturesReport(
         stage_dir=stage_dir,
         source=source,
-        batch_size=batch_size,
+        batch_size=stage.preloaded[1] if stage.preloaded else (batch_size or 0),
         device=str(device),
         shards_total=len(indices),
         shards_waiting=len(waiting),
     )
-    todo = [i for i in indices if not shards.is_shard_complete(stage_dir, i)]
-    report.shards_skipped = len(indices) - len(todo)
-    schema = IMAGE_FEATURES_SCHEMA if images else FEATURES_SCHEMA
-    start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="shard", desc="extract-features", disable=not progress)
-    threads = torch.get_num_threads()
-    if (
-        gpu
-    ):  # the CPUs belong to the DataLoader workers: idle OpenMP threads here would spin on them
-        torch.set_num_threads(1)
-    try:
-        for index in todo:
-            table, urls = _source_shard(source, source_dir, index)
-            parallel = workers if table.num_rows > 1 else 0
-            loader = torch.utils.data.DataLoader(
-                ItemFrames(table, max_frames, decode, stage_dir),
-                batch_size=None,
-                shuffle=False,
-                num_workers=parallel,
-                prefetch_factor=4 if parallel else None,
-            )
-            outputs: dict = {}
-            failures = dict(runner.run(loader, outputs))
-            rows, status = [], []
-            for pos, item_id in enumerate(table.column("id").to_pylist()):
-                st = {"id": item_id, "url": urls.get(item_id), "attempts": 1}
-                if pos in failures:
-                    status.append({**st, "status": "failed", "error": failures[pos]})
-                    report.items_failed += 1
-                    continue
-                pooled, grid, stamps = outputs[pos]
-                row = {
-                    "id": item_id,
-                    "features": pooled.astype("<f2").tobytes(),
-                    "num_frames": pooled.shape[0],
-                    "dim": pooled.shape[1],
-                    "timestamps": [float(t) for t in stamps],
-                }
-                if images:
-                    row["grid"] = grid[0].astype("<f2").tobytes()
-                rows.append(row)
-                status.append({**st, "status": "ok", "error": None})
-                report.items_ok += 1
-                report.frames += pooled.shape[0]
-            table = pa.Table.from_pylist(rows, schema=schema) if rows else None
-            shards.write_shard(stage_dir, index, table, status)
-            report.shards_done += 1
-            bar.update(1)
-            bar.set_postfix(frames=report.frames)
-    finally:
-        torch.set_num_threads(threads)
-        bar.close()
-    report.elapsed_s = time.perf_counter() - start
-    return report
+    return run_and_report(stage, indices, report, distribution, "extract-features", progress)
 
 
 def read_features(row: dict) -> np.ndarray:

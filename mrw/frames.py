@@ -22,7 +22,6 @@ import os
 import re
 import subprocess
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -35,9 +34,11 @@ from typing import Callable
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mrw import paths, shards
 from mrw.errors import FatalError, UsageError
+from mrw.stage import Distribution, StageReport, complete_shards, run_and_report
 
 FRAMES_SCHEMA = pa.schema(
     [
@@ -362,29 +363,6 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 # -- the stage --------------------------------------------------------------------------------
 @dataclass
-class StageReport:
-    """What one run of a shard-by-shard stage did (frames here, features after it)."""
-
-    stage_dir: Path
-    shards_total: int = 0
-    shards_done: int = 0
-    shards_skipped: int = 0
-    shards_waiting: int = 0  # source shards not complete yet
-    items_ok: int = 0
-    items_failed: int = 0
-    frames: int = 0
-    elapsed_s: float = 0.0
-
-    def counts(self, stage: str, items: str) -> str:
-        rate = self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        return (
-            f"{stage}: {self.shards_done} shards written, {self.shards_skipped} already "
-            f"complete; {self.items_ok} {items} ok, {self.items_failed} failed; {self.frames} "
-            f"frames in {self.elapsed_s:.1f}s ({rate:.0f} frames/s"
-        )
-
-
-@dataclass
 class FramesReport(StageReport):
     video_seconds: float = 0.0
 
@@ -411,12 +389,6 @@ def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def complete_shards(stage_dir: Path) -> tuple[list[int], set[int]]:
-    """Indices of a stage's complete shards, and of those with data but no status yet."""
-    complete = [shards.shard_index(p) for p in shards.status_shards(stage_dir)]
-    return complete, {shards.shard_index(p) for p in shards.data_shards(stage_dir)} - set(complete)
 
 
 def require_videos(root, dataset: str, split: str) -> Path:
@@ -458,6 +430,63 @@ def _frames_row(item: dict, settings: FrameSettings, scratch: Path) -> tuple[dic
     return row, {**status, "status": "ok", "error": None}
 
 
+@dataclass(frozen=True)
+class FramesStage:
+    """Frame shard `i` from video shard `i`: every video decoded, `workers` at once."""
+
+    videos_dir: Path
+    stage_dir: Path
+    settings: FrameSettings
+    workers: int
+    local_shards: int = 1  # the videos of one shard run in parallel already
+    num_cpus: float = 1.0
+    actor_gpus: float | None = None
+
+    def open(self) -> None:
+        return None
+
+    def run_shard(self, context: None, index: int) -> None:
+        urls = {
+            r["id"]: r["url"]
+            for r in shards.iter_rows(
+                [shards.status_path(self.videos_dir, index)], columns=["id", "url"]
+            )
+        }
+        data_file = shards.data_path(self.videos_dir, index)
+        items = (
+            {**r, "url": urls.get(r["id"])}
+            for r in shards.iter_rows(
+                [data_file] if data_file.exists() else [],
+                columns=["id", "video", "format", "duration"],
+                batch_size=16,
+            )
+        )
+        rows, status = [], []
+        for row, st in ordered_map(
+            lambda it: _frames_row(it, self.settings, self.stage_dir), items, self.workers
+        ):
+            status.append(st)
+            if row is not None:
+                row.pop("_seconds")
+                rows.append(row)
+        table = pa.Table.from_pylist(rows, schema=FRAMES_SCHEMA) if rows else None
+        shards.write_shard(self.stage_dir, index, table, status, **PARQUET_OPTIONS)
+
+
+def _add_seconds(report: FramesReport, videos_dir: Path, stage_dir: Path, index: int) -> None:
+    """Add the seconds of video behind one written frame shard to the report."""
+    data, source = shards.data_path(stage_dir, index), shards.data_path(videos_dir, index)
+    if not (data.exists() and source.exists()):
+        return
+    ids = set(pq.read_table(data, columns=["id"]).column("id").to_pylist())
+    videos = pq.read_table(source, columns=["id", "duration"])
+    report.video_seconds += sum(
+        float(d or 0.0)
+        for i, d in zip(videos.column("id").to_pylist(), videos.column("duration").to_pylist())
+        if i in ids
+    )
+
+
 @shards.holds_stage_lock(lambda a: paths.frames_dir(a["root"], a["dataset"], a["split"]))
 def extract_frames(
     root=None,
@@ -469,18 +498,23 @@ def extract_frames(
     workers: int | None = None,
     progress: bool = True,
     sampling: str = "reference",
+    distribution: Distribution | None = None,
 ) -> FramesReport:
-    """Every complete video shard without a complete frame shard -> a frame shard; resumable."""
-    from tqdm import tqdm
+    """Every complete video shard without a complete frame shard -> a frame shard; resumable.
 
+    Locally `workers` videos decode at once (default: the CPUs); on Ray each shard is one task of
+    `workers` CPUs (default 1).
+    """
     dataset = paths.check_dataset(dataset)
     split = paths.normalize_split(split)
+    distribution = (distribution or Distribution()).check()
     settings = FrameSettings(float(fps), int(size), int(quality), sampling).check()
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    on_ray = distribution.distributor == "ray"
+    workers = (1 if on_ray else (os.cpu_count() or 1)) if workers is None else int(workers)
     if workers < 1:
         raise UsageError(f"--workers must be a positive integer, got {workers}")
     videos_dir = require_videos(root, dataset, split)
-    stage_dir = paths.frames_dir(root, dataset, split)
+    stage_dir = paths.stage_dir(root, dataset, split, "frames")
     video_manifest = shards.read_manifest(videos_dir) or {}
     shards.check_manifest(
         stage_dir,
@@ -498,41 +532,13 @@ def extract_frames(
     report = FramesReport(
         stage_dir=stage_dir, shards_total=len(indices), shards_waiting=len(waiting)
     )
-    todo = [i for i in indices if not shards.is_shard_complete(stage_dir, i)]
-    report.shards_skipped = len(indices) - len(todo)
-    start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="shard", desc="extract-frames", disable=not progress)
-    for index in todo:
-        urls = {
-            r["id"]: r["url"]
-            for r in shards.iter_rows(
-                [shards.status_path(videos_dir, index)], columns=["id", "url"]
-            )
-        }
-        data_file = shards.data_path(videos_dir, index)
-        items = (
-            {**r, "url": urls.get(r["id"])}
-            for r in shards.iter_rows(
-                [data_file] if data_file.exists() else [],
-                columns=["id", "video", "format", "duration"],
-                batch_size=16,
-            )
-        )
-        rows, status = [], []
-        for row, st in ordered_map(lambda it: _frames_row(it, settings, stage_dir), items, workers):
-            status.append(st)
-            if row is None:
-                report.items_failed += 1
-                continue
-            report.items_ok += 1
-            report.frames += row["num_frames"]
-            report.video_seconds += row.pop("_seconds")
-            rows.append(row)
-        table = pa.Table.from_pylist(rows, schema=FRAMES_SCHEMA) if rows else None
-        shards.write_shard(stage_dir, index, table, status, **PARQUET_OPTIONS)
-        report.shards_done += 1
-        bar.update(1)
-        bar.set_postfix(frames=report.frames)
-    bar.close()
-    report.elapsed_s = time.perf_counter() - start
-    return report
+    stage = FramesStage(videos_dir, stage_dir, settings, workers, num_cpus=float(workers))
+    return run_and_report(
+        stage,
+        indices,
+        report,
+        distribution,
+        "extract-frames",
+        progress,
+        count=lambda rep, index: _add_seconds(rep, videos_dir, stage_dir, index),
+    )

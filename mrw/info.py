@@ -57,7 +57,7 @@ def collect_info(root, datasets) -> dict:
                 got = stage_info(folder, items)
                 if got:
                     stages[stage] = got
-            features_root = paths.dataset_dir(root, name) / "features"
+            features_root = paths.features_root(root, name)
             if features_root.is_dir():
                 for backbone_dir in sorted(p for p in features_root.iterdir() if p.is_dir()):
                     got = stage_info(backbone_dir / split, items)

@@ -504,7 +504,9 @@ def probe_media(
 
 
 def _ffprobe_every_frame(data: bytes, fmt: str, limits: MediaLimits) -> MediaInfo:
-    with tempfile.NamedTemporaryFile(prefix=f"{PROBE_PREFIX}{os.getpid()}-", suffix="." + fmt, dir=_tmp_dir()) as fh:
+    with tempfile.NamedTemporaryFile(
+        prefix=f"{PROBE_PREFIX}{os.getpid()}-", suffix="." + fmt, dir=_tmp_dir()
+    ) as fh:
         fh.write(data)
         fh.flush()
         cmd = [

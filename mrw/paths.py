@@ -60,8 +60,22 @@ def frames_dir(root, dataset, split) -> Path:
     return dataset_dir(root, dataset) / "frames" / normalize_split(split)
 
 
+def features_root(root, dataset) -> Path:
+    """The folder holding one `features/<backbone>/` folder per backbone extracted."""
+    return dataset_dir(root, dataset) / "features"
+
+
 def features_dir(root, dataset, split, backbone="resnet152") -> Path:
-    return dataset_dir(root, dataset) / "features" / backbone / normalize_split(split)
+    return features_root(root, dataset) / backbone / normalize_split(split)
+
+
+def features_dirs(root, dataset, split) -> list[Path]:
+    """The feature-stage folders of a split, one per backbone extracted, by name."""
+    top = features_root(root, dataset)
+    if not top.is_dir():
+        return []
+    split = normalize_split(split)
+    return [d / split for d in sorted(top.iterdir()) if (d / split).is_dir()]
 
 
 def preview_dir(root, dataset, split) -> Path:
@@ -72,3 +86,17 @@ def preview_dir(root, dataset, split) -> Path:
 def status_dir(stage_dir: Path) -> Path:
     """Each stage folder keeps one status row per catalog item under `status/`."""
     return Path(stage_dir) / "status"
+
+
+STAGES = ("videos", "frames", "features")
+
+
+def stage_dir(root, dataset, split, stage: str, backbone: str | None = None) -> Path:
+    """The folder of one stage's shards: `videos`, `frames`, or `features` (of `backbone`)."""
+    if stage == "videos":
+        return videos_dir(root, dataset, split)
+    if stage == "frames":
+        return frames_dir(root, dataset, split)
+    if stage == "features":
+        return features_dir(root, dataset, split, backbone or "resnet152")
+    raise UsageError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")

@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mrw import paths
 from mrw.errors import UsageError
 
 SHARD_PREFIX = "shard-"
@@ -79,14 +80,21 @@ def data_path(stage_dir: Path, index: int) -> Path:
 
 
 def status_path(stage_dir: Path, index: int) -> Path:
-    return Path(stage_dir) / "status" / shard_name(index)
+    return paths.status_dir(stage_dir) / shard_name(index)
+
+
+def temporary_path(path: Path) -> Path:
+    """A unique temporary name beside `path` (the writer's pid in it), cleared by
+    `remove_temporaries` after a killed run."""
+    path = Path(path)
+    return path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
 
 def write_table_atomic(table: pa.Table, path: Path, **parquet_options) -> None:
     """Write to a temporary name in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp = temporary_path(path)
     try:
         pq.write_table(table, tmp, **parquet_options)
         with open(tmp, "rb") as fh:
@@ -100,7 +108,7 @@ def write_table_atomic(table: pa.Table, path: Path, **parquet_options) -> None:
 def write_json_atomic(obj, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp = temporary_path(path)
     try:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
@@ -160,6 +168,59 @@ def write_shard(
     write_table_atomic(status_table(status_rows), status_path(stage_dir, index))
 
 
+class ShardWriter:
+    """Appends rows in order to a temporary Parquet file; `commit` renames it into place.
+
+    Row groups close at about `ROW_GROUP_BYTES` (estimated from `blob_column`'s bytes), a
+    function of the rows alone, so the same rows always give the same bytes. The temporary file
+    exists from the first row on, so a shard being written can be seen (and a killed writer's
+    leftovers cleared)."""
+
+    def __init__(
+        self, stage_dir: Path, index: int, schema: pa.Schema, options: dict, blob_column: str
+    ):
+        self.path = data_path(stage_dir, index)
+        self.tmp = temporary_path(self.path)
+        self.schema, self.options, self.blob_column = schema, options, blob_column
+        self._writer: pq.ParquetWriter | None = None
+        self._rows: list[dict] = []
+        self._bytes = 0
+        self.count = 0
+
+    def append(self, row: dict) -> None:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.tmp, self.schema, **self.options)
+        self._rows.append(row)
+        self._bytes += len(row[self.blob_column]) + 256
+        self.count += 1
+        if self._bytes >= ROW_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows or self._writer is None:
+            return
+        table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        self._writer.write_table(table, row_group_size=len(self._rows))
+        self._rows, self._bytes = [], 0
+
+    def commit(self) -> None:
+        """Rename the data into place; with no rows, no data file (as `write_shard` does)."""
+        self._flush()
+        if self._writer is None:
+            self.path.unlink(missing_ok=True)
+            return
+        self._writer.close()
+        with open(self.tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):  # the file goes anyway
+                self._writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def is_shard_complete(stage_dir: Path, index: int) -> bool:
     return status_path(stage_dir, index).exists()
 
@@ -167,7 +228,7 @@ def is_shard_complete(stage_dir: Path, index: int) -> bool:
 def remove_temporaries(stage_dir: Path) -> int:
     """Delete what a killed run left half-written; returns how many files went."""
     n = 0
-    for folder in (Path(stage_dir), Path(stage_dir) / "status"):
+    for folder in (Path(stage_dir), paths.status_dir(stage_dir)):
         if folder.is_dir():
             for p in folder.glob(f"{TMP_PREFIX}*"):
                 p.unlink(missing_ok=True)
@@ -188,7 +249,7 @@ def data_shards(stage_dir: Path) -> list[Path]:
 
 
 def status_shards(stage_dir: Path) -> list[Path]:
-    return _shard_files(Path(stage_dir) / "status")
+    return _shard_files(paths.status_dir(stage_dir))
 
 
 def damaged(path: Path, error: BaseException, hint: str = REPAIR_HINT) -> UsageError:

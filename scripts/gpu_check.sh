@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need CUDA, in one go, for a machine with a GPU:
 #   - the tests marked `gpu` (extract-features --gpu against the CPU path; evaluate on CUDA),
-#   - the GPU sections of the benchmarks (bench_extract, bench_train, bench_evaluate --gpu-only),
+#   - the GPU sections of the benchmarks (bench_extract, bench_train, bench_evaluate,
+#     bench_distributed --gpu-only: JPEG frames decoded on the GPU vs in the workers),
 #     written into benchmarks/RESULTS.md (each its own `_gpu` section) and copied to OUTDIR.
 #
 #   bash scripts/gpu_check.sh [OUTDIR]     (PYTHON=... picks the interpreter; STEPS="tests" or
@@ -38,7 +39,7 @@ fi
 } 2>&1 | tee "$out/environment.txt"
 
 failed=0
-steps=${STEPS:-tests-gpu bench-extract bench-train bench-evaluate}
+steps=${STEPS:-tests-gpu bench-extract bench-train bench-evaluate bench-gpu-decode}
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2
     shift 2
@@ -52,10 +53,11 @@ step() {  # step NAME SECONDS COMMAND...
     [ "$rc" -eq 0 ] || failed=1
 }
 
-step tests-gpu 150 "$py" -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_features.py \
+step tests-gpu 150 "$py" -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_features.py tests/test_stage.py \
     tests/test_evaluate.py tests/test_pienet_train.py
 step bench-extract 220 "$py" benchmarks/bench_extract.py --gpu-only
 step bench-train 90 "$py" benchmarks/bench_train.py --gpu-only
 step bench-evaluate 90 "$py" benchmarks/bench_evaluate.py --gpu-only
+step bench-gpu-decode 240 "$py" benchmarks/bench_distributed.py --gpu-only
 cp benchmarks/RESULTS.md "$out/RESULTS.md"
 exit "$failed"

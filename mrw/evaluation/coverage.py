@@ -65,9 +65,7 @@ def failed_items(root, dataset: str, split: str) -> set[str]:
     from mrw.shards import read_status, status_shards
 
     stages = [paths.videos_dir(root, dataset, split), paths.frames_dir(root, dataset, split)]
-    features = paths.dataset_dir(root, dataset) / "features"
-    if features.is_dir():
-        stages += [d / split for d in sorted(features.iterdir()) if (d / split).is_dir()]
+    stages += paths.features_dirs(root, dataset, split)
     failed: set[str] = set()
     for stage in stages:
         if status_shards(stage):
