@@ -154,7 +154,9 @@ def collect_failures(root, datasets, splits=None) -> dict:
         for split in splits or paths.SPLITS:
             split = paths.normalize_split(split)
             cat = paths.catalog_path(root, name, split)
-            items = pq.ParquetFile(cat).metadata.num_rows if cat.exists() else None
+            items = (
+                read_catalog(root, name, split, columns=["id"]).num_rows if cat.exists() else None
+            )
             stages = {}
             for stage, folder in _stage_dirs(root, name, split):
                 got = stage_failures(folder)

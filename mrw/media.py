@@ -412,7 +412,9 @@ def _probe_container(data: bytes, fmt: str, limits: MediaLimits) -> MediaInfo:
         ctx = st.codec_context
         if ctx is None:
             raise MediaError("decode_error", f"{fmt} whose video codec has no decoder")
-        _check_geometry(fmt, ctx.width, ctx.height, limits)
+        if ctx.width or ctx.height:  # some streams (MPEG-4 part 2 in MP4) declare no size:
+            # then `max_pixels` bounds the first decode, and its frame is checked below
+            _check_geometry(fmt, ctx.width, ctx.height, limits)
         if fmt == "webm" and ctx.name not in ("vp8", "vp9", "av1", "libdav1d", "libvpx"):
             fmt = "mkv"
         count = _sample_table(st, data, fmt)

@@ -124,7 +124,7 @@ def _error_text(e: BaseException) -> str:
     if isinstance(cause, BaseException):
         e = cause
     lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[-1][:300] if lines else ''}".rstrip(": ")
+    return f"{type(e).__name__}: {lines[-1][:600] if lines else ''}".rstrip(": ")
 
 
 # -- the runner -------------------------------------------------------------------------------
@@ -186,9 +186,10 @@ def _run_local(
                         index = running.pop(fut)
                         try:
                             fut.result()
-                        except (FatalError, UsageError):
+                        except FatalError:
                             raise
-                        except Exception as e:  # one shard's fault must not lose the others
+                        except Exception as e:  # one shard's fault (a damaged input shard too)
+                            # must not lose the others
                             errors[index] = _error_text(e)
                             if attempts[index] <= retries:
                                 queue.insert(0, index)
