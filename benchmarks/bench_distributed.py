@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 
 import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
 
-from mrw.releases import build_catalog  # noqa: E402
 from mrw.demo import SampleServer, write_sample_release  # noqa: E402
+from mrw.releases import build_catalog  # noqa: E402
 
 SECTION = "bench_distributed"
 ITEMS = 144

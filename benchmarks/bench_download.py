@@ -194,12 +194,12 @@ def rss_child(work: Path, urls: list[str]) -> tuple[float, float]:
     # the child reports its own VmHWM: getrusage's ru_maxrss would carry this (bigger) process's
     # peak across fork+exec
     code = (
-        "import sys; sys.path.insert(0, %r); from mrw.download import download_split; "
-        "r = download_split(root=%r, dataset='mrw', split='test', workers=%d, progress=False, "
-        "log=lambda m: None); "
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from mrw.download import download_split; "
+        f"r = download_split(root={str(root)!r}, dataset='mrw', split='test', workers={WORKERS}, "
+        "progress=False, log=lambda m: None); "
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
-        "print(hwm); sys.exit(0 if r.ok == %d else 1)"
-    ) % (str(REPO), str(root), WORKERS, len(urls))
+        f"print(hwm); sys.exit(0 if r.ok == {len(urls)} else 1)"
+    )
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     seconds = time.perf_counter() - t0

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,7 +22,7 @@ CATALOG_SCHEMA = pa.schema(
 )
 
 #: source columns worth keeping, per dataset, after the common ones
-EXTRA_COLUMNS = {
+EXTRA_COLUMNS: dict[str, list[tuple[str, pa.DataType]]] = {
     "mrw": [],
     "tgif": [],
     "coco": [("cocoid", pa.int64()), ("filepath", pa.string()), ("filename", pa.string())],
@@ -36,7 +37,11 @@ def catalog_schema(dataset: str) -> pa.Schema:
 
 
 def write_catalog(
-    rows: Iterable[dict], root, dataset: str, split: str, metadata: dict | None = None
+    rows: Iterable[dict],
+    root: str | os.PathLike[str] | None,
+    dataset: str,
+    split: str,
+    metadata: dict | None = None,
 ) -> Path:
     """Write a split's catalog atomically; `rows` are dicts with the schema's columns."""
     schema = catalog_schema(dataset)
@@ -48,7 +53,12 @@ def write_catalog(
     return path
 
 
-def read_catalog(root, dataset: str, split: str, columns=None) -> pa.Table:
+def read_catalog(
+    root: str | os.PathLike[str] | None,
+    dataset: str,
+    split: str,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
     """The split's catalog; a missing one is bad usage and names the command that builds it."""
     path = paths.catalog_path(root, dataset, split)
     if not path.exists():

@@ -15,7 +15,8 @@ import hashlib
 import os
 import sys
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,10 +63,12 @@ class DownloadReport:
     skipped_shards: int = 0
     ok: int = 0
     failed: int = 0
-    errors: Counter = field(default_factory=Counter)
-    missing: list = field(default_factory=list)  # --from-dir: ids with no file
+    errors: Counter[str] = field(default_factory=Counter)
+    missing: list[str] = field(default_factory=list)  # --from-dir: ids with no file
     retried_shards: int = 0  # --retry-failed: shards rewritten
-    failed_shards: dict = field(default_factory=dict)  # index -> error of shards never written
+    failed_shards: dict[int, str] = field(
+        default_factory=dict
+    )  # index -> error of shards never written
 
     def summary(self) -> str:
         lines = [
@@ -104,7 +107,9 @@ class ItemResult:
         }
 
 
-def _validate(item_id: str, url, data: bytes, attempts: int, limits: MediaLimits) -> ItemResult:
+def _validate(
+    item_id: str, url: str | None, data: bytes, attempts: int, limits: MediaLimits
+) -> ItemResult:
     try:
         info = probe_media(data, limits)
     except MediaError as e:
@@ -162,7 +167,7 @@ class _ItemWorker:
         fetch_config: FetchConfig,
         limits: MediaLimits,
         stills_ok: bool = True,
-    ):
+    ) -> None:
         self.from_dir, self.limits, self.stills_ok = from_dir, limits, stills_ok
         self.fetcher = Fetcher(fetch_config)
 
@@ -194,7 +199,7 @@ class _ItemWorker:
         res = self.fetcher.fetch(url)
         if not res.ok:
             return ItemResult(item_id, url, None, res.error_text, res.attempts)
-        return _validate(item_id, url, res.data, res.attempts, self.limits)
+        return _validate(item_id, url, res.data or b"", res.attempts, self.limits)
 
 
 # -- the split ----------------------------------------------------------------------------------
@@ -230,7 +235,7 @@ def _prepare_stage_dir(stage_dir: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UsageError(f"cannot write under {stage_dir}: {e.strerror or e}")
+        raise UsageError(f"cannot write under {stage_dir}: {e.strerror or e}") from None
 
 
 def _shard_done(stage_dir: Path, index: int, ids: list[str]) -> tuple[bool, list[dict]]:
@@ -276,7 +281,7 @@ def parse_only(text: str | None) -> tuple[str, ...]:
 
 @dataclass
 class _DownloadContext:
-    items: list
+    items: list[dict]
     worker: _ItemWorker
     pool: ThreadPoolExecutor
     window: int
@@ -320,7 +325,7 @@ class DownloadStage:
             window=max(4 * self.workers, 32),
         )
 
-    def items_of(self, items: list, index: int) -> list:
+    def items_of(self, items: list[dict], index: int) -> list[dict]:
         return items[index * self.shard_size : (index + 1) * self.shard_size]
 
     def run_shard(self, context: _DownloadContext, index: int) -> None:
@@ -329,7 +334,7 @@ class DownloadStage:
             return self._retry_shard(context, index, items)
         self._write(index, _fetch_in_order(context, items), len(items))
 
-    def _write(self, index: int, results, expected: int) -> None:
+    def _write(self, index: int, results: Iterable[ItemResult], expected: int) -> None:
         """Rows in order into the data file, then the status file; nothing on failure."""
         writer = shards.ShardWriter(self.stage_dir, index, VIDEO_SCHEMA, PARQUET_OPTIONS, "video")
         status: list[dict] = []
@@ -351,7 +356,7 @@ class DownloadStage:
             writer.abort()
             raise
 
-    def _retry_shard(self, context: _DownloadContext, index: int, items: list) -> None:
+    def _retry_shard(self, context: _DownloadContext, index: int, items: list[dict]) -> None:
         done, old = _shard_done(self.stage_dir, index, [it["id"] for it in items])
         if not done:
             return
@@ -368,7 +373,7 @@ class DownloadStage:
         data = shards.data_path(self.stage_dir, index)
         kept = shards.iter_rows([data] if data.exists() else [], batch_size=16)
 
-        def merged():
+        def merged() -> Iterator[ItemResult]:
             for pos, r in enumerate(old):
                 if pos in fresh:
                     yield fresh[pos]
@@ -383,9 +388,9 @@ class DownloadStage:
         self._write(index, merged(), len(items))
 
 
-def _fetch_in_order(context: _DownloadContext, items: list):
+def _fetch_in_order(context: _DownloadContext, items: list[dict]) -> Iterator[ItemResult]:
     """Each item's result, in order, with at most `context.window` in flight."""
-    pending: deque = deque()
+    pending: deque[tuple[dict, Future[ItemResult]]] = deque()
     try:
         for item in items:
             pending.append((item, context.pool.submit(context.worker, item)))
@@ -398,7 +403,7 @@ def _fetch_in_order(context: _DownloadContext, items: list):
             fut.cancel()
 
 
-def _result(item: dict, future) -> ItemResult:
+def _result(item: dict, future: Future[ItemResult]) -> ItemResult:
     try:
         return future.result()
     except FatalError:
@@ -417,11 +422,11 @@ def _result(item: dict, future) -> ItemResult:
 
 @shards.holds_stage_lock(lambda a: paths.videos_dir(a["root"], a["dataset"], a["split"]))
 def download_split(
-    root=None,
+    root: str | os.PathLike[str] | None = None,
     dataset: str = "mrw",
     split: str = "test",
-    from_dir=None,
-    limit=None,
+    from_dir: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
     workers: int = 16,
     shard_size: int = 1000,
     timeout: float = 30.0,
@@ -431,7 +436,7 @@ def download_split(
     backoff: float = 0.5,
     allow_still: bool = False,
     progress: bool = True,
-    log=None,
+    log: Callable[[str], None] | None = None,
     distribution: Distribution | None = None,
     retry_failed: bool = False,
     only: tuple[str, ...] | str | None = None,
@@ -529,7 +534,7 @@ def download_split(
     return report
 
 
-def _stamp(path: Path) -> tuple | None:
+def _stamp(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -545,7 +550,7 @@ def _has_failures(stage_dir: Path, index: int, only: tuple[str, ...]) -> bool:
     )
 
 
-def _count(report: DownloadReport, status_rows) -> None:
+def _count(report: DownloadReport, status_rows: Iterable[dict]) -> None:
     for r in status_rows:
         if r["status"] == "ok":
             report.ok += 1

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import math
+import os
 import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 
@@ -22,7 +25,7 @@ def stage_info(stage_dir: Path, catalog_items: int | None) -> dict | None:
     shards.data_shards(stage_dir)  # a stray shard-*.parquet is reported here, not later
     status = shards.read_status(stage_dir).column("status")
     ok = pc.sum(pc.equal(status, "ok")).as_py() or 0
-    info = {
+    info: dict[str, Any] = {
         "ok": ok,
         "failed": len(status) - ok,
         "shards_done": len(shards.status_shards(stage_dir)),
@@ -34,9 +37,9 @@ def stage_info(stage_dir: Path, catalog_items: int | None) -> dict | None:
     return info
 
 
-def collect_info(root, datasets) -> dict:
+def collect_info(root: str | os.PathLike[str] | None, datasets: Iterable[str]) -> dict:
     root = paths.resolve_root(root)
-    report = {"root": str(root), "datasets": {}}
+    report: dict[str, Any] = {"root": str(root), "datasets": {}}
     for name in datasets:
         desc = load_descriptor(name)
         splits = {}
@@ -145,11 +148,15 @@ def stage_failures(stage_dir: Path) -> dict | None:
     }
 
 
-def collect_failures(root, datasets, splits=None) -> dict:
+def collect_failures(
+    root: str | os.PathLike[str] | None,
+    datasets: Iterable[str],
+    splits: Iterable[str] | None = None,
+) -> dict:
     """Failures of every started split, per stage, and the share of the split that is usable:
     downloaded, and failed by no later stage."""
     root = paths.resolve_root(root)
-    report: dict = {"root": str(root), "splits": []}
+    report: dict[str, Any] = {"root": str(root), "splits": []}
     for name in datasets:
         for split in splits or paths.SPLITS:
             split = paths.normalize_split(split)

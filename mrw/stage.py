@@ -17,13 +17,17 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mrw import shards
 from mrw.errors import FatalError, UsageError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 DISTRIBUTORS = ("local", "ray")
 #: how long one wait for a Ray result lasts before the runner looks again (every wait is bounded)
@@ -31,15 +35,27 @@ _POLL_SECONDS = 1.0
 
 
 class Stage(Protocol):
-    """What the runner needs from a stage (a frozen dataclass, so Ray can ship it to workers)."""
+    """What the runner needs from a stage (a frozen dataclass, so Ray can ship it to workers).
 
-    stage_dir: Path
-    #: shards the local executor runs at once (each may have its own pool inside)
-    local_shards: int
-    #: CPUs one Ray task reserves
-    num_cpus: float
-    #: None: Ray tasks; a number: one Ray actor per GPU reserving that many GPUs
-    actor_gpus: float | None
+    The attributes are read-only properties here so that frozen dataclass fields satisfy them."""
+
+    @property
+    def stage_dir(self) -> Path: ...
+
+    @property
+    def local_shards(self) -> int:
+        """Shards the local executor runs at once (each may have its own pool inside)."""
+        ...
+
+    @property
+    def num_cpus(self) -> float:
+        """CPUs one Ray task reserves."""
+        ...
+
+    @property
+    def actor_gpus(self) -> float | None:
+        """None: Ray tasks; a number: one Ray actor per GPU reserving that many GPUs."""
+        ...
 
     def open(self) -> Any: ...
 
@@ -84,7 +100,7 @@ class StageReport:
     frames: int = 0
     elapsed_s: float = 0.0
     #: shard index -> the error of its last attempt, for shards that never completed
-    shards_failed: dict = field(default_factory=dict)
+    shards_failed: dict[int, str] = field(default_factory=dict)
 
     def counts(self, stage: str, items: str) -> str:
         rate = self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
@@ -98,7 +114,7 @@ class StageReport:
 class ShardsFailed(FatalError):
     """Some shards kept failing after their retries; the others completed (exit 1)."""
 
-    def __init__(self, failed: dict[int, str], report: Any = None):
+    def __init__(self, failed: dict[int, str], report: Any = None) -> None:
         self.failed, self.report = dict(failed), report
         shown = "; ".join(f"shard {i}: {e}" for i, e in sorted(failed.items())[:5])
         more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
@@ -174,7 +190,7 @@ def _run_local(
         with ThreadPoolExecutor(
             max_workers=max(1, stage.local_shards), thread_name_prefix="mrw-shard"
         ) as pool:
-            running: dict = {}
+            running: dict[Future[None], int] = {}
             try:
                 while queue or running:
                     while queue and len(running) < max(1, stage.local_shards):
@@ -252,7 +268,7 @@ def count_shard(report: StageReport, stage_dir: Path, index: int) -> None:
 
 
 # -- Ray --------------------------------------------------------------------------------------
-_CONTEXTS: dict = {}  # stage -> its context, once per Ray worker process
+_CONTEXTS: dict[Stage, Any] = {}  # stage -> its context, once per Ray worker process
 
 
 def _context_of(stage: Stage) -> Any:
@@ -274,7 +290,7 @@ def _ray_task(stage: Stage, index: int) -> int:
 class _ShardActor:
     """Holds one stage's context (a backbone on its GPU) and runs the shards handed to it."""
 
-    def __init__(self, stage: Stage):
+    def __init__(self, stage: Stage) -> None:
         self.stage, self.context = stage, stage.open()
 
     def run(self, index: int) -> int:
@@ -282,7 +298,7 @@ class _ShardActor:
         return index
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     try:
         import ray
     except ImportError:
@@ -347,7 +363,9 @@ def _run_ray(
             ray.shutdown()
 
 
-def _drain(ray, refs: dict, on_shard: Callable[[int], None] | None) -> dict[int, str]:
+def _drain(
+    ray: ModuleType, refs: dict[Any, int], on_shard: Callable[[int], None] | None
+) -> dict[int, str]:
     errors: dict[int, str] = {}
     while refs:
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=_POLL_SECONDS)
@@ -364,7 +382,7 @@ def _drain(ray, refs: dict, on_shard: Callable[[int], None] | None) -> dict[int,
 
 
 def _run_actors(
-    ray,
+    ray: ModuleType,
     stage: Stage,
     pending: list[int],
     distribution: Distribution,
@@ -388,9 +406,9 @@ def _run_actors(
     queue = list(pending)
     attempts = dict.fromkeys(pending, 0)
     errors: dict[int, str] = {}
-    running: dict = {}  # ref -> (actor, index)
+    running: dict[Any, tuple[Any, int]] = {}  # ref -> (actor, index)
 
-    def give(actor):
+    def give(actor: Any) -> None:
         index = queue.pop(0)
         attempts[index] += 1
         running[actor.run.remote(index)] = (actor, index)
@@ -451,7 +469,7 @@ def run(stage_name: str, **options: Any) -> Any:
     )
 
 
-def progress_bar(total: int, unit: str, desc: str, enabled: bool):
+def progress_bar(total: int, unit: str, desc: str, enabled: bool) -> tqdm:
     from tqdm import tqdm
 
     return tqdm(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ class ValidationReport:
     rows: int = 0
     ok_status: int = 0
     failed_status: int = 0
-    problems: dict = field(default_factory=dict)  # kind -> list of messages
+    problems: dict[str, list[str]] = field(default_factory=dict)  # kind -> list of messages
 
     def add(self, kind: str, message: str) -> None:
         self.problems.setdefault(kind, []).append(message)
@@ -93,7 +94,11 @@ def _check_row(row: dict, limits: MediaLimits) -> list[tuple[str, str]]:
 
 
 def validate_split(
-    root=None, dataset: str = "mrw", split: str = "test", workers: int = 4, decode: bool = True
+    root: str | os.PathLike[str] | None = None,
+    dataset: str = "mrw",
+    split: str = "test",
+    workers: int = 4,
+    decode: bool = True,
 ) -> ValidationReport:
     """Check the split's video shards and status rows; the report lists every problem."""
     dataset, split = paths.check_dataset(dataset), paths.normalize_split(split)
@@ -142,7 +147,7 @@ def validate_split(
             report.add("duplicate_status", f"id {i!r} has {n} status rows")
 
     # -- data rows --
-    seen: Counter = Counter()
+    seen: Counter[str] = Counter()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for f in shards.data_shards(stage_dir):
             idx = shards.shard_index(f)
@@ -174,9 +179,7 @@ def validate_split(
                                 f"{f.name}: id {r['id']!r} has a row but its status is failed",
                             )
                     if decode:
-                        for r, problems in zip(
-                            rows, pool.map(lambda r: _check_row(r, limits), rows)
-                        ):
+                        for problems in pool.map(lambda r: _check_row(r, limits), rows):
                             for kind, msg in problems:
                                 report.add(kind, f"{f.name}: {msg}")
                     else:

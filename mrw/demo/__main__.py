@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from mrw.demo.release import DEFAULT_COUNTS, write_sample_release
@@ -19,7 +20,7 @@ from mrw.errors import UsageError
 
 
 # -- command line -----------------------------------------------------------------------------
-def _serve_forever(server: SampleServer, port_file) -> None:
+def _serve_forever(server: SampleServer, port_file: str | os.PathLike[str] | None) -> None:
     """Announce a started server (its port in `port_file`, written atomically; its URL on
     stdout), then serve until killed."""
     if port_file:
@@ -36,7 +37,7 @@ def _serve_forever(server: SampleServer, port_file) -> None:
         server.stop()
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mrw.demo", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("release", help="write a synthetic release")
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "release":
-            counts = {}
+            counts: dict[str, int] = {}
             for c in args.count:
                 k, _, v = c.partition("=")
                 counts[k] = int(v)

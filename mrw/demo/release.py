@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +120,7 @@ class Clip:
     height: int
     fps: int
     num_frames: int
-    background: tuple
+    background: tuple[int, int, int]
 
     def sentence(self, variant: int = 0, template: int = 0) -> str:
         m = MOTIONS[self.motion][variant % len(MOTIONS[self.motion])]
@@ -258,7 +259,13 @@ def encode_gif(clip: Clip, out: Path) -> None:
 
 
 def encode_jpeg(
-    colour: str, shape: str, position: str, width: int, height: int, background: tuple, out: Path
+    colour: str,
+    shape: str,
+    position: str,
+    width: int,
+    height: int,
+    background: tuple[int, int, int],
+    out: Path,
 ) -> None:
     import cv2
 
@@ -274,7 +281,7 @@ def encode_jpeg(
 
 
 # -- the release writers ----------------------------------------------------------------------
-def _counts(dataset: str, counts: Mapping[str, int] | None) -> dict:
+def _counts(dataset: str, counts: Mapping[str, int] | None) -> dict[str, int]:
     merged = dict(DEFAULT_COUNTS[dataset])
     for k, v in (counts or {}).items():
         key = {"valid": "val"}.get(k, k)
@@ -286,7 +293,9 @@ def _counts(dataset: str, counts: Mapping[str, int] | None) -> dict:
     return merged
 
 
-def _fault_plan(ids_by_split: dict, faults: Sequence[str], fault_split: str) -> dict:
+def _fault_plan(
+    ids_by_split: Mapping[str, list[str]], faults: Sequence[str], fault_split: str
+) -> dict[str, str]:
     """Spread the faults evenly over the chosen split's items: id -> fault name."""
     for f in faults:
         if f not in FAULTS:
@@ -305,18 +314,18 @@ def _url(base_url: str, rel: str, fault: str | None) -> str:
     return f"{base}/fault/{fault}/{rel}" if fault else f"{base}/{rel}"
 
 
-def _encode_all(jobs: list, workers: int) -> None:
+def _encode_all(jobs: list[tuple[Any, ...]], workers: int) -> None:
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for fut in [pool.submit(fn, *args) for fn, *args in jobs]:
             fut.result()
 
 
 def write_sample_release(
-    out_dir,
+    out_dir: str | os.PathLike[str],
     dataset: str,
     base_url: str,
     *,
-    counts=None,
+    counts: Mapping[str, int] | None = None,
     seed: int = 0,
     faults: Sequence[str] = (),
     fault_split: str = "test",
@@ -350,8 +359,18 @@ def write_sample_release(
     return out
 
 
-def _write_mrw(out, base_url, n, rng, faults, fault_split, workers):
-    ids_by_split, clips, records = {}, {}, []
+def _write_mrw(
+    out: Path,
+    base_url: str,
+    n: dict[str, int],
+    rng: random.Random,
+    faults: list[str],
+    fault_split: str,
+    workers: int,
+) -> dict[str, str]:
+    ids_by_split: dict[str, list[str]] = {}
+    clips: dict[str, tuple[Clip, int, int]] = {}
+    records: list[dict] = []
     serial = rng.randrange(10_000, 90_000)
     for split in ("train", "val", "test"):
         ids_by_split[split] = []
@@ -364,7 +383,7 @@ def _write_mrw(out, base_url, n, rng, faults, fault_split, workers):
     plan = _fault_plan(ids_by_split, faults, fault_split)
     media = out / "media"
     media.mkdir(exist_ok=True)
-    jobs = []
+    jobs: list[tuple[Any, ...]] = []
     for item_id, (clip, variant, template) in clips.items():
         rel = f"media/{item_id}.mp4"
         records.append(
@@ -384,9 +403,18 @@ def _write_mrw(out, base_url, n, rng, faults, fault_split, workers):
     return plan
 
 
-def _write_tgif(out, base_url, n, rng, faults, fault_split, workers):
+def _write_tgif(
+    out: Path,
+    base_url: str,
+    n: dict[str, int],
+    rng: random.Random,
+    faults: list[str],
+    fault_split: str,
+    workers: int,
+) -> dict[str, str]:
     letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-    ids_by_split, clips = {}, {}
+    ids_by_split: dict[str, list[str]] = {}
+    clips: dict[str, Clip] = {}
     for split in ("train", "val", "test"):
         ids_by_split[split] = []
         for _ in range(n[split]):
@@ -396,7 +424,9 @@ def _write_tgif(out, base_url, n, rng, faults, fault_split, workers):
             ids_by_split[split].append(item_id)
     plan = _fault_plan(ids_by_split, faults, fault_split)
     (out / "media").mkdir(exist_ok=True)
-    rows, url_of, jobs = [], {}, []
+    rows: list[tuple[str, str]] = []
+    url_of: dict[str, str] = {}
+    jobs: list[tuple[Any, ...]] = []
     for item_id, clip in clips.items():
         rel = f"media/{item_id}.gif"
         url_of[item_id] = _url(base_url, rel, plan.get(item_id))
@@ -415,7 +445,15 @@ def _write_tgif(out, base_url, n, rng, faults, fault_split, workers):
     return plan
 
 
-def _write_coco(out, base_url, n, rng, faults, fault_split, workers):
+def _write_coco(
+    out: Path,
+    base_url: str,
+    n: dict[str, int],
+    rng: random.Random,
+    faults: list[str],
+    fault_split: str,
+    workers: int,
+) -> dict[str, str]:
     # Karpathy's split names: train comes from train2014, restval/val/test from val2014
     n_restval = n["train"] // 3
     layout = (
@@ -424,7 +462,9 @@ def _write_coco(out, base_url, n, rng, faults, fault_split, workers):
         + [("val", "val2014")] * n["val"]
         + [("test", "val2014")] * n["test"]
     )
-    ids_by_split, images, jobs = {"train": [], "val": [], "test": []}, [], []
+    ids_by_split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    images: list[dict[str, Any]] = []
+    jobs: list[tuple[Any, ...]] = []
     cocoid = rng.randrange(1000, 5000)
     for _sentid_base, (ksplit, folder) in enumerate(layout):
         cocoid += rng.randrange(1, 50)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
+import os
 import random
+import socket
 import sys
 import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from mrw.demo.release import (
     FAULT_HOLD_SECONDS,
@@ -40,13 +43,15 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, *args):  # quiet: the tests and the demo read their own output
+    def log_message(
+        self, format: str, *args: Any
+    ) -> None:  # quiet: the tests and the demo read their own output
         pass
 
-    def do_HEAD(self):
+    def do_HEAD(self) -> None:
         self._serve(head=True)
 
-    def do_GET(self):
+    def do_GET(self) -> None:
         self._serve(head=False)
 
     # -- plumbing --
@@ -55,10 +60,10 @@ class _Handler(BaseHTTPRequestHandler):
         code: int,
         body: bytes = b"",
         ctype: str = "text/plain",
-        headers=None,
+        headers: dict[str, str] | None = None,
         head: bool = False,
         length: int | None = None,
-    ):
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body) if length is None else length))
@@ -68,7 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not head and body:
             self._write(body)
 
-    def _write(self, body: bytes):
+    def _write(self, body: bytes) -> None:
         latency = self.server.latency
         if latency:
             time.sleep(latency)
@@ -82,14 +87,14 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return p
 
-    def _serve(self, head: bool):
+    def _serve(self, head: bool) -> None:
         self.server.enter()
         try:
             self._route(head)
         finally:
             self.server.leave()
 
-    def _route(self, head: bool):
+    def _route(self, head: bool) -> None:
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
         self.server.count(path)
         fault = None
@@ -110,7 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
         return self._fault(fault, path, f, head)
 
-    def _fault(self, fault: str, rel: str, f: Path, head: bool):
+    def _fault(self, fault: str, rel: str, f: Path, head: bool) -> None:
         ctype = _CONTENT_TYPES.get(f.suffix.lower(), "application/octet-stream")
         key = f"fault/{fault}/{rel}"
         first = self.server.count_of(key) == 1
@@ -281,7 +286,7 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, root: Path, latency: float):
+    def __init__(self, root: Path, latency: float) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = Path(root)
         self.latency = latency
@@ -291,21 +296,23 @@ class _Server(ThreadingHTTPServer):
         self.in_flight = 0
         self.max_in_flight = 0
 
-    def enter(self):
+    def enter(self) -> None:
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
-    def leave(self):
+    def leave(self) -> None:
         with self._lock:
             self.in_flight -= 1
 
-    def handle_error(self, request, client_address):
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
         # clients that hang up (timeouts, byte caps) are part of the tests, not server bugs
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             super().handle_error(request, client_address)
 
-    def count(self, path: str):
+    def count(self, path: str) -> None:
         with self._lock:
             self.requests[path] = self.requests.get(path, 0) + 1
 
@@ -323,7 +330,7 @@ class SampleServer:
             server.url  # http://127.0.0.1:PORT
     """
 
-    def __init__(self, root, latency: float = 0.0):
+    def __init__(self, root: str | os.PathLike[str], latency: float = 0.0) -> None:
         self._server = _Server(Path(root), latency)
         self._thread: threading.Thread | None = None
 
@@ -336,7 +343,7 @@ class SampleServer:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def requests(self) -> dict:
+    def requests(self) -> dict[str, int]:
         """How many requests each path got (a copy)."""
         with self._server._lock:
             return dict(self._server.requests)
@@ -363,8 +370,8 @@ class SampleServer:
         if self._thread:
             self._thread.join(timeout=5)
 
-    def __enter__(self):
+    def __enter__(self) -> SampleServer:
         return self.start()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 from mrw import paths
 from mrw.catalog import write_catalog
-from mrw.releases import coco, mrw, tgif
-from mrw.releases.release import IngestReport, open_release
 from mrw.descriptors import load_descriptor
 from mrw.errors import UsageError
+from mrw.releases import coco, mrw, tgif
+from mrw.releases.release import IngestReport, open_release
 
 READERS = {"mrw": mrw.read_split, "tgif": tgif.read_split, "coco": coco.read_split}
 
 
 def build_catalog(
-    dataset: str, split: str, root=None, source=None, **release_limits
+    dataset: str,
+    split: str,
+    root: str | os.PathLike[str] | None = None,
+    source: str | os.PathLike[str] | None = None,
+    **release_limits: Any,
 ) -> tuple[Path, IngestReport]:
     """Read one split of a release (folder, archive, URL or the official one), validate it and
     write `<root>/<dataset>/catalog/<split>.parquet`. Hard problems raise UsageError and write

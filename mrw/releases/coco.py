@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mrw.errors import UsageError
 from mrw.releases.mrw import load_json_array
 from mrw.releases.release import (
     IngestReport,
@@ -13,7 +14,6 @@ from mrw.releases.release import (
     keep_first,
     optional_url,
 )
-from mrw.errors import UsageError
 
 CAPTIONS_PER_IMAGE = 5
 
@@ -25,7 +25,9 @@ def read_split(release_dir: Path, split: str, desc: dict, report: IngestReport) 
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise UsageError(f"{path}: expected an object with an 'images' array")
     wanted = set(rel["split_names"][split])
-    rows, seen, short = [], {}, 0
+    rows: list[dict] = []
+    seen: dict[str, dict] = {}
+    short = 0
     for index, img in enumerate(data["images"]):
         where = f"{path}:images[{index}]"
         if not isinstance(img, dict):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+from mrw.errors import UsageError
 from mrw.releases.release import (
     IngestReport,
     check_id,
@@ -14,10 +17,9 @@ from mrw.releases.release import (
     optional_url,
     read_id_list,
 )
-from mrw.errors import UsageError
 
 
-def _lookup(obj: dict, dotted: str):
+def _lookup(obj: Any, dotted: str) -> Any:
     for key in dotted.split("."):
         if not isinstance(obj, dict) or key not in obj:
             return None
@@ -25,11 +27,11 @@ def _lookup(obj: dict, dotted: str):
     return obj
 
 
-def _blank(value) -> bool:
+def _blank(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def load_json_array(path: Path) -> list:
+def load_json_array(path: Path) -> Any:
     """A release's JSON file (UTF-8, a leading BOM allowed); bad input is one UsageError."""
     try:
         with open(path, encoding="utf-8-sig") as fh:
@@ -47,12 +49,14 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def read_entries(meta_path: Path, url_fields, report: IngestReport) -> dict:
+def read_entries(
+    meta_path: Path, url_fields: Iterable[str], report: IngestReport
+) -> dict[str, tuple[str, str | None]]:
     """id -> (sentence, url or None) for every record of the release file, validated."""
     data = load_json_array(meta_path)
     if not isinstance(data, list):
         raise UsageError(f"{meta_path}: expected a JSON array of objects")
-    entries = {}
+    entries: dict[str, tuple[str, str | None]] = {}
     for index, obj in enumerate(data):
         where = f"{meta_path}[{index}]"
         if not isinstance(obj, dict):

@@ -12,13 +12,20 @@ import unicodedata
 import urllib.parse
 import zipfile
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from mrw import paths
 from mrw.errors import FatalError, UsageError
 from mrw.shards import TMP_PREFIX, pid_alive
+
+if TYPE_CHECKING:
+    from mrw.fetch import Network
+
+Record = TypeVar("Record")
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -33,11 +40,11 @@ class IngestReport:
     source: str = ""
     items: int = 0
     sentences: int = 0
-    missing: list = field(default_factory=list)  # split ids with no entry in the metadata
+    missing: list[str] = field(default_factory=list)  # split ids with no entry in the metadata
     duplicates_collapsed: int = 0  # identical repeated records
-    no_url: list = field(default_factory=list)  # items kept with no media URL (dead links)
+    no_url: list[str] = field(default_factory=list)  # items kept with no media URL (dead links)
     expected_items: int | None = None
-    warnings: list = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [
@@ -82,7 +89,7 @@ class IngestReport:
 
 
 # -- checks shared by every dataset -------------------------------------------------------------
-def unsafe_id_reason(item_id) -> str | None:
+def unsafe_id_reason(item_id: object) -> str | None:
     """Why an id cannot name files under the root, or None when it is safe."""
     if not isinstance(item_id, str) or item_id == "":
         return "empty id"
@@ -108,14 +115,14 @@ def is_unicode(text: str) -> bool:
     return True
 
 
-def check_id(item_id, where: str) -> str:
+def check_id(item_id: object, where: str) -> str:
     reason = unsafe_id_reason(item_id)
-    if reason:
+    if reason or not isinstance(item_id, str):
         raise UsageError(f"{where}: id {item_id!r}: unsafe id ({reason})")
     return item_id
 
 
-def check_url(url, item_id, where: str) -> str:
+def check_url(url: object, item_id: object, where: str) -> str:
     if (
         not isinstance(url, str)
         or urllib.parse.urlsplit(url.strip()).scheme.lower() not in ("http", "https")
@@ -129,7 +136,7 @@ def check_url(url, item_id, where: str) -> str:
     return url.strip()
 
 
-def optional_url(url, item_id, where: str) -> str | None:
+def optional_url(url: object, item_id: object, where: str) -> str | None:
     """A release URL that may be absent: None, a blank string and a missing key mean a dead link
     (kept in the catalog with no URL); anything else must be an http(s) URL."""
     if url is None or (isinstance(url, str) and not url.strip()):
@@ -137,7 +144,7 @@ def optional_url(url, item_id, where: str) -> str | None:
     return check_url(url, item_id, where)
 
 
-def check_sentence(sentence, item_id, where: str) -> str:
+def check_sentence(sentence: object, item_id: object, where: str) -> str:
     if not isinstance(sentence, str) or not sentence.strip():
         raise UsageError(f"{where}: id {item_id!r}: empty sentence")
     if not is_unicode(sentence):
@@ -147,7 +154,9 @@ def check_sentence(sentence, item_id, where: str) -> str:
     return sentence.strip()
 
 
-def keep_first(seen: dict, item_id: str, record, where: str, report: IngestReport) -> bool:
+def keep_first(
+    seen: dict[str, Record], item_id: str, record: Record, where: str, report: IngestReport
+) -> bool:
     """Record `item_id` once: True when it is new; an identical repeat is collapsed (counted in
     the report), a repeat with other content is a hard error."""
     if item_id in seen:
@@ -159,10 +168,11 @@ def keep_first(seen: dict, item_id: str, record, where: str, report: IngestRepor
     return True
 
 
-def read_id_list(path: Path, to_id=lambda line: line) -> list[str]:
+def read_id_list(path: Path, to_id: Callable[[str], object] = lambda line: line) -> list[str]:
     """One id (or URL) per line of UTF-8 text (a leading BOM is dropped); blank lines skipped;
     duplicates are a hard error."""
-    ids, seen = [], {}
+    ids: list[str] = []
+    seen: dict[str, int] = {}
     for lineno, line in enumerate(read_text_lines(path), 1):
         line = line.strip()
         if not line:
@@ -193,10 +203,10 @@ def read_text_lines(path: Path) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
-def find_file(release_dir: Path, candidates, what: str) -> Path:
+def find_file(release_dir: Path, candidates: str | Iterable[str], what: str) -> Path:
     """The first candidate relative path that exists, at the top or one folder down."""
     candidates = [candidates] if isinstance(candidates, str) else list(candidates)
-    roots = [release_dir] + sorted(p for p in release_dir.iterdir() if p.is_dir())
+    roots = [release_dir, *sorted(p for p in release_dir.iterdir() if p.is_dir())]
     for root in roots:
         for rel in candidates:
             if (root / rel).is_file():
@@ -234,7 +244,7 @@ def fetch_to_cache(
     *,
     timeout: float = RELEASE_TIMEOUT,
     max_bytes: int = RELEASE_MAX_BYTES,
-    network=None,
+    network: Network | None = None,
 ) -> Path:
     """Download `url` to `target` through a temporary name, under a byte cap and one deadline
     for the whole download; a failed or refused download leaves nothing behind."""
@@ -246,12 +256,13 @@ def fetch_to_cache(
     try:
         result = Fetcher(config, network).fetch_file(url, tmp)
         if not result.ok:
+            error_class = result.error or ""
             hint = {
                 "too_large": " (raise --metadata-max-bytes if the release really is that big)",
                 "timeout": " (raise --metadata-timeout on a slow link)",
-            }.get(result.error, "")
-            error = UsageError if result.error.startswith("http_4") else FatalError
-            if result.error in ("too_large", "blocked_redirect", "bad_encoding"):
+            }.get(error_class, "")
+            error = UsageError if error_class.startswith("http_4") else FatalError
+            if error_class in ("too_large", "blocked_redirect", "bad_encoding"):
                 error = UsageError
             raise error(f"{url}: the release cannot be fetched: {result.error_text}{hint}")
         with open(tmp, "rb") as fh:
@@ -280,12 +291,12 @@ def cache_key(url: str) -> str:
 def cached_release(
     url: str,
     cache: Path,
-    metadata_file,
+    metadata_file: str | Iterable[str],
     *,
     sha256: str | None = None,
     timeout: float = RELEASE_TIMEOUT,
     max_bytes: int = RELEASE_MAX_BYTES,
-    network=None,
+    network: Network | None = None,
 ) -> Path:
     """The unpacked release of `url`, fetched and verified once into `cache/<key of url>/`.
 
@@ -358,7 +369,7 @@ def _safe_name(name: str, archive: Path) -> str:
 class _Budget:
     """Counts unpacked bytes and members against the caps."""
 
-    def __init__(self, archive: Path, max_bytes: int, max_members: int):
+    def __init__(self, archive: Path, max_bytes: int, max_members: int) -> None:
         self.archive, self.max_bytes, self.max_members = archive, max_bytes, max_members
         self.bytes = self.members = 0
 
@@ -370,7 +381,7 @@ class _Budget:
                 "(an archive bomb?)"
             )
 
-    def copy(self, src, dest: Path) -> None:
+    def copy(self, src: IO[bytes], dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(dest, "wb") as out:
             for block in iter(lambda: src.read(1 << 20), b""):
@@ -417,7 +428,9 @@ def extract_archive(
                     if m.isdir():
                         (dest / rel).mkdir(parents=True, exist_ok=True)
                     elif m.isfile():
-                        budget.copy(tar.extractfile(m), dest / rel)
+                        member = tar.extractfile(m)
+                        assert member is not None  # a regular member always has a file object
+                        budget.copy(member, dest / rel)
                     # links and devices are never needed in a release; skipped
     except BaseException as e:
         shutil.rmtree(dest, ignore_errors=True)
@@ -436,13 +449,13 @@ def _is_enospc(e: OSError) -> bool:
 @contextmanager
 def open_release(
     dataset: str,
-    source,
-    root,
+    source: str | os.PathLike[str] | None,
+    root: str | os.PathLike[str] | None,
     *,
     timeout: float = RELEASE_TIMEOUT,
     max_bytes: int | None = None,
-    network=None,
-) -> Path:
+    network: Network | None = None,
+) -> Iterator[Path]:
     """Yield a folder holding the release, whatever `source` is.
 
     None: the official release from the descriptor, fetched and verified once into
@@ -457,7 +470,7 @@ def open_release(
     cache = paths.release_cache_dir(root, dataset)
     if max_bytes is None:
         max_bytes = release_max_bytes(desc)
-    limits = {"timeout": timeout, "max_bytes": max_bytes, "network": network}
+    limits: dict[str, Any] = {"timeout": timeout, "max_bytes": max_bytes, "network": network}
     checksum = None
     if source is None:
         if "files" in release:  # several plain files (TGIF)

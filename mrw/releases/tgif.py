@@ -10,6 +10,7 @@ from __future__ import annotations
 import urllib.parse
 from pathlib import Path
 
+from mrw.errors import UsageError
 from mrw.releases.release import (
     IngestReport,
     check_id,
@@ -19,7 +20,6 @@ from mrw.releases.release import (
     read_id_list,
     read_text_lines,
 )
-from mrw.errors import UsageError
 
 
 def id_from_url(url: str) -> str:
@@ -27,7 +27,9 @@ def id_from_url(url: str) -> str:
     return name[:-4] if name.lower().endswith(".gif") else name
 
 
-def read_sentences(tsv_path: Path, report: IngestReport | None = None) -> tuple[dict, dict]:
+def read_sentences(
+    tsv_path: Path, report: IngestReport | None = None
+) -> tuple[dict[str, list[str]], dict[str, str | None]]:
     """id -> sentences (file order) and id -> URL (None for a bare file name: a dead link),
     validated. A row with nothing in its URL field names no GIF: skipped, with a warning."""
     sentences: dict[str, list[str]] = {}
