@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from baselines.pienet.config import Config
 from mrw.errors import UsageError
@@ -45,11 +45,12 @@ def final_states(rnn: nn.GRU, sequence: torch.Tensor, lengths: torch.Tensor | No
 
     With `lengths`, padded steps are skipped, so the forward state is taken at the last real step.
     """
+    steps: torch.Tensor | PackedSequence = sequence
     if lengths is not None:
-        sequence = pack_padded_sequence(
+        steps = pack_padded_sequence(
             sequence, lengths.cpu(), batch_first=True, enforce_sorted=False
         )
-    _, h_n = rnn(sequence)  # [2, B, H]: forward, backward
+    _, h_n = rnn(steps)  # [2, B, H]: forward, backward
     return torch.cat([h_n[0], h_n[1]], dim=-1)
 
 

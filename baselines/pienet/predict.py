@@ -104,7 +104,8 @@ def embed_split(
     was_training = model.training
     embedder = PretrainedModel(model, vocab, device)
     dataset = dataset if dataset is not None else open_split(config, split, root, "uniform")
-    item_ids, item_embeds = [], []
+    item_ids: list[str] = []
+    item_embeds: list[torch.Tensor] = []
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

@@ -28,6 +28,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -35,6 +36,9 @@ import yaml
 from baselines.pienet.config import Config, load_config
 from baselines.pienet.model import PVSE
 from mrw.errors import UsageError
+
+if TYPE_CHECKING:
+    from mrw.text import Vocabulary
 
 #: the configs of the six published models (README, "Evaluate pretrained models")
 PUBLISHED_CONFIGS = ("mrw", "mrw_k1", "tgif", "tgif_k1", "coco", "coco_k1")
@@ -92,7 +96,7 @@ def _words_of(fields: dict, where: str) -> list[str]:
     return words
 
 
-def read_reference_vocab(path):
+def read_reference_vocab(path: str | Path) -> Vocabulary:
     """A pickled reference `Vocabulary` as this project's `Vocabulary`, same words, same ids."""
     from mrw.text import SPECIAL_TOKENS, Vocabulary
 
@@ -239,7 +243,9 @@ def _file_record(path: Path) -> dict:
     return {"name": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def import_reference(checkpoint, vocab_path, config_name: str, out) -> tuple[Path, PVSE, object]:
+def import_reference(
+    checkpoint: str | Path, vocab_path: str | Path, config_name: str, out: str | Path
+) -> tuple[Path, PVSE, Vocabulary]:
     """Write the checkpoint folder `out` (see the module docstring); nothing is left in `out`
     unless every file was written. Returns the folder, the model and the vocabulary."""
     from baselines.pienet.train import model_state, save_atomic

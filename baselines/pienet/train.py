@@ -48,7 +48,7 @@ def validation_metrics(embeddings: SplitEmbeddings) -> dict:
     ranks = ranks_from_embeddings(
         embeddings.items, embeddings.sentences[keep], embeddings.sentence_items[keep]
     )
-    out = {}
+    out: dict = {}
     for direction, r in zip(("i2t", "t2i"), ranks):
         out[direction] = {f"R@{k}": recall_at_k(r, k) for k in (1, 5, 10)} | {
             "MedR": median_rank(r)
@@ -106,7 +106,8 @@ def train_epoch(
     """One pass over the training pairs; returns the mean of each loss term."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    sums, pairs = {}, 0
+    sums: dict[str, float] = {}
+    pairs = 0
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
     for batch in bar:
         n = len(batch["id"])

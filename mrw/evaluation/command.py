@@ -125,7 +125,7 @@ def run_evaluate(
     )
     board = load_leaderboard(results["dataset"]) if (leaderboard or plot) else None
     echo(format_results(results))
-    if leaderboard:
+    if leaderboard and board is not None:  # loaded whenever leaderboard is asked
         echo("")
         echo(format_leaderboard(results, board))
     if json_out is not None:

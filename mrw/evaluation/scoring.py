@@ -7,7 +7,7 @@ the rounding bound of it are scored again in float64 (docs/evaluation.md, "Exact
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -145,6 +145,8 @@ class BlockScorer:
         self.use_torch = device != "cpu" if use_torch is None else use_torch
         self._products = np.empty(0, dtype=np.float32)
         slabs = np.ascontiguousarray(self.sentences.transpose(1, 0, 2))  # [Ks, M, D]
+        # a numpy array, or a tensor on `device` (torch is imported only when used)
+        self.slabs: Any
         if not self.use_torch:
             self.slabs = slabs
         else:
@@ -166,10 +168,10 @@ class BlockScorer:
         """float32 `[items in rows, sentences in cols]`, as a numpy array."""
         a = self.items[rows]
         b, m = a.shape[0], cols.stop - cols.start
-        a2 = a.reshape(-1, a.shape[2])
+        a2: Any = a.reshape(-1, a.shape[2])  # a tensor on `device` when use_torch
         if self.use_torch:  # a copy: the items may be a read-only memory map
             a2 = self.torch.tensor(a2, device=self.device)
-        out = None
+        out: Any = None
         for k in range(self.ks):
             if not self.use_torch:
                 # one reused buffer for the products: fresh 10-100 MB arrays cost page faults

@@ -59,7 +59,9 @@ def _scan_long_strings(path: Path) -> None:
         while True:
             chunk = fh.read(SCAN_CHUNK_BYTES)
             data = carry + chunk
-            end = _SHORT_TOKENS.match(data).end()
+            tokens = _SHORT_TOKENS.match(data)
+            assert tokens is not None  # the pattern matches the empty string too
+            end = tokens.end()
             if end == len(data):
                 carry = b""
             elif len(data) - end > MAX_STRING_BYTES + 2 or not chunk:
@@ -247,6 +249,11 @@ def _load_npy(path: Path, where: str) -> np.ndarray:
     if arr.dtype.kind not in "fiu" or arr.dtype.kind == "c":
         raise UsageError(f"{where}: {path}: expected a real-valued array, got dtype {arr.dtype}")
     return arr
+
+
+def _row_id_namer(order: np.ndarray, ids: Sequence[str]) -> Callable[[tuple], str]:
+    """Names the id of a bad value's row, for `_check_finite`."""
+    return lambda pos: f"id {ids[order[pos[0]]]!r}"
 
 
 def _check_finite(arr: np.ndarray, where: str, describe: Callable[[tuple], str]) -> None:
@@ -444,7 +451,11 @@ def load_submission(
     item_order = _id_order(preds, "item_ids", gt.item_ids, gt.item_index, where)
     sent_order = _id_order(preds, "sentence_ids", gt.sentence_ids, gt.sentence_index, where, hint)
     n, m = gt.num_items, gt.num_sentences
-    m_given = m if sentence_rows is None else int(sentences_given)
+    if sentence_rows is None:
+        m_given = m
+    else:
+        assert sentences_given is not None, "sentence_rows come with sentences_given"
+        m_given = int(sentences_given)
     if "scores" in preds:
         p = _resolve(base, preds["scores"], f"{where}: scores")
         scores = _load_npy(p, f"{where}: scores")
@@ -488,7 +499,7 @@ def load_submission(
             )
         if key == "sentences" and sentence_rows is not None:
             arr = arr[sentence_rows]
-        _check_finite(arr, f"{here}: {p.name}", lambda pos, o=order, i=ids: f"id {i[o[pos[0]]]!r}")
+        _check_finite(arr, f"{here}: {p.name}", _row_id_namer(order, ids))
         # rows into catalog order (a copy: the arrays are read once, float32)
         inverse = np.empty(count, dtype=np.int64)
         inverse[order] = np.arange(count)

@@ -18,6 +18,7 @@ follow Hugging Face `datasets` (`splits`); the map-style dataset has HF's usual 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,7 +159,7 @@ def load_dataset(
     positions = np.concatenate(
         [np.arange(a, max(a, b), dtype=np.int64) for _, a, b in ranges]
     ).astype(np.int64)
-    common = dict(
+    common: dict[str, Any] = dict(
         name=name,
         spec=str(split),
         modality=modality,

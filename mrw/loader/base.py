@@ -217,7 +217,7 @@ class SplitBase:
             descriptor = load_descriptor(self.name)
         except (OSError, ValueError):
             descriptor = None
-        splits = {}
+        splits: dict[str, dict] = {}
         for index in self._indexes:
             splits.setdefault(
                 index.split, dict(index.counts, selected=0, stage_settings=index.manifest)
@@ -312,10 +312,10 @@ class SplitBase:
         if group.catalog is None:  # every row of the table at once
             shard = int(index.shard[pos])
             start = int(index.shard_start[shard] + index.group_start[shard][group.first_group])
-            rows = index.row_catalog[start : start + group.table.num_rows]
-            taken = index.catalog.take(pa.array(np.maximum(rows, 0)))
+            cat_rows = index.row_catalog[start : start + group.table.num_rows]
+            taken = index.catalog.take(pa.array(np.maximum(cat_rows, 0)))
             group.catalog = (
-                rows.tolist(),
+                cat_rows.tolist(),
                 taken.column("id").to_pylist(),
                 taken.column("sentences").to_pylist(),
                 taken.column("protocol_sentences").to_pylist(),

@@ -223,8 +223,11 @@ class SplitDataset(SplitBase, Dataset):
             raise UsageError(f"test_size + train_size = {test_size + train_size} exceeds 1")
         n_test = math.ceil(test_size * n) if isinstance(test_size, float) else test_size
         n_train = math.floor(train_size * n) if isinstance(train_size, float) else train_size
-        n_train = n - n_test if n_train is None else n_train
-        n_test = n - n_train if n_test is None else n_test
+        if n_test is None:
+            assert n_train is not None  # test_size defaults when neither size is given
+            n_test = n - n_train
+        elif n_train is None:
+            n_train = n - n_test
         if n_train + n_test > n:
             raise UsageError(
                 f"train ({n_train}) and test ({n_test}) items exceed the {n} there are"

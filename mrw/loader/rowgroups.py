@@ -42,7 +42,9 @@ class RowGroup:
         self.first_group = first_group
         self.indexed = indexed
         self.prepared = False
-        self.catalog = None  # (catalog rows, ids, sentences, protocol sentences), when prepared
+        self.catalog: tuple[list, list, list, list] | None = (
+            None  # (catalog rows, ids, sentences, protocol sentences), when prepared
+        )
         self.handed: set = set()  # (column, row) whose converted view an item holds
         self._whole: dict = {}  # float16 column -> [rows, dim] views of every row converted
 
@@ -122,8 +124,9 @@ class RowGroup:
         rows = len(dims)
         counts = np.full(rows, 49) if name == "grid" else np.asarray(self.counts["num_frames"])
         sizes = np.concatenate([np.diff(offsets) for _, offsets in chunks] or [np.zeros(0)])
+        views = [data for data, _ in chunks if data is not None]
         if not (
-            all(data is not None for data, _ in chunks)
+            len(views) == len(chunks)
             and rows
             and (dims == dims[0]).all()
             and dims[0] > 0
@@ -131,7 +134,10 @@ class RowGroup:
         ):
             return None
         whole = converted(
-            [data[int(offsets[0]) >> 1 : int(offsets[-1]) >> 1] for data, offsets in chunks],
+            [
+                data[int(offsets[0]) >> 1 : int(offsets[-1]) >> 1]
+                for data, (_, offsets) in zip(views, chunks)
+            ],
             dtype,
             spare,
         )
@@ -192,7 +198,7 @@ class OpenFiles:
         self.pid = os.getpid()
         self.max_open = max_open
         self.files: OrderedDict[str, object] = OrderedDict()
-        self.last_key = None
+        self.last_key: tuple[str, int, tuple[str, ...], bool] | None = None
         self.last_group: RowGroup | None = None
         # shard -> [its Arrow copy's reader, then each row group, made on first use]
         self.batches: dict[str, list] = {}
@@ -209,7 +215,7 @@ class OpenFiles:
     def row_group(self, index: SplitIndex, shard: int, group: int, arrow: bool) -> RowGroup:
         path = index.shard_paths[shard]
         key = (path, group, tuple(index.columns), arrow)
-        if key == self.last_key:
+        if key == self.last_key and self.last_group is not None:
             return self.last_group
         try:
             if arrow:
@@ -278,8 +284,8 @@ def scan(jobs: list):
             use_threads=True,
         )
 
-    for _, part in itertools.groupby(jobs, key=lambda job: id(job[0])):
-        part = list(part)
+    for _, run_jobs in itertools.groupby(jobs, key=lambda job: id(job[0])):
+        part = list(run_jobs)
         index = part[0][0]
         batches = scanned(index, part)
         for job in part:

@@ -31,6 +31,13 @@ def _check_count(label: str, value, minimum: int) -> int:
     return int(value)
 
 
+
+def _fresh_seed() -> int:
+    """A seed from fresh OS entropy, in 63 bits."""
+    entropy = np.random.SeedSequence().entropy
+    assert isinstance(entropy, int)  # an int whenever SeedSequence draws it itself
+    return entropy % 2**63
+
 class StreamingSplitDataset(SplitBase, IterableDataset):
     """Streaming: `for item in ds`, in shard order. With a shuffle (`shuffle(buffer_size=,
     seed=)`, or `shuffle_buffer` at loading) the row groups come in an order permuted by
@@ -63,7 +70,7 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
             rank = _check_count("rank", rank, 0)
             if rank >= world_size:
                 raise UsageError(f"rank {rank} is not within world_size {world_size}")
-        self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self.seed = int(seed) if seed is not None else _fresh_seed()
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self._start, self._length = 0, None  # skip / take
@@ -105,7 +112,7 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
         `IterableDataset.shuffle`; both seeded by `seed + epoch`."""
         view = self._view()
         view.shuffle_buffer = _check_count("buffer_size", buffer_size, 1)
-        view.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        view.seed = int(seed) if seed is not None else _fresh_seed()
         return view
 
     def skip(self, n: int) -> StreamingSplitDataset:
@@ -133,7 +140,7 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
     # -- dealing ---------------------------------------------------------------------------
     def _slot(self) -> tuple[int, int]:
         """(this reader's slot, slots): one per (rank, DataLoader worker) pair."""
-        if self.rank is not None:
+        if self.rank is not None and self.world_size is not None:  # both or neither
             rank, world = self.rank, self.world_size
         else:
             rank, world = distributed_slot() or self._seen_distributed or (0, 1)
@@ -167,7 +174,7 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
             self._seen_distributed = distributed_slot() or self._seen_distributed
         slot, slots = self._slot()
         units = self._my_units(slot, slots)
-        jobs = []  # consecutive row groups of a shard travel together, SEQUENTIAL_GROUPS at most
+        jobs: list[tuple[int, int, int, int, np.ndarray]] = []  # consecutive row groups of a shard travel together, SEQUENTIAL_GROUPS at most
         for k, s, g, pos in units:
             last = jobs[-1] if jobs else None
             if (

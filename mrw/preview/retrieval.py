@@ -133,12 +133,14 @@ class _Scorer:
         col = self.sentence_rows[sentence]
         if self.scores is not None:
             return np.asarray(self.scores[:, col], dtype=np.float64)[self.item_rows]
+        assert self.items is not None and self.sentences is not None  # embeddings, if no scores
         return self._max_products(self.sentences[col], self.items, self.item_rows)
 
     def sentences_for(self, item: int) -> np.ndarray:
         row = self.item_rows[item]
         if self.scores is not None:
             return np.asarray(self.scores[row], dtype=np.float64)[self.sentence_rows]
+        assert self.items is not None and self.sentences is not None  # embeddings, if no scores
         return self._max_products(self.items[row], self.sentences, self.sentence_rows)
 
 
@@ -242,16 +244,16 @@ def retrieve(
                 for c in _top(scores, right, TOP_K)
             ]
             i2t.append(Shown(gt.item_ids[q], why, *_rank_of(i2t_ranks, q), top))
-    for q in t2i:
-        q.answers = (
+    for shown in t2i:
+        shown.answers = (
             []
-            if any(c["right"] for c in q.top)
-            else [gt.item_ids[owner[gt.sentence_index[q.query]]]]
+            if any(c["right"] for c in shown.top)
+            else [gt.item_ids[owner[gt.sentence_index[shown.query]]]]
         )
-    for q in i2t:
-        if not any(c["right"] for c in q.top):
-            n = gt.item_index[q.query]
-            q.answers = gt.sentence_ids[gt.sentence_range(slice(n, n + 1))]
+    for shown in i2t:
+        if not any(c["right"] for c in shown.top):
+            n = gt.item_index[shown.query]
+            shown.answers = gt.sentence_ids[gt.sentence_range(slice(n, n + 1))]
     for shown in (*t2i, *i2t):
         for c in shown.top:
             c["right"] = bool(c["right"])

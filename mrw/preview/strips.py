@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -155,7 +156,8 @@ def write_strips(
     groups = _rows_by_group(wanted, places)
     files: dict[Path, pq.ParquetFile] = {}
 
-    def jobs() -> Iterator[tuple[str, object, tuple]]:
+    # a job's blob: a clip's list of JPEG frames, or its media file's bytes, by `source`
+    def jobs() -> Iterator[tuple[str, Any, tuple]]:
         for shard, g, rows in groups:
             if shard not in files:
                 files.clear()  # groups come shard by shard: one file open at a time
@@ -169,7 +171,7 @@ def write_strips(
                 yield item_id, blobs[r].as_py(), extra
             del table, blobs
 
-    def make(job: tuple[str, object, tuple]) -> tuple[str, bytes | None, str | None]:
+    def make(job: tuple[str, Any, tuple]) -> tuple[str, bytes | None, str | None]:
         item_id, blob, extra = job
         try:
             if source == "frames":
