@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 import yaml
 
@@ -95,8 +97,8 @@ def summary(config_name, vocab_size, settings):
 @handle_errors
 def train(
     config_name,
-    run_dir,
-    root,
+    run_dir: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None,
     epochs,
     batch_size,
     seed,
@@ -155,7 +157,16 @@ def train(
 )
 @click.option("--workers", type=int, default=0, show_default=True, help="Data loader processes.")
 @handle_errors
-def predict(checkpoint, split, out, root, name, gpu, batch_size, workers):
+def predict(
+    checkpoint: str | os.PathLike[str],
+    split,
+    out: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None,
+    name,
+    gpu,
+    batch_size,
+    workers,
+):
     """Embed a split and write preds.json with embeddings, for `mrw evaluate`."""
     from baselines.pienet.predict import predict as run_predict
 
@@ -201,7 +212,12 @@ def predict(checkpoint, split, out, root, name, gpu, batch_size, workers):
     help="The checkpoint folder to write (new or empty).",
 )
 @handle_errors
-def import_reference(checkpoint, vocab_path, config_name, out):
+def import_reference(
+    checkpoint: str | os.PathLike[str],
+    vocab_path: str | os.PathLike[str],
+    config_name,
+    out: str | os.PathLike[str],
+):
     """Turn an authors' checkpoint and vocabulary into a checkpoint folder for predict and
     load_model (legacy global feature on), plus the trunk for `mrw extract-features --weights`."""
     from baselines.pienet.reference import TRUNK_FILE

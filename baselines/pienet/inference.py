@@ -11,6 +11,7 @@ Every result is a float32 CPU tensor of unit-norm rows, whatever the device the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -122,7 +123,7 @@ class PretrainedModel:
         return torch.cat(chunks)
 
 
-def load_model(path, device: torch.device | str = "cpu") -> PretrainedModel:
+def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> PretrainedModel:
     """The model of a run folder (its best.pt), an `import-reference` folder or a checkpoint file."""
     from baselines.pienet.predict import load_checkpoint
 

@@ -12,6 +12,7 @@ output at the last step), which its published models use.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -214,7 +215,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def read_word_vectors(path, words: list[str], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def read_word_vectors(
+    path: str | os.PathLike[str], words: list[str], dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of a GloVe-format text file (`word v1 ... vd` per line) for `words`, and a hit mask.
 
     Words not in the file keep a zero row and are reported by count; the caller keeps their
@@ -247,7 +250,9 @@ def read_word_vectors(path, words: list[str], dim: int) -> tuple[torch.Tensor, t
     return vectors, found
 
 
-def init_word_embeddings(encoder: EncoderText, words: list[str], path) -> int:
+def init_word_embeddings(
+    encoder: EncoderText, words: list[str], path: str | os.PathLike[str]
+) -> int:
     """Copy pretrained vectors into the text encoder's embedding table; returns the hit count."""
     vectors, found = read_word_vectors(path, words, encoder.embed.embedding_dim)
     if len(words) != encoder.embed.num_embeddings:

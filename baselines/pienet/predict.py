@@ -48,7 +48,7 @@ def autocast(device: torch.device, enabled: bool = True):
     )
 
 
-def open_split(config: Config, split: str, root, sampling: str):
+def open_split(config: Config, split: str, root: str | os.PathLike[str] | None, sampling: str):
     """The split's items with features, from the shared loader; their size must be the config's."""
     from mrw.loader import load_dataset
 
@@ -88,7 +88,7 @@ def embed_split(
     model: PVSE,
     vocab,
     split: str,
-    root,
+    root: str | os.PathLike[str] | None,
     device: torch.device,
     batch_size: int = 64,
     workers: int = 0,
@@ -146,7 +146,11 @@ def embed_split(
 
 
 def write_preds(
-    embeddings: SplitEmbeddings, out_path, dataset: str, split: str, model_name: str
+    embeddings: SplitEmbeddings,
+    out_path: str | os.PathLike[str],
+    dataset: str,
+    split: str,
+    model_name: str,
 ) -> Path:
     """`preds.json` plus `<stem>.items.npy` and `<stem>.sentences.npy` beside it; the JSON last,
     each file under a temporary name and renamed, so a killed run leaves no half-written preds."""
@@ -177,7 +181,7 @@ def write_preds(
     return out_path
 
 
-def load_checkpoint(path, device: torch.device):
+def load_checkpoint(path: str | os.PathLike[str], device: torch.device):
     """A checkpoint written by `train`: the model on `device`, its vocabulary and the saved state."""
     from mrw.text import Vocabulary
 
@@ -200,10 +204,10 @@ def load_checkpoint(path, device: torch.device):
 
 
 def predict(
-    checkpoint,
+    checkpoint: str | os.PathLike[str],
     split: str,
-    out,
-    root=None,
+    out: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
     gpu: bool = False,
     name: str | None = None,
     batch_size: int | None = None,

@@ -96,7 +96,7 @@ def _words_of(fields: dict, where: str) -> list[str]:
     return words
 
 
-def read_reference_vocab(path: str | Path) -> Vocabulary:
+def read_reference_vocab(path: str | os.PathLike[str]) -> Vocabulary:
     """A pickled reference `Vocabulary` as this project's `Vocabulary`, same words, same ids."""
     from mrw.text import SPECIAL_TOKENS, Vocabulary
 
@@ -131,7 +131,7 @@ def read_reference_vocab(path: str | Path) -> Vocabulary:
 # -- the checkpoint ------------------------------------------------------------------------------
 
 
-def read_reference_checkpoint(path) -> dict[str, torch.Tensor]:
+def read_reference_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The state dict of a reference checkpoint (a plain state dict, or `train.py`'s dict with
     `model` and its argparse `args`), `module.` prefixes of DataParallel removed."""
     path = Path(path)
@@ -244,7 +244,10 @@ def _file_record(path: Path) -> dict:
 
 
 def import_reference(
-    checkpoint: str | Path, vocab_path: str | Path, config_name: str, out: str | Path
+    checkpoint: str | os.PathLike[str],
+    vocab_path: str | os.PathLike[str],
+    config_name: str,
+    out: str | os.PathLike[str],
 ) -> tuple[Path, PVSE, Vocabulary]:
     """Write the checkpoint folder `out` (see the module docstring); nothing is left in `out`
     unless every file was written. Returns the folder, the model and the vocabulary."""

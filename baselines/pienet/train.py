@@ -134,7 +134,7 @@ def train_epoch(
     return {k: v / max(pairs, 1) for k, v in sums.items()} | {"pairs": pairs}
 
 
-def build_vocab(config: Config, root):
+def build_vocab(config: Config, root: str | os.PathLike[str] | None):
     """The reference built its vocabulary from the training sentences, keeping every word."""
     from mrw.text import Vocabulary
 
@@ -143,8 +143,8 @@ def build_vocab(config: Config, root):
 
 def train(
     config: Config | None,
-    run_dir,
-    root=None,
+    run_dir: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
     gpu: bool = False,
     resume: bool = False,
     workers: int = 0,

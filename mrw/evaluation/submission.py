@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,7 +120,7 @@ def _check_model(path: Path, model) -> None:
         raise UsageError(f"{path}: 'model' holds a control character (one line of text, please)")
 
 
-def read_preds(path) -> dict:
+def read_preds(path: str | os.PathLike[str]) -> dict:
     """The parsed `preds.json`, or one line saying what is wrong with it."""
     path = Path(path)
     if not path.is_file():

@@ -31,12 +31,12 @@ def _check_count(label: str, value, minimum: int) -> int:
     return int(value)
 
 
-
 def _fresh_seed() -> int:
     """A seed from fresh OS entropy, in 63 bits."""
     entropy = np.random.SeedSequence().entropy
     assert isinstance(entropy, int)  # an int whenever SeedSequence draws it itself
     return entropy % 2**63
+
 
 class StreamingSplitDataset(SplitBase, IterableDataset):
     """Streaming: `for item in ds`, in shard order. With a shuffle (`shuffle(buffer_size=,
@@ -174,7 +174,9 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
             self._seen_distributed = distributed_slot() or self._seen_distributed
         slot, slots = self._slot()
         units = self._my_units(slot, slots)
-        jobs: list[tuple[int, int, int, int, np.ndarray]] = []  # consecutive row groups of a shard travel together, SEQUENTIAL_GROUPS at most
+        jobs: list[
+            tuple[int, int, int, int, np.ndarray]
+        ] = []  # consecutive row groups of a shard travel together, SEQUENTIAL_GROUPS at most
         for k, s, g, pos in units:
             last = jobs[-1] if jobs else None
             if (

@@ -8,6 +8,7 @@ list their top candidates.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,7 +176,9 @@ def _all_ranks(ranks: Ranks) -> list[int | None]:
     return [int(r) + 1 if e else None for r, e in zip(ranks.lo, exact)]
 
 
-def _kept_ground_truth(preds: dict, results: dict, root) -> GroundTruth:
+def _kept_ground_truth(
+    preds: dict, results: dict, root: str | os.PathLike[str] | None
+) -> GroundTruth:
     """The items the evaluator ranked: the split's, less those the submission left out."""
     gt = load_ground_truth(root, results["dataset"], results["split"])
     if "coverage" in results:
@@ -193,8 +196,8 @@ def _kept_ground_truth(preds: dict, results: dict, root) -> GroundTruth:
 
 
 def retrieve(
-    preds_path,
-    root=None,
+    preds_path: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
     dataset: str | None = None,
     queries: int = 10,
     seed: int = 0,

@@ -7,6 +7,7 @@ follow the number of items shown, not the size of the split.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ class StripWork:
     strips_failed: int = 0
 
 
-def media_source(root, dataset: str, split: str) -> tuple[str, Path]:
+def media_source(root: str | os.PathLike[str] | None, dataset: str, split: str) -> tuple[str, Path]:
     """The frame shards when frames were extracted, else the video shards."""
     frames = paths.frames_dir(root, dataset, split)
     if shards.data_shards(frames):
