@@ -193,10 +193,10 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.idx2word)
 
-    def __contains__(self, word) -> bool:
+    def __contains__(self, word: object) -> bool:
         return word in self.word2idx
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocabulary) and self.idx2word == other.idx2word
 
     @property
@@ -368,7 +368,9 @@ def build_vocabulary(
 
 
 # -- collate -----------------------------------------------------------------------------------
-def pad_sequences(seqs: Sequence, pad_value=0, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sequences(
+    seqs: Sequence, pad_value: float = 0, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack sequences of different lengths along a new dim 0, padding at the end of dim 0.
 
     Returns `(padded [B, L, ...], lengths [B])`; sequences may be lists of ints or tensors.

@@ -84,7 +84,9 @@ class MultiHeadSelfAttention(nn.Module):
         nn.init.xavier_uniform_(self.w1.weight)
         nn.init.xavier_uniform_(self.w2.weight)
 
-    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None):
+    def forward(
+        self, x: torch.Tensor, pad_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, L, d_in] -> the K attended features [B, K, d_in] and the maps [B, L, K]."""
         logits = self.w2(torch.tanh(self.w1(x)))
         if pad_mask is not None:
@@ -108,7 +110,12 @@ class PIENet(nn.Module):
         nn.init.xavier_uniform_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
 
-    def forward(self, global_feature, local_features, pad_mask=None) -> Embedding:
+    def forward(
+        self,
+        global_feature: torch.Tensor,
+        local_features: torch.Tensor,
+        pad_mask: torch.Tensor | None = None,
+    ) -> Embedding:
         attended, attention = self.attention(local_features, pad_mask)
         residual = self.dropout(torch.sigmoid(self.fc(attended)))
         embeds = self.layer_norm(global_feature.unsqueeze(1) + residual)
@@ -202,12 +209,17 @@ class PVSE(nn.Module):
         self.visual = EncoderImage(config) if config.is_image else EncoderVideo(config)
         self.text = EncoderText(vocab_size, config)
 
-    def embed_items(self, features, lengths=None, pooled=None) -> Embedding:
+    def embed_items(
+        self,
+        features: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+    ) -> Embedding:
         if self.config.is_image:
             return self.visual(features, pooled)
         return self.visual(features, lengths)
 
-    def embed_sentences(self, tokens, lengths) -> Embedding:
+    def embed_sentences(self, tokens: torch.Tensor, lengths: torch.Tensor) -> Embedding:
         return self.text(tokens, lengths)
 
 

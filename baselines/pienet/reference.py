@@ -28,7 +28,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -53,7 +53,7 @@ class _PickledVocabulary:
     """Receives the pickled object's fields and nothing else: no methods, no `__setstate__`."""
 
 
-def _reconstruct(cls, base, state):
+def _reconstruct(cls: type, base: type, state: object) -> object:
     """`copyreg._reconstructor` (pickle protocols 0 and 1), for the stand-in only."""
     if cls is not _PickledVocabulary or base is not object or state is not None:
         raise pickle.UnpicklingError("refusing to reconstruct anything but a Vocabulary")
@@ -61,7 +61,7 @@ def _reconstruct(cls, base, state):
 
 
 class _VocabularyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         if name == "Vocabulary" and (module in ("__main__", "vocab") or module.endswith(".vocab")):
             return _PickledVocabulary
         # protocols 0-2 name these by their Python 2 modules

@@ -15,7 +15,9 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +38,9 @@ from baselines.pienet.predict import (
     visual_inputs,
 )
 from mrw.errors import UsageError
+
+if TYPE_CHECKING:
+    from mrw.text import Vocabulary
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -58,13 +63,13 @@ def validation_metrics(embeddings: SplitEmbeddings) -> dict:
 
 
 # -- checkpoints -------------------------------------------------------------------------------
-def save_atomic(obj, path: Path) -> None:
+def save_atomic(obj: object, path: Path) -> None:
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def model_state(model: PVSE, vocab, epoch: int, val: dict | None) -> dict:
+def model_state(model: PVSE, vocab: Vocabulary, epoch: int, val: dict | None) -> dict:
     """What `predict` needs, and nothing it must unpickle: tensors and plain data."""
     return {
         "format": CHECKPOINT_FORMAT,
@@ -101,7 +106,14 @@ def seed_everything(seed: int) -> None:
 
 # -- training ----------------------------------------------------------------------------------
 def train_epoch(
-    model, loader, optimizer, scaler, config: Config, device, progress: bool, epoch: int
+    model: PVSE,
+    loader: Iterable[dict],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    config: Config,
+    device: torch.device,
+    progress: bool,
+    epoch: int,
 ) -> dict:
     """One pass over the training pairs; returns the mean of each loss term."""
     model.train()
@@ -134,7 +146,7 @@ def train_epoch(
     return {k: v / max(pairs, 1) for k, v in sums.items()} | {"pairs": pairs}
 
 
-def build_vocab(config: Config, root: str | os.PathLike[str] | None):
+def build_vocab(config: Config, root: str | os.PathLike[str] | None) -> Vocabulary:
     """The reference built its vocabulary from the training sentences, keeping every word."""
     from mrw.text import Vocabulary
 
@@ -150,7 +162,7 @@ def train(
     workers: int = 0,
     epochs: int | None = None,
     progress: bool = True,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Train (or resume) a run in `run_dir`; returns the best validation metrics.
 

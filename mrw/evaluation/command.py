@@ -107,10 +107,10 @@ def check_output_path(path: str | os.PathLike[str], suffixes: Sequence[str], opt
 def run_evaluate(
     preds_path: str | os.PathLike[str],
     root: str | os.PathLike[str] | None = None,
-    dataset=None,
-    json_out=None,
+    dataset: str | None = None,
+    json_out: str | os.PathLike[str] | None = None,
     leaderboard: bool = False,
-    plot=None,
+    plot: str | os.PathLike[str] | None = None,
     gpu: bool = False,
     all_sentences: bool = False,
     allow_missing: bool = False,

@@ -83,7 +83,7 @@ def failed_items(root: str | os.PathLike[str] | None, dataset: str, split: str) 
     return failed
 
 
-def _item_of(sentence_id) -> str | None:
+def _item_of(sentence_id: object) -> str | None:
     return sentence_id.rsplit("#", 1)[0] if isinstance(sentence_id, str) else None
 
 

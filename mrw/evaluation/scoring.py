@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from mrw.errors import UsageError
 
@@ -100,7 +101,7 @@ def max_norms(emb: np.ndarray, chunk: int = 4096) -> np.ndarray:
 
 
 def exact_pair_scores(
-    items: np.ndarray, sentences: np.ndarray, rows, cols, chunk: int = 512
+    items: np.ndarray, sentences: np.ndarray, rows: ArrayLike, cols: ArrayLike, chunk: int = 512
 ) -> np.ndarray:
     """float64 max over K x K of the dot products of pairs (items[rows[p]], sentences[cols[p]])."""
     rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)

@@ -83,7 +83,9 @@ def unreadable_shard(
     )
 
 
-def _open_shard(path: Path, needed: list[str], modality: str, dataset: str, split: str, command):
+def _open_shard(
+    path: Path, needed: list[str], modality: str, dataset: str, split: str, command: str
+) -> tuple[pq.ParquetFile, pa.ChunkedArray, np.ndarray]:
     """(ParquetFile, its id column, rows per row group) of one shard, or one clear error."""
     try:
         pf = pq.ParquetFile(path)

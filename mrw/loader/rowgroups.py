@@ -6,8 +6,10 @@ from __future__ import annotations
 import itertools
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -61,7 +63,7 @@ class RowGroup:
         }
 
     @cached_property
-    def _stamps(self):
+    def _stamps(self) -> tuple[np.ndarray, np.ndarray]:
         arr = one_chunk(self.table.column("timestamps"))
         return arr.flatten().to_numpy(zero_copy_only=False), arr.offsets.to_numpy()
 
@@ -73,7 +75,7 @@ class RowGroup:
         values, offsets = self._stamps
         return values[offsets[row] : offsets[row + 1]]
 
-    def scalar(self, name: str, row: int):
+    def scalar(self, name: str, row: int) -> Any:
         return self.table.column(name)[row].as_py()
 
     def binary(self, name: str, row: int) -> pa.Buffer | None:
@@ -204,7 +206,7 @@ class OpenFiles:
         self.batches: dict[str, list] = {}
         self.spare = Spare()  # conversion buffers for sequential reading
 
-    def _open(self, key: str, opener):
+    def _open(self, key: str, opener: Callable[[], Any]) -> Any:
         handle = self.files.pop(key, None) or opener()
         self.files[key] = handle
         while len(self.files) > self.max_open:
@@ -242,7 +244,9 @@ class OpenFiles:
 
 
 # -- sequential reading ------------------------------------------------------------------------
-def sequential_runs(index: SplitIndex, positions: np.ndarray):
+def sequential_runs(
+    index: SplitIndex, positions: np.ndarray
+) -> Iterator[tuple[int, int, int, np.ndarray]]:
     """Cut positions (in reading order) into runs that lie in one shard within
     SEQUENTIAL_GROUPS consecutive row groups: (shard, first group, last group, positions)."""
     shards, groups = index.shard[positions], index.row_group[positions]
@@ -256,7 +260,7 @@ def sequential_runs(index: SplitIndex, positions: np.ndarray):
         i = j
 
 
-def scan(jobs: list):
+def scan(jobs: list[tuple]) -> Iterator[tuple[tuple, pa.Table]]:
     """`(job, table)` for each job `(index, shard, first, last, positions, ...)`, in order: row groups
     `first..last` of that shard, with the index's columns. pyarrow's dataset scanner reads them
     on its own threads, SEQUENTIAL_GROUPS row groups ahead, without the GIL, while the caller
@@ -266,7 +270,9 @@ def scan(jobs: list):
 
     filesystem, fmt = pafs.LocalFileSystem(use_mmap=True), pads.ParquetFileFormat()
 
-    def scanned(index, part):  # a generator, so that opening errors surface where reads do
+    def scanned(
+        index: SplitIndex, part: list[tuple]
+    ) -> Iterator[pa.RecordBatch]:  # a generator, so that opening errors surface where reads do
         fragments = [
             fmt.make_fragment(
                 index.shard_paths[s], filesystem=filesystem, row_groups=list(range(first, last + 1))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ def distributed_slot() -> tuple[int, int] | None:
     return None
 
 
-def _check_count(label: str, value, minimum: int) -> int:
+def _check_count(label: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise UsageError(f"{label} must be an integer >= {minimum}, got {value!r}")
     return int(value)
@@ -54,13 +55,13 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
 
     def __init__(
         self,
-        *args,
+        *args: Any,
         seed: int | None = 0,
         shuffle_buffer: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.shuffle_buffer = _check_count("shuffle_buffer", shuffle_buffer, 0)
         if (rank is None) != (world_size is None):
@@ -73,7 +74,8 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
         self.seed = int(seed) if seed is not None else _fresh_seed()
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self._start, self._length = 0, None  # skip / take
+        self._start = 0  # skip / take
+        self._length: int | None = None
         self._seen_distributed = distributed_slot()
         self._units = self._make_units()
 

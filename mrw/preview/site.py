@@ -280,7 +280,7 @@ def build_preview(
     seed: int = 0,
     failed_only: bool = False,
     page_size: int = DEFAULT_PAGE_SIZE,
-    preds=None,
+    preds: str | os.PathLike[str] | None = None,
     queries: int = 10,
     plot: bool = False,
     allow_missing: bool = False,
