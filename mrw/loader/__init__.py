@@ -40,6 +40,7 @@ __all__ = [
     "MAX_RANDOM_SKIP",
     "MODALITIES",
     "SAMPLINGS",
+    "LoadedSplit",
     "Spare",
     "SplitDataset",
     "SplitError",

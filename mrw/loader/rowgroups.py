@@ -44,9 +44,8 @@ class RowGroup:
         self.first_group = first_group
         self.indexed = indexed
         self.prepared = False
-        self.catalog: tuple[list, list, list, list] | None = (
-            None  # (catalog rows, ids, sentences, protocol sentences), when prepared
-        )
+        # (catalog rows, ids, sentences, protocol sentences), when prepared
+        self.catalog: tuple[list, list, list, list] | None = None
         self.handed: set = set()  # (column, row) whose converted view an item holds
         self._whole: dict = {}  # float16 column -> [rows, dim] views of every row converted
 

@@ -176,9 +176,8 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
             self._seen_distributed = distributed_slot() or self._seen_distributed
         slot, slots = self._slot()
         units = self._my_units(slot, slots)
-        jobs: list[
-            tuple[int, int, int, int, np.ndarray]
-        ] = []  # consecutive row groups of a shard travel together, SEQUENTIAL_GROUPS at most
+        # consecutive row groups of a shard travel together, SEQUENTIAL_GROUPS at most
+        jobs: list[tuple[int, int, int, int, np.ndarray]] = []
         for k, s, g, pos in units:
             last = jobs[-1] if jobs else None
             if (
