@@ -25,9 +25,16 @@ import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from mrw.errors import FatalError
 from mrw.fetch import looks_like_html
+
+if TYPE_CHECKING:  # PyAV is imported only when media are read
+    import av
+    import av.container
+    import av.video
 
 
 @dataclass(frozen=True)
@@ -241,7 +248,7 @@ DEMUXERS = {"mp4": "mov", "mov": "mov", "mkv": "matroska", "webm": "matroska", "
 DEMUXERS.update(flv="flv", webp="webp_pipe")
 
 
-def _import_av():
+def _import_av() -> ModuleType:
     try:
         import av
     except ImportError:
@@ -312,7 +319,7 @@ def _check_whole(data: bytes, fmt: str) -> None:
             raise cut
 
 
-def _sample_table(st, data: bytes, fmt: str) -> int | None:
+def _sample_table(st: av.video.stream.VideoStream, data: bytes, fmt: str) -> int | None:
     """Frames listed in an MP4's sample table (read by the demuxer as the file opens), every
     sample checked to lie inside the bytes; None where the table is not the whole story
     (fragmented files, an index that disagrees with the sample count), so packets get read."""
@@ -336,7 +343,12 @@ def _sample_table(st, data: bytes, fmt: str) -> int | None:
     return count
 
 
-def _demux_all(container, st, data: bytes, fmt: str) -> tuple[int, object]:
+def _demux_all(
+    container: av.container.InputContainer,
+    st: av.video.stream.VideoStream,
+    data: bytes,
+    fmt: str,
+) -> tuple[int, av.Packet | None]:
     """Read every packet of the stream (no decoding): the frames counted, each packet inside the
     bytes, and the first packet, kept for decoding."""
     av = _import_av()
@@ -371,7 +383,12 @@ def _demux_all(container, st, data: bytes, fmt: str) -> tuple[int, object]:
     return count, first
 
 
-def _decode_first(ctx, first, fmt: str, limits: MediaLimits):
+def _decode_first(
+    ctx: av.video.codeccontext.VideoCodecContext,
+    first: av.Packet | None,
+    fmt: str,
+    limits: MediaLimits,
+) -> av.VideoFrame:
     """The first frame of a stream from its first packet, in one thread, memory bounded."""
     av = _import_av()
     if first is None:

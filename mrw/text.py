@@ -19,6 +19,7 @@ Typical use with `mrw.load_dataset(..., modality="features")`::
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections import Counter
@@ -192,10 +193,10 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.idx2word)
 
-    def __contains__(self, word) -> bool:
+    def __contains__(self, word: object) -> bool:
         return word in self.word2idx
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocabulary) and self.idx2word == other.idx2word
 
     @property
@@ -228,7 +229,7 @@ class Vocabulary:
         cls,
         dataset: str,
         split: str = "train",
-        root=None,
+        root: str | os.PathLike[str] | None = None,
         min_count: int = 1,
         all_sentences: bool = True,
     ) -> Vocabulary:
@@ -263,7 +264,7 @@ class Vocabulary:
             )
         return cls(words[len(SPECIAL_TOKENS) :])
 
-    def save(self, path) -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the vocabulary as JSON, atomically."""
         from mrw.shards import write_json_atomic
 
@@ -271,7 +272,7 @@ class Vocabulary:
         return Path(path)
 
     @classmethod
-    def load(cls, path) -> Vocabulary:
+    def load(cls, path: str | os.PathLike[str]) -> Vocabulary:
         path = Path(path)
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
@@ -306,7 +307,7 @@ def reference_vocabulary_text(dataset: str, sentence: str) -> str:
 
 
 def build_reference_vocabulary(
-    dataset: str, root=None, min_count: int = 1
+    dataset: str, root: str | os.PathLike[str] | None = None, min_count: int = 1
 ) -> tuple[Vocabulary, list[str]]:
     """The vocabulary the reference built: every sentence of every split, words in the order
     they first occur (splits train, val, test; catalog order within), no frequency cut unless
@@ -331,10 +332,10 @@ def build_reference_vocabulary(
 
 
 def build_vocabulary(
-    root=None,
+    root: str | os.PathLike[str] | None = None,
     dataset: str = "mrw",
     split: str = "train",
-    out=None,
+    out: str | os.PathLike[str] | None = None,
     min_count: int = 1,
     all_sentences: bool = True,
     reference: bool = False,
@@ -367,7 +368,9 @@ def build_vocabulary(
 
 
 # -- collate -----------------------------------------------------------------------------------
-def pad_sequences(seqs: Sequence, pad_value=0, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sequences(
+    seqs: Sequence, pad_value: float = 0, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack sequences of different lengths along a new dim 0, padding at the end of dim 0.
 
     Returns `(padded [B, L, ...], lengths [B])`; sequences may be lists of ints or tensors.

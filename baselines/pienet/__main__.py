@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 import click
 import yaml
 
 from mrw.cli import handle_errors
 from mrw.errors import UsageError
 
+if TYPE_CHECKING:
+    from baselines.pienet.config import Config
 
-def _overrides(pairs) -> dict:
+
+def _overrides(pairs: Iterable[str]) -> dict:
     """`--set key=value` pairs, values read as YAML (numbers, true/false, null)."""
     out = {}
     for pair in pairs:
@@ -20,7 +27,14 @@ def _overrides(pairs) -> dict:
     return out
 
 
-def _config(name, epochs=None, batch_size=None, seed=None, word_vectors=None, settings=()):
+def _config(
+    name: str,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    word_vectors: str | None = None,
+    settings: Iterable[str] = (),
+) -> Config:
     from baselines.pienet.config import load_config
 
     return load_config(
@@ -34,7 +48,7 @@ def _config(name, epochs=None, batch_size=None, seed=None, word_vectors=None, se
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main():
+def main() -> None:
     """The reference PIE-Net / PVSE baseline (Song & Soleymani, CVPR 2019)."""
 
 
@@ -48,7 +62,7 @@ def main():
 @click.option("--vocab-size", type=int, required=True, help="Words in the vocabulary.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a setting.")
 @handle_errors
-def summary(config_name, vocab_size, settings):
+def summary(config_name: str, vocab_size: int, settings: tuple[str, ...]) -> None:
     """Print the architecture and its parameter count."""
     from baselines.pienet.model import PVSE, describe
 
@@ -94,18 +108,18 @@ def summary(config_name, vocab_size, settings):
 @click.option("--workers", type=int, default=0, show_default=True, help="Data loader processes.")
 @handle_errors
 def train(
-    config_name,
-    run_dir,
-    root,
-    epochs,
-    batch_size,
-    seed,
-    word_vectors,
-    settings,
-    resume,
-    gpu,
-    workers,
-):
+    config_name: str | None,
+    run_dir: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None,
+    epochs: int | None,
+    batch_size: int | None,
+    seed: int | None,
+    word_vectors: str | None,
+    settings: tuple[str, ...],
+    resume: bool,
+    gpu: bool,
+    workers: int,
+) -> None:
     """Train on the train split, validating on val every epoch."""
     from baselines.pienet.train import train as run_training
 
@@ -155,7 +169,16 @@ def train(
 )
 @click.option("--workers", type=int, default=0, show_default=True, help="Data loader processes.")
 @handle_errors
-def predict(checkpoint, split, out, root, name, gpu, batch_size, workers):
+def predict(
+    checkpoint: str | os.PathLike[str],
+    split: str,
+    out: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None,
+    name: str | None,
+    gpu: bool,
+    batch_size: int | None,
+    workers: int,
+) -> None:
     """Embed a split and write preds.json with embeddings, for `mrw evaluate`."""
     from baselines.pienet.predict import predict as run_predict
 
@@ -201,7 +224,12 @@ def predict(checkpoint, split, out, root, name, gpu, batch_size, workers):
     help="The checkpoint folder to write (new or empty).",
 )
 @handle_errors
-def import_reference(checkpoint, vocab_path, config_name, out):
+def import_reference(
+    checkpoint: str | os.PathLike[str],
+    vocab_path: str | os.PathLike[str],
+    config_name: str,
+    out: str | os.PathLike[str],
+) -> None:
     """Turn an authors' checkpoint and vocabulary into a checkpoint folder for predict and
     load_model (legacy global feature on), plus the trunk for `mrw extract-features --weights`."""
     from baselines.pienet.reference import TRUNK_FILE

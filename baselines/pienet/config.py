@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -56,7 +58,7 @@ class Config:
     # float32 (benchmarks/RESULTS.md, bench_train_gpu), and the reference trained in float32
     mixed_precision: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         checks = [
             (self.dataset in ("mrw", "tgif", "coco"), "dataset must be mrw, tgif or coco"),
             (self.num_embeds >= 1, "num_embeds must be >= 1"),
@@ -84,7 +86,7 @@ class Config:
     def is_image(self) -> bool:
         return self.num_frames == 1
 
-    def replace(self, **changes) -> Config:
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -107,7 +109,7 @@ class Config:
             raise UsageError(f"{where}: {e}") from None
 
 
-def _coerce(name, value, default, where):
+def _coerce(name: str, value: Any, default: Any, where: str) -> Any:
     """Check one setting against the type of its default; ints are accepted for floats."""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -126,7 +128,7 @@ def _coerce(name, value, default, where):
     return value
 
 
-def load_config(path_or_name, **overrides) -> Config:
+def load_config(path_or_name: str | os.PathLike[str], **overrides: Any) -> Config:
     """A config from a YAML file, or by name from `configs/` (`mrw`, `tgif_k1`, ...)."""
     path = Path(path_or_name)
     if not path.is_file() and not path.suffix:

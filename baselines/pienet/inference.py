@@ -11,7 +11,10 @@ Every result is a float32 CPU tensor of unit-norm rows, whatever the device the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
@@ -20,8 +23,14 @@ from baselines.pienet.config import Config
 from baselines.pienet.model import PVSE
 from mrw.errors import UsageError
 
+if TYPE_CHECKING:
+    from mrw.text import Vocabulary
 
-def _as_tensor(x, name: str, dtype: torch.dtype) -> torch.Tensor:
+#: what the `embed_*` methods take for an array
+ArrayLike = Union[torch.Tensor, np.ndarray]
+
+
+def _as_tensor(x: object, name: str, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
@@ -34,7 +43,7 @@ def _as_tensor(x, name: str, dtype: torch.dtype) -> torch.Tensor:
 class PretrainedModel:
     """A PVSE in eval mode with its vocabulary, on one device."""
 
-    def __init__(self, model: PVSE, vocab, device: torch.device | str = "cpu"):
+    def __init__(self, model: PVSE, vocab: Vocabulary, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.vocab = vocab
@@ -43,12 +52,12 @@ class PretrainedModel:
     def config(self) -> Config:
         return self.model.config
 
-    def _autocast(self):
+    def _autocast(self) -> AbstractContextManager:
         from baselines.pienet.predict import autocast
 
         return autocast(self.device, self.config.mixed_precision)
 
-    def _features(self, x, name: str, length: int | None) -> torch.Tensor:
+    def _features(self, x: ArrayLike, name: str, length: int | None) -> torch.Tensor:
         x = _as_tensor(x, name, torch.float32)
         dim = self.config.feature_dim
         if x.dim() != 3 or x.shape[-1] != dim or x.shape[0] == 0 or x.shape[1] == 0:
@@ -61,7 +70,7 @@ class PretrainedModel:
         return x.to(self.device, torch.float32)
 
     @torch.no_grad()
-    def embed_videos(self, features, lengths=None) -> torch.Tensor:
+    def embed_videos(self, features: ArrayLike, lengths: ArrayLike | None = None) -> torch.Tensor:
         """Per-frame features [B, T, D] (and each clip's frame count [B], 1..T) -> [B, K, E].
 
         What a tensor holds past a clip's length never matters: the model skips those steps,
@@ -86,7 +95,7 @@ class PretrainedModel:
         return out.embeds.float().cpu()
 
     @torch.no_grad()
-    def embed_images(self, grid, pooled=None) -> torch.Tensor:
+    def embed_images(self, grid: ArrayLike, pooled: ArrayLike | None = None) -> torch.Tensor:
         """A 7x7 feature grid [B, 49, D] (and its average pool [B, D]) -> [B, K, E]."""
         if not self.config.is_image:
             raise UsageError("embed_images: this is a video model; use embed_videos")
@@ -122,7 +131,7 @@ class PretrainedModel:
         return torch.cat(chunks)
 
 
-def load_model(path, device: torch.device | str = "cpu") -> PretrainedModel:
+def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> PretrainedModel:
     """The model of a run folder (its best.pt), an `import-reference` folder or a checkpoint file."""
     from baselines.pienet.predict import load_checkpoint
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from baselines.pienet.config import Config
+from baselines.pienet.model import Embedding
 
 
 def pair_scores(items: torch.Tensor, sentences: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,9 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def pvse_loss(visual, text, config: Config) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def pvse_loss(
+    visual: Embedding, text: Embedding, config: Config
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted sum for a batch of true pairs (visual[i], text[i]); `visual` and `text` are the
     encoders' `Embedding`s. Computed in float32 even under autocast; the parts come detached."""
     items, sentences = _at_least_float32(visual.embeds), _at_least_float32(text.embeds)

@@ -12,11 +12,12 @@ output at the last step), which its published models use.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from baselines.pienet.config import Config
 from mrw.errors import UsageError
@@ -45,11 +46,12 @@ def final_states(rnn: nn.GRU, sequence: torch.Tensor, lengths: torch.Tensor | No
 
     With `lengths`, padded steps are skipped, so the forward state is taken at the last real step.
     """
+    steps: torch.Tensor | PackedSequence = sequence
     if lengths is not None:
-        sequence = pack_padded_sequence(
+        steps = pack_padded_sequence(
             sequence, lengths.cpu(), batch_first=True, enforce_sorted=False
         )
-    _, h_n = rnn(sequence)  # [2, B, H]: forward, backward
+    _, h_n = rnn(steps)  # [2, B, H]: forward, backward
     return torch.cat([h_n[0], h_n[1]], dim=-1)
 
 
@@ -82,7 +84,9 @@ class MultiHeadSelfAttention(nn.Module):
         nn.init.xavier_uniform_(self.w1.weight)
         nn.init.xavier_uniform_(self.w2.weight)
 
-    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None):
+    def forward(
+        self, x: torch.Tensor, pad_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, L, d_in] -> the K attended features [B, K, d_in] and the maps [B, L, K]."""
         logits = self.w2(torch.tanh(self.w1(x)))
         if pad_mask is not None:
@@ -106,7 +110,12 @@ class PIENet(nn.Module):
         nn.init.xavier_uniform_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
 
-    def forward(self, global_feature, local_features, pad_mask=None) -> Embedding:
+    def forward(
+        self,
+        global_feature: torch.Tensor,
+        local_features: torch.Tensor,
+        pad_mask: torch.Tensor | None = None,
+    ) -> Embedding:
         attended, attention = self.attention(local_features, pad_mask)
         residual = self.dropout(torch.sigmoid(self.fc(attended)))
         embeds = self.layer_norm(global_feature.unsqueeze(1) + residual)
@@ -200,12 +209,17 @@ class PVSE(nn.Module):
         self.visual = EncoderImage(config) if config.is_image else EncoderVideo(config)
         self.text = EncoderText(vocab_size, config)
 
-    def embed_items(self, features, lengths=None, pooled=None) -> Embedding:
+    def embed_items(
+        self,
+        features: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+    ) -> Embedding:
         if self.config.is_image:
             return self.visual(features, pooled)
         return self.visual(features, lengths)
 
-    def embed_sentences(self, tokens, lengths) -> Embedding:
+    def embed_sentences(self, tokens: torch.Tensor, lengths: torch.Tensor) -> Embedding:
         return self.text(tokens, lengths)
 
 
@@ -213,7 +227,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def read_word_vectors(path, words: list[str], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def read_word_vectors(
+    path: str | os.PathLike[str], words: list[str], dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of a GloVe-format text file (`word v1 ... vd` per line) for `words`, and a hit mask.
 
     Words not in the file keep a zero row and are reported by count; the caller keeps their
@@ -246,7 +262,9 @@ def read_word_vectors(path, words: list[str], dim: int) -> tuple[torch.Tensor, t
     return vectors, found
 
 
-def init_word_embeddings(encoder: EncoderText, words: list[str], path) -> int:
+def init_word_embeddings(
+    encoder: EncoderText, words: list[str], path: str | os.PathLike[str]
+) -> int:
     """Copy pretrained vectors into the text encoder's embedding table; returns the hit count."""
     vectors, found = read_word_vectors(path, words, encoder.embed.embedding_dim)
     if len(words) != encoder.embed.num_embeddings:

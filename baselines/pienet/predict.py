@@ -11,14 +11,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from baselines.pienet.config import Config
 from baselines.pienet.model import PVSE
 from mrw.errors import UsageError
+
+if TYPE_CHECKING:
+    from mrw.loader import SplitDataset
+    from mrw.text import Vocabulary
 
 CHECKPOINT_FORMAT = "mrw-pienet-checkpoint"
 
@@ -41,14 +46,16 @@ def choose_device(gpu: bool) -> torch.device:
     return torch.device("cuda")
 
 
-def autocast(device: torch.device, enabled: bool = True):
+def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
     """float16 mixed precision on CUDA when `enabled`; a no-op context on CPU."""
     return torch.autocast(
         device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda"
     )
 
 
-def open_split(config: Config, split: str, root, sampling: str):
+def open_split(
+    config: Config, split: str, root: str | os.PathLike[str] | None, sampling: str
+) -> SplitDataset:
     """The split's items with features, from the shared loader; their size must be the config's."""
     from mrw.loader import load_dataset
 
@@ -86,13 +93,13 @@ def visual_inputs(batch: dict, device: torch.device) -> dict:
 @torch.no_grad()
 def embed_split(
     model: PVSE,
-    vocab,
+    vocab: Vocabulary,
     split: str,
-    root,
+    root: str | os.PathLike[str] | None,
     device: torch.device,
     batch_size: int = 64,
     workers: int = 0,
-    dataset=None,
+    dataset: Dataset | None = None,
 ) -> SplitEmbeddings:
     """Embeddings of every item of a split that has features, and of its protocol sentences,
     through the inference API (`PretrainedModel`)."""
@@ -104,7 +111,8 @@ def embed_split(
     was_training = model.training
     embedder = PretrainedModel(model, vocab, device)
     dataset = dataset if dataset is not None else open_split(config, split, root, "uniform")
-    item_ids, item_embeds = [], []
+    item_ids: list[str] = []
+    item_embeds: list[torch.Tensor] = []
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -145,7 +153,11 @@ def embed_split(
 
 
 def write_preds(
-    embeddings: SplitEmbeddings, out_path, dataset: str, split: str, model_name: str
+    embeddings: SplitEmbeddings,
+    out_path: str | os.PathLike[str],
+    dataset: str,
+    split: str,
+    model_name: str,
 ) -> Path:
     """`preds.json` plus `<stem>.items.npy` and `<stem>.sentences.npy` beside it; the JSON last,
     each file under a temporary name and renamed, so a killed run leaves no half-written preds."""
@@ -176,7 +188,9 @@ def write_preds(
     return out_path
 
 
-def load_checkpoint(path, device: torch.device):
+def load_checkpoint(
+    path: str | os.PathLike[str], device: torch.device
+) -> tuple[PVSE, Vocabulary, dict[str, Any]]:
     """A checkpoint written by `train`: the model on `device`, its vocabulary and the saved state."""
     from mrw.text import Vocabulary
 
@@ -199,10 +213,10 @@ def load_checkpoint(path, device: torch.device):
 
 
 def predict(
-    checkpoint,
+    checkpoint: str | os.PathLike[str],
     split: str,
-    out,
-    root=None,
+    out: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
     gpu: bool = False,
     name: str | None = None,
     batch_size: int | None = None,

@@ -28,6 +28,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -35,6 +36,9 @@ import yaml
 from baselines.pienet.config import Config, load_config
 from baselines.pienet.model import PVSE
 from mrw.errors import UsageError
+
+if TYPE_CHECKING:
+    from mrw.text import Vocabulary
 
 #: the configs of the six published models (README, "Evaluate pretrained models")
 PUBLISHED_CONFIGS = ("mrw", "mrw_k1", "tgif", "tgif_k1", "coco", "coco_k1")
@@ -49,7 +53,7 @@ class _PickledVocabulary:
     """Receives the pickled object's fields and nothing else: no methods, no `__setstate__`."""
 
 
-def _reconstruct(cls, base, state):
+def _reconstruct(cls: type, base: type, state: object) -> object:
     """`copyreg._reconstructor` (pickle protocols 0 and 1), for the stand-in only."""
     if cls is not _PickledVocabulary or base is not object or state is not None:
         raise pickle.UnpicklingError("refusing to reconstruct anything but a Vocabulary")
@@ -57,7 +61,7 @@ def _reconstruct(cls, base, state):
 
 
 class _VocabularyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         if name == "Vocabulary" and (module in ("__main__", "vocab") or module.endswith(".vocab")):
             return _PickledVocabulary
         # protocols 0-2 name these by their Python 2 modules
@@ -92,7 +96,7 @@ def _words_of(fields: dict, where: str) -> list[str]:
     return words
 
 
-def read_reference_vocab(path):
+def read_reference_vocab(path: str | os.PathLike[str]) -> Vocabulary:
     """A pickled reference `Vocabulary` as this project's `Vocabulary`, same words, same ids."""
     from mrw.text import SPECIAL_TOKENS, Vocabulary
 
@@ -127,7 +131,7 @@ def read_reference_vocab(path):
 # -- the checkpoint ------------------------------------------------------------------------------
 
 
-def read_reference_checkpoint(path) -> dict[str, torch.Tensor]:
+def read_reference_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The state dict of a reference checkpoint (a plain state dict, or `train.py`'s dict with
     `model` and its argparse `args`), `module.` prefixes of DataParallel removed."""
     path = Path(path)
@@ -239,7 +243,12 @@ def _file_record(path: Path) -> dict:
     return {"name": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def import_reference(checkpoint, vocab_path, config_name: str, out) -> tuple[Path, PVSE, object]:
+def import_reference(
+    checkpoint: str | os.PathLike[str],
+    vocab_path: str | os.PathLike[str],
+    config_name: str,
+    out: str | os.PathLike[str],
+) -> tuple[Path, PVSE, Vocabulary]:
     """Write the checkpoint folder `out` (see the module docstring); nothing is left in `out`
     unless every file was written. Returns the folder, the model and the vocabulary."""
     from baselines.pienet.train import model_state, save_atomic

@@ -15,7 +15,9 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +39,9 @@ from baselines.pienet.predict import (
 )
 from mrw.errors import UsageError
 
+if TYPE_CHECKING:
+    from mrw.text import Vocabulary
+
 
 # -- validation --------------------------------------------------------------------------------
 def validation_metrics(embeddings: SplitEmbeddings) -> dict:
@@ -48,7 +53,7 @@ def validation_metrics(embeddings: SplitEmbeddings) -> dict:
     ranks = ranks_from_embeddings(
         embeddings.items, embeddings.sentences[keep], embeddings.sentence_items[keep]
     )
-    out = {}
+    out: dict = {}
     for direction, r in zip(("i2t", "t2i"), ranks):
         out[direction] = {f"R@{k}": recall_at_k(r, k) for k in (1, 5, 10)} | {
             "MedR": median_rank(r)
@@ -58,13 +63,13 @@ def validation_metrics(embeddings: SplitEmbeddings) -> dict:
 
 
 # -- checkpoints -------------------------------------------------------------------------------
-def save_atomic(obj, path: Path) -> None:
+def save_atomic(obj: object, path: Path) -> None:
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def model_state(model: PVSE, vocab, epoch: int, val: dict | None) -> dict:
+def model_state(model: PVSE, vocab: Vocabulary, epoch: int, val: dict | None) -> dict:
     """What `predict` needs, and nothing it must unpickle: tensors and plain data."""
     return {
         "format": CHECKPOINT_FORMAT,
@@ -101,12 +106,20 @@ def seed_everything(seed: int) -> None:
 
 # -- training ----------------------------------------------------------------------------------
 def train_epoch(
-    model, loader, optimizer, scaler, config: Config, device, progress: bool, epoch: int
+    model: PVSE,
+    loader: Iterable[dict],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    config: Config,
+    device: torch.device,
+    progress: bool,
+    epoch: int,
 ) -> dict:
     """One pass over the training pairs; returns the mean of each loss term."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    sums, pairs = {}, 0
+    sums: dict[str, float] = {}
+    pairs = 0
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
     for batch in bar:
         n = len(batch["id"])
@@ -133,7 +146,7 @@ def train_epoch(
     return {k: v / max(pairs, 1) for k, v in sums.items()} | {"pairs": pairs}
 
 
-def build_vocab(config: Config, root):
+def build_vocab(config: Config, root: str | os.PathLike[str] | None) -> Vocabulary:
     """The reference built its vocabulary from the training sentences, keeping every word."""
     from mrw.text import Vocabulary
 
@@ -142,14 +155,14 @@ def build_vocab(config: Config, root):
 
 def train(
     config: Config | None,
-    run_dir,
-    root=None,
+    run_dir: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
     gpu: bool = False,
     resume: bool = False,
     workers: int = 0,
     epochs: int | None = None,
     progress: bool = True,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Train (or resume) a run in `run_dir`; returns the best validation metrics.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
@@ -33,8 +34,8 @@ def choose_device(gpu: bool) -> str:
 
 
 def evaluate_submission(
-    preds_path,
-    root=None,
+    preds_path: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
     dataset: str | None = None,
     gpu: bool = False,
     all_sentences: bool = False,
@@ -94,7 +95,7 @@ def evaluate_submission(
     return results, curves
 
 
-def check_output_path(path, suffixes: Sequence[str], option: str) -> Path:
+def check_output_path(path: str | os.PathLike[str], suffixes: Sequence[str], option: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a folder, expected a file name")
@@ -104,12 +105,12 @@ def check_output_path(path, suffixes: Sequence[str], option: str) -> Path:
 
 
 def run_evaluate(
-    preds_path,
-    root=None,
-    dataset=None,
-    json_out=None,
+    preds_path: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
+    dataset: str | None = None,
+    json_out: str | os.PathLike[str] | None = None,
     leaderboard: bool = False,
-    plot=None,
+    plot: str | os.PathLike[str] | None = None,
     gpu: bool = False,
     all_sentences: bool = False,
     allow_missing: bool = False,
@@ -125,7 +126,7 @@ def run_evaluate(
     )
     board = load_leaderboard(results["dataset"]) if (leaderboard or plot) else None
     echo(format_results(results))
-    if leaderboard:
+    if leaderboard and board is not None:  # loaded whenever leaderboard is asked
         echo("")
         echo(format_leaderboard(results, board))
     if json_out is not None:

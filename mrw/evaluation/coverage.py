@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +61,7 @@ class Selection:
     sentences_given: int | None = None
 
 
-def failed_items(root, dataset: str, split: str) -> set[str]:
+def failed_items(root: str | os.PathLike[str] | None, dataset: str, split: str) -> set[str]:
     """Ids that a stage of the split recorded as failed (download, frames or any features)."""
     from mrw.shards import read_status, status_shards
 
@@ -80,7 +81,7 @@ def failed_items(root, dataset: str, split: str) -> set[str]:
     return failed
 
 
-def _item_of(sentence_id) -> str | None:
+def _item_of(sentence_id: object) -> str | None:
     return sentence_id.rsplit("#", 1)[0] if isinstance(sentence_id, str) else None
 
 
@@ -123,7 +124,11 @@ def _without_items(preds: dict, gone: set[str]) -> tuple[dict, np.ndarray | None
 
 
 def leave_out_missing(
-    preds: dict, gt: GroundTruth, root, allow_missing: bool, where: str
+    preds: dict,
+    gt: GroundTruth,
+    root: str | os.PathLike[str] | None,
+    allow_missing: bool,
+    where: str,
 ) -> Selection:
     """Items of the split that the submission lacks are left out of the evaluation when the
     pipeline failed on them (a dead link, a clip that does not decode: no method could rank

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,7 +70,7 @@ class GroundTruth:
         return {"5k": everything, **({"1k": folds} if folds else {})}
 
 
-def _read_catalog_table(root, dataset: str, split: str) -> pa.Table:
+def _read_catalog_table(root: str | os.PathLike[str] | None, dataset: str, split: str) -> pa.Table:
     """The catalog's columns the evaluation needs; a file that does not read is bad input."""
     from mrw.catalog import CATALOG_SCHEMA, read_catalog
 
@@ -97,7 +98,9 @@ def _read_catalog_table(root, dataset: str, split: str) -> pa.Table:
     return table
 
 
-def load_ground_truth(root, dataset: str, split: str, all_sentences: bool = False) -> GroundTruth:
+def load_ground_truth(
+    root: str | os.PathLike[str] | None, dataset: str, split: str, all_sentences: bool = False
+) -> GroundTruth:
     from mrw.catalog import sentence_ids
 
     split = paths.normalize_split(split)

@@ -69,11 +69,11 @@ def direction_metrics(ranks: Ranks) -> tuple[dict, dict]:
     reasons: dict = {}
     why = ""
     if ranks.unknown:
-        k = ranks.truncated_at
+        cut = ranks.truncated_at
         why = (
             f"{ranks.unknown} of {len(ranks.lo)} queries have no right answer in their "
-            f"truncated list (top {k[0] if k else '?'}"
-            + (f" to {k[1]}" if k and k[1] != k[0] else "")
+            f"truncated list (top {cut[0] if cut else '?'}"
+            + (f" to {cut[1]}" if cut and cut[1] != cut[0] else "")
             + ")"
         )
     for k in RECALL_KS:

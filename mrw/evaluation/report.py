@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mrw import paths
 from mrw.evaluation.protocol import DIRECTIONS, METRICS, RECALL_KS, recall_curve
 
+if TYPE_CHECKING:
+    import matplotlib.figure
+
 BOARD_METRICS = ("R@1", "R@5", "R@10", "MedR")
 
 
-def _fmt(value, metric: str) -> str:
+def _fmt(value: float | None, metric: str) -> str:
     if value is None:
         return "null"
     if metric == "nMR":
@@ -125,7 +129,9 @@ def format_leaderboard(results: dict, board: dict) -> str:
     return "\n".join(lines).rstrip()
 
 
-def plot_recall_curves(results: dict, curves: dict, board: dict | None, out: Path):
+def plot_recall_curves(
+    results: dict, curves: dict, board: dict | None, out: Path
+) -> matplotlib.figure.Figure:
     """Recall@K for K = 1..candidates (log axis), both directions, with published R@1/5/10 points.
 
     Written to a temporary name and renamed; returns the matplotlib Figure (for inspection).

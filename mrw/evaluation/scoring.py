@@ -7,9 +7,10 @@ the rounding bound of it are scored again in float64 (docs/evaluation.md, "Exact
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from mrw.errors import UsageError
 
@@ -100,7 +101,7 @@ def max_norms(emb: np.ndarray, chunk: int = 4096) -> np.ndarray:
 
 
 def exact_pair_scores(
-    items: np.ndarray, sentences: np.ndarray, rows, cols, chunk: int = 512
+    items: np.ndarray, sentences: np.ndarray, rows: ArrayLike, cols: ArrayLike, chunk: int = 512
 ) -> np.ndarray:
     """float64 max over K x K of the dot products of pairs (items[rows[p]], sentences[cols[p]])."""
     rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
@@ -145,6 +146,8 @@ class BlockScorer:
         self.use_torch = device != "cpu" if use_torch is None else use_torch
         self._products = np.empty(0, dtype=np.float32)
         slabs = np.ascontiguousarray(self.sentences.transpose(1, 0, 2))  # [Ks, M, D]
+        # a numpy array, or a tensor on `device` (torch is imported only when used)
+        self.slabs: Any
         if not self.use_torch:
             self.slabs = slabs
         else:
@@ -166,10 +169,10 @@ class BlockScorer:
         """float32 `[items in rows, sentences in cols]`, as a numpy array."""
         a = self.items[rows]
         b, m = a.shape[0], cols.stop - cols.start
-        a2 = a.reshape(-1, a.shape[2])
+        a2: Any = a.reshape(-1, a.shape[2])  # a tensor on `device` when use_torch
         if self.use_torch:  # a copy: the items may be a read-only memory map
             a2 = self.torch.tensor(a2, device=self.device)
-        out = None
+        out: Any = None
         for k in range(self.ks):
             if not self.use_torch:
                 # one reused buffer for the products: fresh 10-100 MB arrays cost page faults

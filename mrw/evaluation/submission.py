@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class _DuplicateKey(Exception):
     pass
 
 
-def _no_duplicate_keys(pairs):
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
     seen = {}
     for k, v in pairs:
         if k in seen:
@@ -59,7 +60,9 @@ def _scan_long_strings(path: Path) -> None:
         while True:
             chunk = fh.read(SCAN_CHUNK_BYTES)
             data = carry + chunk
-            end = _SHORT_TOKENS.match(data).end()
+            tokens = _SHORT_TOKENS.match(data)
+            assert tokens is not None  # the pattern matches the empty string too
+            end = tokens.end()
             if end == len(data):
                 carry = b""
             elif len(data) - end > MAX_STRING_BYTES + 2 or not chunk:
@@ -79,7 +82,7 @@ def _scan_long_strings(path: Path) -> None:
             offset += len(data) - len(carry)
 
 
-def _short(value) -> str:
+def _short(value: object) -> str:
     """A value for a message: its repr, cut short (it may be huge)."""
     text = type(value).__name__ if isinstance(value, (list, dict)) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -100,7 +103,7 @@ def _lone_surrogate(text: str) -> int | None:
     return None
 
 
-def _check_model(path: Path, model) -> None:
+def _check_model(path: Path, model: object) -> None:
     if not isinstance(model, str):
         raise UsageError(f"{path}: 'model' must be a string, got {_short(model)}")
     if len(model) > MAX_MODEL_CHARS:
@@ -117,7 +120,7 @@ def _check_model(path: Path, model) -> None:
         raise UsageError(f"{path}: 'model' holds a control character (one line of text, please)")
 
 
-def read_preds(path) -> dict:
+def read_preds(path: str | os.PathLike[str]) -> dict:
     """The parsed `preds.json`, or one line saying what is wrong with it."""
     path = Path(path)
     if not path.is_file():
@@ -186,7 +189,7 @@ class _BadNumber(Exception):
     pass
 
 
-def _reject_constant(name):
+def _reject_constant(name: str) -> NoReturn:
     raise _BadConstant(name)
 
 
@@ -227,7 +230,7 @@ def _check_id_set(
     return order
 
 
-def _resolve(base: Path, value, where: str) -> Path:
+def _resolve(base: Path, value: object, where: str) -> Path:
     if not isinstance(value, str) or not value:
         raise UsageError(f"{where}: must be a path (a string), got {_short(value)}")
     p = Path(value)
@@ -247,6 +250,11 @@ def _load_npy(path: Path, where: str) -> np.ndarray:
     if arr.dtype.kind not in "fiu" or arr.dtype.kind == "c":
         raise UsageError(f"{where}: {path}: expected a real-valued array, got dtype {arr.dtype}")
     return arr
+
+
+def _row_id_namer(order: np.ndarray, ids: Sequence[str]) -> Callable[[tuple], str]:
+    """Names the id of a bad value's row, for `_check_finite`."""
+    return lambda pos: f"id {ids[order[pos[0]]]!r}"
 
 
 def _check_finite(arr: np.ndarray, where: str, describe: Callable[[tuple], str]) -> None:
@@ -273,7 +281,7 @@ class Submission:
 
 class ScoreSubmission(Submission):
     @staticmethod
-    def _real(a):
+    def _real(a: np.ndarray) -> np.ndarray:
         """Scores as given, compared in float64."""
         return np.asarray(a).astype(np.float64, copy=False)
 
@@ -282,7 +290,7 @@ class ScoreSubmission(Submission):
         self.item_rows = item_rows  # catalog item -> row
         self.sentence_cols = sentence_cols  # catalog sentence -> column
 
-    def ranks(self, items, gt):
+    def ranks(self, items: slice, gt: GroundTruth) -> tuple[Ranks, Ranks]:
         sents = gt.sentence_range(items)
         rows, cols = self.item_rows[items], self.sentence_cols[sents]
         owner = gt.owner[sents] - items.start
@@ -298,7 +306,7 @@ class ScoreSubmission(Submission):
         return Ranks.exact(i2t, len(cols)), Ranks.exact(t2i, n)
 
 
-def _as_slice(index: np.ndarray):
+def _as_slice(index: np.ndarray) -> slice | np.ndarray:
     """A run of consecutive indices as a slice (a cheap view of a memory map), else the indices."""
     if len(index) and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
         return slice(int(index[0]), int(index[0]) + len(index))
@@ -309,7 +317,7 @@ class EmbeddingSubmission(Submission):
     def __init__(self, items: np.ndarray, sentences: np.ndarray, device: str):
         self.items, self.sentences, self.device = items, sentences, device
 
-    def ranks(self, items, gt):
+    def ranks(self, items: slice, gt: GroundTruth) -> tuple[Ranks, Ranks]:
         sents = gt.sentence_range(items)
         i2t, t2i = ranks_from_embeddings(
             self.items[items],
@@ -327,7 +335,13 @@ class RankingSubmission(Submission):
         self.i2t, self.t2i = i2t, t2i  # per catalog query, candidate catalog indices, best first
 
     @staticmethod
-    def _direction(lists, queries: slice, cands: slice, is_right: Callable, num_right: np.ndarray):
+    def _direction(
+        lists: list[np.ndarray],
+        queries: slice,
+        cands: slice,
+        is_right: Callable[[int, np.ndarray], np.ndarray],
+        num_right: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int] | None]:
         lo = np.empty(queries.stop - queries.start, dtype=np.int64)
         hi = np.empty_like(lo)
         lengths = []
@@ -344,7 +358,7 @@ class RankingSubmission(Submission):
                 hi[q - queries.start] = n_cands - num_right[q - queries.start]
         return lo, hi, (min(lengths), max(lengths)) if lengths else None
 
-    def ranks(self, items, gt):
+    def ranks(self, items: slice, gt: GroundTruth) -> tuple[Ranks, Ranks]:
         sents = gt.sentence_range(items)
         owner = gt.owner
         num_right_items = np.bincount(
@@ -375,7 +389,7 @@ def _sentence_hint(gt: GroundTruth) -> Callable[[str], str]:
     return hint
 
 
-def _parse_rankings(rankings, gt: GroundTruth, where: str) -> RankingSubmission:
+def _parse_rankings(rankings: object, gt: GroundTruth, where: str) -> RankingSubmission:
     if not isinstance(rankings, dict) or set(rankings) != {"i2t", "t2i"}:
         raise UsageError(f"{where}: 'rankings' must be an object with exactly 'i2t' and 't2i'")
     hint = _sentence_hint(gt)
@@ -444,7 +458,11 @@ def load_submission(
     item_order = _id_order(preds, "item_ids", gt.item_ids, gt.item_index, where)
     sent_order = _id_order(preds, "sentence_ids", gt.sentence_ids, gt.sentence_index, where, hint)
     n, m = gt.num_items, gt.num_sentences
-    m_given = m if sentence_rows is None else int(sentences_given)
+    if sentence_rows is None:
+        m_given = m
+    else:
+        assert sentences_given is not None, "sentence_rows come with sentences_given"
+        m_given = int(sentences_given)
     if "scores" in preds:
         p = _resolve(base, preds["scores"], f"{where}: scores")
         scores = _load_npy(p, f"{where}: scores")
@@ -488,7 +506,7 @@ def load_submission(
             )
         if key == "sentences" and sentence_rows is not None:
             arr = arr[sentence_rows]
-        _check_finite(arr, f"{here}: {p.name}", lambda pos, o=order, i=ids: f"id {i[o[pos[0]]]!r}")
+        _check_finite(arr, f"{here}: {p.name}", _row_id_namer(order, ids))
         # rows into catalog order (a copy: the arrays are read once, float32)
         inverse = np.empty(count, dtype=np.int64)
         inverse[order] = np.arange(count)

@@ -17,7 +17,9 @@ follow Hugging Face `datasets` (`splits`); the map-style dataset has HF's usual 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from typing import Any, Literal, Union, overload
 
 import numpy as np
 import torch
@@ -38,6 +40,7 @@ __all__ = [
     "MAX_RANDOM_SKIP",
     "MODALITIES",
     "SAMPLINGS",
+    "LoadedSplit",
     "Spare",
     "SplitDataset",
     "SplitError",
@@ -55,10 +58,116 @@ __all__ = [
 ]
 
 
+#: what `load_dataset` gives for one split (the alias is evaluated at runtime: `Union`)
+LoadedSplit = Union[SplitDataset, StreamingSplitDataset]
+
+
+@overload
+def load_dataset(
+    name: str,
+    split: str,
+    root: str | os.PathLike[str] | None = ...,
+    modality: str = ...,
+    backbone: str = ...,
+    num_frames: int | None = ...,
+    sampling: str = ...,
+    transform: Callable | None = ...,
+    streaming: Literal[False] = ...,
+    seed: int | None = ...,
+    shuffle_buffer: int = ...,
+    rank: int | None = ...,
+    world_size: int | None = ...,
+    dtype: torch.dtype = ...,
+    arrow_cache: bool = ...,
+) -> SplitDataset: ...
+
+
+@overload
+def load_dataset(
+    name: str,
+    split: str,
+    root: str | os.PathLike[str] | None = ...,
+    modality: str = ...,
+    backbone: str = ...,
+    num_frames: int | None = ...,
+    sampling: str = ...,
+    transform: Callable | None = ...,
+    *,
+    streaming: Literal[True],
+    seed: int | None = ...,
+    shuffle_buffer: int = ...,
+    rank: int | None = ...,
+    world_size: int | None = ...,
+    dtype: torch.dtype = ...,
+    arrow_cache: bool = ...,
+) -> StreamingSplitDataset: ...
+
+
+@overload
+def load_dataset(
+    name: str,
+    split: None = ...,
+    root: str | os.PathLike[str] | None = ...,
+    modality: str = ...,
+    backbone: str = ...,
+    num_frames: int | None = ...,
+    sampling: str = ...,
+    transform: Callable | None = ...,
+    streaming: Literal[False] = ...,
+    seed: int | None = ...,
+    shuffle_buffer: int = ...,
+    rank: int | None = ...,
+    world_size: int | None = ...,
+    dtype: torch.dtype = ...,
+    arrow_cache: bool = ...,
+) -> dict[str, SplitDataset]: ...
+
+
+@overload
+def load_dataset(
+    name: str,
+    split: None = ...,
+    root: str | os.PathLike[str] | None = ...,
+    modality: str = ...,
+    backbone: str = ...,
+    num_frames: int | None = ...,
+    sampling: str = ...,
+    transform: Callable | None = ...,
+    *,
+    streaming: Literal[True],
+    seed: int | None = ...,
+    shuffle_buffer: int = ...,
+    rank: int | None = ...,
+    world_size: int | None = ...,
+    dtype: torch.dtype = ...,
+    arrow_cache: bool = ...,
+) -> dict[str, StreamingSplitDataset]: ...
+
+
+@overload
+def load_dataset(
+    name: str,
+    split: str | None = ...,
+    root: str | os.PathLike[str] | None = ...,
+    modality: str = ...,
+    backbone: str = ...,
+    num_frames: int | None = ...,
+    sampling: str = ...,
+    transform: Callable | None = ...,
+    streaming: bool = ...,
+    seed: int | None = ...,
+    shuffle_buffer: int = ...,
+    rank: int | None = ...,
+    world_size: int | None = ...,
+    dtype: torch.dtype = ...,
+    arrow_cache: bool = ...,
+) -> LoadedSplit | dict[str, SplitDataset] | dict[str, StreamingSplitDataset]: ...
+
+
 def load_dataset(
     name: str,
     split: str | None = None,
-    root=None,
+    root: str | os.PathLike[str] | None = None,
     modality: str = "features",
     backbone: str = "resnet152",
     num_frames: int | None = None,
@@ -71,7 +180,7 @@ def load_dataset(
     world_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     arrow_cache: bool = False,
-):
+) -> LoadedSplit | dict[str, SplitDataset] | dict[str, StreamingSplitDataset]:
     """Load a split of MRW, TGIF or COCO from the shards under `root` (no copy is made).
 
     Args:
@@ -125,7 +234,7 @@ def load_dataset(
         raise UsageError(f"seed must be an integer or None, got {seed!r}")
     if not isinstance(arrow_cache, bool):
         raise UsageError(f"arrow_cache must be True or False, got {arrow_cache!r}")
-    options = dict(
+    options: dict[str, Any] = dict(
         root=root,
         modality=modality,
         backbone=backbone,
@@ -158,7 +267,7 @@ def load_dataset(
     positions = np.concatenate(
         [np.arange(a, max(a, b), dtype=np.int64) for _, a, b in ranges]
     ).astype(np.int64)
-    common = dict(
+    common: dict[str, Any] = dict(
         name=name,
         spec=str(split),
         modality=modality,

@@ -7,6 +7,7 @@ import io
 import os
 import random
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,10 @@ from mrw.loader.buffers import convert
 from mrw.loader.index import PER_ITEM_NUMBERS, STAGE_COLUMNS, SplitIndex
 from mrw.loader.rowgroups import OpenFiles, RowGroup, rows_of, scan
 from mrw.loader.sampling import EDGE_FRAMES, sample_frame_indices
+
+if TYPE_CHECKING:
+    import pandas
+    from typing_extensions import Self
 
 #: what `features` says of each column an item may have
 _DESCRIPTIONS = {
@@ -97,7 +102,12 @@ class SplitBase:
             batch_transform=self._batch_transform,
         )
 
-    def _view(self, which=None, positions=None, **changes):
+    def _view(
+        self,
+        which: np.ndarray | None = None,
+        positions: np.ndarray | None = None,
+        **changes: Any,
+    ) -> Self:
         """A dataset of the same kind over other items of the same indexes (no data copied)."""
         view = type(self).__new__(type(self))
         view.__dict__.update(self.__dict__)
@@ -200,7 +210,7 @@ class SplitBase:
         whole = pa.concat_tables(tables, promote_options="default")
         return whole.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
-    def to_pandas(self):
+    def to_pandas(self) -> pandas.DataFrame:
         """The items' metadata, one row per item in order: every catalog column, `split`, and the
         stage's per-item numbers (`num_frames`, `fps`, ...); no media."""
         index = self._indexes[0]
@@ -217,7 +227,7 @@ class SplitBase:
             descriptor = load_descriptor(self.name)
         except (OSError, ValueError):
             descriptor = None
-        splits = {}
+        splits: dict[str, dict] = {}
         for index in self._indexes:
             splits.setdefault(
                 index.split, dict(index.counts, selected=0, stage_settings=index.manifest)
@@ -246,7 +256,7 @@ class SplitBase:
         )
         return self._finish(self._make_item(index, pos, group, int(index.row_in_group[pos])), k)
 
-    def _read_runs(self, jobs):
+    def _read_runs(self, jobs: list[tuple]) -> Iterator[tuple[tuple, RowGroup, list[int]]]:
         """Sequential reading: for each job `(index, shard, first, last, positions)` in turn,
         row groups `first..last` of the shard (converted) and where each of `positions` sits
         in them. pyarrow's scanner reads the next row groups on its own threads meanwhile."""
@@ -273,7 +283,16 @@ class SplitBase:
         return item
 
     # -- making one item ---------------------------------------------------------------------
-    def _features(self, group: RowGroup, column: str, row: int, shape, index, item_id, select):
+    def _features(
+        self,
+        group: RowGroup,
+        column: str,
+        row: int,
+        shape: tuple[int, int],
+        index: SplitIndex,
+        item_id: str,
+        select: torch.Tensor | None,
+    ) -> torch.Tensor:
         """A row's float16 matrix as `self.dtype` (only the `select` rows, if given). Sequential
         reading hands out views into the row group's converted rows, each row once, so that no
         two items share memory and an in-place transform never sees its own output."""
@@ -298,7 +317,9 @@ class SplitBase:
             return chosen[random.randrange(len(chosen))]
         return chosen[0]
 
-    def _catalog_of(self, index: SplitIndex, pos: int, group: RowGroup, row: int):
+    def _catalog_of(
+        self, index: SplitIndex, pos: int, group: RowGroup, row: int
+    ) -> tuple[str, str | None, list[str], list[int]]:
         """(id in the catalog, id in the shard row, sentences, protocol sentences) of an item."""
         cat_row = int(index.rows[pos])
         if not group.indexed:
@@ -312,10 +333,10 @@ class SplitBase:
         if group.catalog is None:  # every row of the table at once
             shard = int(index.shard[pos])
             start = int(index.shard_start[shard] + index.group_start[shard][group.first_group])
-            rows = index.row_catalog[start : start + group.table.num_rows]
-            taken = index.catalog.take(pa.array(np.maximum(rows, 0)))
+            cat_rows = index.row_catalog[start : start + group.table.num_rows]
+            taken = index.catalog.take(pa.array(np.maximum(cat_rows, 0)))
             group.catalog = (
-                rows.tolist(),
+                cat_rows.tolist(),
                 taken.column("id").to_pylist(),
                 taken.column("sentences").to_pylist(),
                 taken.column("protocol_sentences").to_pylist(),
@@ -332,7 +353,7 @@ class SplitBase:
                 f"found {stored_id!r}; the shards changed after the split was opened"
             )
         n = self._sentence_choice(protocol or [0])
-        item = {
+        item: dict[str, Any] = {
             "id": item_id,
             "sentences": sentences,
             "sentence": sentences[n],
@@ -382,7 +403,15 @@ class SplitBase:
             item[self.modality] = self.transform(item[self.modality])
         return item
 
-    def _frames(self, group: RowGroup, row: int, total: int, idx, index, item_id) -> torch.Tensor:
+    def _frames(
+        self,
+        group: RowGroup,
+        row: int,
+        total: int,
+        idx: list[int] | None,
+        index: SplitIndex,
+        item_id: str,
+    ) -> torch.Tensor:
         if not total:
             height, width = group.scalar("height", row), group.scalar("width", row)
             return torch.zeros((0, int(height), int(width), 3), dtype=torch.uint8)
@@ -393,7 +422,7 @@ class SplitBase:
         )
 
 
-def _decode_jpeg(data: bytes, index, item_id) -> np.ndarray:
+def _decode_jpeg(data: bytes, index: SplitIndex, item_id: str) -> np.ndarray:
     from PIL import Image
 
     try:

@@ -107,10 +107,10 @@ def half_view(buf: pa.Buffer | None) -> torch.Tensor | None:
         return torch.from_numpy(np.frombuffer(buf, dtype=np.float16))
 
 
-def binary_views(arr: pa.Array):
+def binary_views(arr: pa.Array) -> tuple[torch.Tensor | None, np.ndarray]:
     """(float16 tensor over a binary array's data buffer, byte offsets per row); the tensor is
     None if no view can be made (odd offsets, nulls), and rows are then read one by one."""
-    width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    width: type[np.signedinteger] = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
     _, offsets_buf, buf = arr.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=width)[arr.offset : arr.offset + len(arr) + 1]
     if sys.byteorder != "little" or arr.null_count or buf is None or (offsets & 1).any():

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from mrw.errors import UsageError
 
+if TYPE_CHECKING:
+    from mrw.text import Vocabulary
 
-def collate_frames(batch: Sequence[dict], vocab=None) -> dict:
+
+def collate_frames(batch: Sequence[dict], vocab: Vocabulary | None = None) -> dict:
     """Collate `modality="frames"` items into one batch, in the order given.
 
     - `frames` uint8 `[B, T, H, W, 3]`: each clip padded with zeros to the batch's longest clip

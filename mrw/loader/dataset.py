@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -14,6 +14,9 @@ from mrw.errors import UsageError
 from mrw.loader.base import SplitBase
 from mrw.loader.index import PER_ITEM_NUMBERS
 from mrw.loader.rowgroups import sequential_runs
+
+if TYPE_CHECKING:
+    import datasets
 
 #: columns `ds[name]` and `filter(input_columns=...)` read without reading any media
 _METADATA = ("id", "sentences", "protocol_sentences", "url", "split", *PER_ITEM_NUMBERS)
@@ -42,7 +45,7 @@ class SplitDataset(SplitBase, Dataset):
         return self._base_columns()
 
     # -- indexing ------------------------------------------------------------------------------
-    def __getitem__(self, key):
+    def __getitem__(self, key: int | str | slice | Iterable[int]) -> Any:
         if isinstance(key, str):
             return self._column(key)
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
@@ -67,14 +70,14 @@ class SplitDataset(SplitBase, Dataset):
             raise IndexError(f"index {i} out of range for {n} items")
         return k
 
-    def _indices(self, indices) -> np.ndarray:
+    def _indices(self, indices: object) -> np.ndarray:
         """Indices as an int64 array, negative ones counted from the end, each checked."""
         if isinstance(indices, np.ndarray):
             arr = indices
         elif hasattr(indices, "tolist") and not isinstance(indices, (list, tuple)):
             arr = np.asarray(indices.tolist())  # a tensor
         else:
-            arr = np.asarray(list(indices))
+            arr = np.asarray(list(cast(Iterable[int], indices)))  # else list() raises TypeError
         if arr.size == 0:
             return np.zeros(0, np.int64)
         if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer) or arr.ndim != 1:
@@ -163,7 +166,9 @@ class SplitDataset(SplitBase, Dataset):
         maps = tuple((f, rm, None if at is None else at[ks]) for f, rm, at in self._maps)
         return self._view(self._which[ks], self._pos[ks], maps=maps)
 
-    def shuffle(self, seed: int | None = None, generator: np.random.Generator | None = None):
+    def shuffle(
+        self, seed: int | None = None, generator: np.random.Generator | None = None
+    ) -> SplitDataset:
         """The items in a random order: HF's, `np.random.default_rng(seed).permutation(n)`."""
         rng = generator if generator is not None else np.random.default_rng(seed)
         return self.select(rng.permutation(len(self)))
@@ -223,8 +228,11 @@ class SplitDataset(SplitBase, Dataset):
             raise UsageError(f"test_size + train_size = {test_size + train_size} exceeds 1")
         n_test = math.ceil(test_size * n) if isinstance(test_size, float) else test_size
         n_train = math.floor(train_size * n) if isinstance(train_size, float) else train_size
-        n_train = n - n_test if n_train is None else n_train
-        n_test = n - n_train if n_test is None else n_test
+        if n_test is None:
+            assert n_train is not None  # test_size defaults when neither size is given
+            n_test = n - n_train
+        elif n_train is None:
+            n_train = n - n_test
         if n_train + n_test > n:
             raise UsageError(
                 f"train ({n_train}) and test ({n_test}) items exceed the {n} there are"
@@ -259,7 +267,7 @@ class SplitDataset(SplitBase, Dataset):
         a batch (a dict of lists; `ds[i]` passes a batch of one) and returns one."""
         return self._view(batch_transform=transform)
 
-    def to_hf(self, cache_dir: str | None = None):
+    def to_hf(self, cache_dir: str | None = None) -> datasets.Dataset:
         """A `datasets.Dataset` (Hugging Face) of the same items over the same shards; see
         `mrw.loader.hf.as_hf_dataset`."""
         from mrw.loader.hf import as_hf_dataset

@@ -8,12 +8,19 @@ bytes, `frames` JPEG bytes, `video` bytes).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from mrw.errors import UsageError
 
+if TYPE_CHECKING:
+    import datasets
 
-def as_hf_dataset(ds, cache_dir: str | None = None):
+    from mrw.loader.dataset import SplitDataset
+
+
+def as_hf_dataset(ds: SplitDataset, cache_dir: str | None = None) -> datasets.Dataset:
     """The items of a `SplitDataset`, in its order, as a `datasets.Dataset`."""
     try:
         import datasets

@@ -3,6 +3,7 @@ where that row sits (shard, row group, row), read from the `id` column and the f
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -41,7 +42,13 @@ def stage_command(dataset: str, split: str, modality: str, backbone: str = "resn
     return f"mrw extract-features --dataset {dataset} --split {split}{extra}"
 
 
-def stage_dir(root, dataset: str, split: str, modality: str, backbone: str = "resnet152") -> Path:
+def stage_dir(
+    root: str | os.PathLike[str] | None,
+    dataset: str,
+    split: str,
+    modality: str,
+    backbone: str = "resnet152",
+) -> Path:
     """The folder of a split's shards for a modality."""
     if modality == "video":
         return paths.videos_dir(root, dataset, split)
@@ -51,7 +58,11 @@ def stage_dir(root, dataset: str, split: str, modality: str, backbone: str = "re
 
 
 def _source_dir(
-    root, dataset: str, split: str, modality: str, manifest: dict | None
+    root: str | os.PathLike[str] | None,
+    dataset: str,
+    split: str,
+    modality: str,
+    manifest: dict | None,
 ) -> Path | None:
     """The stage a stage was built from (videos for frames; frames or videos for features)."""
     if modality == "video":
@@ -61,7 +72,9 @@ def _source_dir(
     return paths.videos_dir(root, dataset, split)
 
 
-def unreadable_shard(path, error: BaseException, dataset: str, split: str, command: str) -> str:
+def unreadable_shard(
+    path: str | os.PathLike[str], error: BaseException, dataset: str, split: str, command: str
+) -> str:
     """One line for a shard that is not (or no longer) a readable Parquet file."""
     reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
     return (
@@ -70,7 +83,9 @@ def unreadable_shard(path, error: BaseException, dataset: str, split: str, comma
     )
 
 
-def _open_shard(path: Path, needed: list[str], modality: str, dataset: str, split: str, command):
+def _open_shard(
+    path: Path, needed: list[str], modality: str, dataset: str, split: str, command: str
+) -> tuple[pq.ParquetFile, pa.ChunkedArray, np.ndarray]:
     """(ParquetFile, its id column, rows per row group) of one shard, or one clear error."""
     try:
         pf = pq.ParquetFile(path)
@@ -139,7 +154,14 @@ class SplitIndex:
         return int(end - starts[group])
 
     @classmethod
-    def open(cls, root, dataset: str, split: str, modality: str, backbone: str) -> SplitIndex:
+    def open(
+        cls,
+        root: str | os.PathLike[str] | None,
+        dataset: str,
+        split: str,
+        modality: str,
+        backbone: str,
+    ) -> SplitIndex:
         catalog = read_catalog(
             root, dataset, split, columns=["id", "sentences", "protocol_sentences"]
         )

@@ -6,8 +6,10 @@ from __future__ import annotations
 import itertools
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +44,8 @@ class RowGroup:
         self.first_group = first_group
         self.indexed = indexed
         self.prepared = False
-        self.catalog = None  # (catalog rows, ids, sentences, protocol sentences), when prepared
+        # (catalog rows, ids, sentences, protocol sentences), when prepared
+        self.catalog: tuple[list, list, list, list] | None = None
         self.handed: set = set()  # (column, row) whose converted view an item holds
         self._whole: dict = {}  # float16 column -> [rows, dim] views of every row converted
 
@@ -59,7 +62,7 @@ class RowGroup:
         }
 
     @cached_property
-    def _stamps(self):
+    def _stamps(self) -> tuple[np.ndarray, np.ndarray]:
         arr = one_chunk(self.table.column("timestamps"))
         return arr.flatten().to_numpy(zero_copy_only=False), arr.offsets.to_numpy()
 
@@ -71,7 +74,7 @@ class RowGroup:
         values, offsets = self._stamps
         return values[offsets[row] : offsets[row + 1]]
 
-    def scalar(self, name: str, row: int):
+    def scalar(self, name: str, row: int) -> Any:
         return self.table.column(name)[row].as_py()
 
     def binary(self, name: str, row: int) -> pa.Buffer | None:
@@ -122,8 +125,9 @@ class RowGroup:
         rows = len(dims)
         counts = np.full(rows, 49) if name == "grid" else np.asarray(self.counts["num_frames"])
         sizes = np.concatenate([np.diff(offsets) for _, offsets in chunks] or [np.zeros(0)])
+        views = [data for data, _ in chunks if data is not None]
         if not (
-            all(data is not None for data, _ in chunks)
+            len(views) == len(chunks)
             and rows
             and (dims == dims[0]).all()
             and dims[0] > 0
@@ -131,7 +135,10 @@ class RowGroup:
         ):
             return None
         whole = converted(
-            [data[int(offsets[0]) >> 1 : int(offsets[-1]) >> 1] for data, offsets in chunks],
+            [
+                data[int(offsets[0]) >> 1 : int(offsets[-1]) >> 1]
+                for data, (_, offsets) in zip(views, chunks)
+            ],
             dtype,
             spare,
         )
@@ -192,13 +199,13 @@ class OpenFiles:
         self.pid = os.getpid()
         self.max_open = max_open
         self.files: OrderedDict[str, object] = OrderedDict()
-        self.last_key = None
+        self.last_key: tuple[str, int, tuple[str, ...], bool] | None = None
         self.last_group: RowGroup | None = None
         # shard -> [its Arrow copy's reader, then each row group, made on first use]
         self.batches: dict[str, list] = {}
         self.spare = Spare()  # conversion buffers for sequential reading
 
-    def _open(self, key: str, opener):
+    def _open(self, key: str, opener: Callable[[], Any]) -> Any:
         handle = self.files.pop(key, None) or opener()
         self.files[key] = handle
         while len(self.files) > self.max_open:
@@ -209,7 +216,7 @@ class OpenFiles:
     def row_group(self, index: SplitIndex, shard: int, group: int, arrow: bool) -> RowGroup:
         path = index.shard_paths[shard]
         key = (path, group, tuple(index.columns), arrow)
-        if key == self.last_key:
+        if key == self.last_key and self.last_group is not None:
             return self.last_group
         try:
             if arrow:
@@ -236,7 +243,9 @@ class OpenFiles:
 
 
 # -- sequential reading ------------------------------------------------------------------------
-def sequential_runs(index: SplitIndex, positions: np.ndarray):
+def sequential_runs(
+    index: SplitIndex, positions: np.ndarray
+) -> Iterator[tuple[int, int, int, np.ndarray]]:
     """Cut positions (in reading order) into runs that lie in one shard within
     SEQUENTIAL_GROUPS consecutive row groups: (shard, first group, last group, positions)."""
     shards, groups = index.shard[positions], index.row_group[positions]
@@ -250,7 +259,7 @@ def sequential_runs(index: SplitIndex, positions: np.ndarray):
         i = j
 
 
-def scan(jobs: list):
+def scan(jobs: list[tuple]) -> Iterator[tuple[tuple, pa.Table]]:
     """`(job, table)` for each job `(index, shard, first, last, positions, ...)`, in order: row groups
     `first..last` of that shard, with the index's columns. pyarrow's dataset scanner reads them
     on its own threads, SEQUENTIAL_GROUPS row groups ahead, without the GIL, while the caller
@@ -260,7 +269,9 @@ def scan(jobs: list):
 
     filesystem, fmt = pafs.LocalFileSystem(use_mmap=True), pads.ParquetFileFormat()
 
-    def scanned(index, part):  # a generator, so that opening errors surface where reads do
+    def scanned(
+        index: SplitIndex, part: list[tuple]
+    ) -> Iterator[pa.RecordBatch]:  # a generator, so that opening errors surface where reads do
         fragments = [
             fmt.make_fragment(
                 index.shard_paths[s], filesystem=filesystem, row_groups=list(range(first, last + 1))
@@ -278,8 +289,8 @@ def scan(jobs: list):
             use_threads=True,
         )
 
-    for _, part in itertools.groupby(jobs, key=lambda job: id(job[0])):
-        part = list(part)
+    for _, run_jobs in itertools.groupby(jobs, key=lambda job: id(job[0])):
+        part = list(run_jobs)
         index = part[0][0]
         batches = scanned(index, part)
         for job in part:

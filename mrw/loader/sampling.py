@@ -30,10 +30,10 @@ def sample_frame_indices(
         return []
     if num_frames is None:
         return list(range(total))
-    rng = rng or random
+    randint = (rng or random).randint
     if sampling == "random":
-        skip = rng.randint(1, MAX_RANDOM_SKIP)
-        start = rng.randint(0, max(0, total - skip * num_frames))
+        skip = randint(1, MAX_RANDOM_SKIP)
+        start = randint(0, max(0, total - skip * num_frames))
         idx = list(range(start, min(total, start + skip * num_frames), skip))
     else:
         start, end = (edge, total - edge) if total > 2 * edge else (0, total)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,10 +26,17 @@ def distributed_slot() -> tuple[int, int] | None:
     return None
 
 
-def _check_count(label: str, value, minimum: int) -> int:
+def _check_count(label: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise UsageError(f"{label} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _fresh_seed() -> int:
+    """A seed from fresh OS entropy, in 63 bits."""
+    entropy = np.random.SeedSequence().entropy
+    assert isinstance(entropy, int)  # an int whenever SeedSequence draws it itself
+    return entropy % 2**63
 
 
 class StreamingSplitDataset(SplitBase, IterableDataset):
@@ -47,13 +55,13 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
 
     def __init__(
         self,
-        *args,
+        *args: Any,
         seed: int | None = 0,
         shuffle_buffer: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.shuffle_buffer = _check_count("shuffle_buffer", shuffle_buffer, 0)
         if (rank is None) != (world_size is None):
@@ -63,10 +71,11 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
             rank = _check_count("rank", rank, 0)
             if rank >= world_size:
                 raise UsageError(f"rank {rank} is not within world_size {world_size}")
-        self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self.seed = int(seed) if seed is not None else _fresh_seed()
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self._start, self._length = 0, None  # skip / take
+        self._start = 0  # skip / take
+        self._length: int | None = None
         self._seen_distributed = distributed_slot()
         self._units = self._make_units()
 
@@ -105,7 +114,7 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
         `IterableDataset.shuffle`; both seeded by `seed + epoch`."""
         view = self._view()
         view.shuffle_buffer = _check_count("buffer_size", buffer_size, 1)
-        view.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        view.seed = int(seed) if seed is not None else _fresh_seed()
         return view
 
     def skip(self, n: int) -> StreamingSplitDataset:
@@ -133,7 +142,7 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
     # -- dealing ---------------------------------------------------------------------------
     def _slot(self) -> tuple[int, int]:
         """(this reader's slot, slots): one per (rank, DataLoader worker) pair."""
-        if self.rank is not None:
+        if self.rank is not None and self.world_size is not None:  # both or neither
             rank, world = self.rank, self.world_size
         else:
             rank, world = distributed_slot() or self._seen_distributed or (0, 1)
@@ -167,7 +176,8 @@ class StreamingSplitDataset(SplitBase, IterableDataset):
             self._seen_distributed = distributed_slot() or self._seen_distributed
         slot, slots = self._slot()
         units = self._my_units(slot, slots)
-        jobs = []  # consecutive row groups of a shard travel together, SEQUENTIAL_GROUPS at most
+        # consecutive row groups of a shard travel together, SEQUENTIAL_GROUPS at most
+        jobs: list[tuple[int, int, int, int, np.ndarray]] = []
         for k, s, g, pos in units:
             last = jobs[-1] if jobs else None
             if (

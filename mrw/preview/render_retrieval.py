@@ -3,6 +3,7 @@ shown item its top sentences, the right answers outlined and the right answer's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,7 +51,9 @@ def _score(c: dict) -> str:
     return "" if c["score"] is None else f" · score {c['score']:.4f}"
 
 
-def _t2i_html(q: Shown, sentence, asset_of, made) -> str:
+def _t2i_html(
+    q: Shown, sentence: Callable[[str], str], asset_of: dict[str, str], made: set[str]
+) -> str:
     hits = "".join(
         f'<div class="hit{" right" if c["right"] else ""}" data-id="{esc(c["id"])}" '
         f'data-position="{p + 1}">{_strip(c["id"], asset_of, made)}'
@@ -71,7 +74,9 @@ def _t2i_html(q: Shown, sentence, asset_of, made) -> str:
     )
 
 
-def _i2t_html(q: Shown, sentence, asset_of, made) -> str:
+def _i2t_html(
+    q: Shown, sentence: Callable[[str], str], asset_of: dict[str, str], made: set[str]
+) -> str:
     hits = "".join(
         f'<li class="hit{" right" if c["right"] else ""}" data-id="{esc(c["id"])}" '
         f'data-position="{p + 1}">{esc(sentence(c["id"]))} <code>{esc(c["id"])}</code>'

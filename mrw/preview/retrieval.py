@@ -8,6 +8,7 @@ list their top candidates.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,12 +134,14 @@ class _Scorer:
         col = self.sentence_rows[sentence]
         if self.scores is not None:
             return np.asarray(self.scores[:, col], dtype=np.float64)[self.item_rows]
+        assert self.items is not None and self.sentences is not None  # embeddings, if no scores
         return self._max_products(self.sentences[col], self.items, self.item_rows)
 
     def sentences_for(self, item: int) -> np.ndarray:
         row = self.item_rows[item]
         if self.scores is not None:
             return np.asarray(self.scores[row], dtype=np.float64)[self.sentence_rows]
+        assert self.items is not None and self.sentences is not None  # embeddings, if no scores
         return self._max_products(self.items[row], self.sentences, self.sentence_rows)
 
 
@@ -173,7 +176,9 @@ def _all_ranks(ranks: Ranks) -> list[int | None]:
     return [int(r) + 1 if e else None for r, e in zip(ranks.lo, exact)]
 
 
-def _kept_ground_truth(preds: dict, results: dict, root) -> GroundTruth:
+def _kept_ground_truth(
+    preds: dict, results: dict, root: str | os.PathLike[str] | None
+) -> GroundTruth:
     """The items the evaluator ranked: the split's, less those the submission left out."""
     gt = load_ground_truth(root, results["dataset"], results["split"])
     if "coverage" in results:
@@ -191,8 +196,8 @@ def _kept_ground_truth(preds: dict, results: dict, root) -> GroundTruth:
 
 
 def retrieve(
-    preds_path,
-    root=None,
+    preds_path: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
     dataset: str | None = None,
     queries: int = 10,
     seed: int = 0,
@@ -242,16 +247,16 @@ def retrieve(
                 for c in _top(scores, right, TOP_K)
             ]
             i2t.append(Shown(gt.item_ids[q], why, *_rank_of(i2t_ranks, q), top))
-    for q in t2i:
-        q.answers = (
+    for shown in t2i:
+        shown.answers = (
             []
-            if any(c["right"] for c in q.top)
-            else [gt.item_ids[owner[gt.sentence_index[q.query]]]]
+            if any(c["right"] for c in shown.top)
+            else [gt.item_ids[owner[gt.sentence_index[shown.query]]]]
         )
-    for q in i2t:
-        if not any(c["right"] for c in q.top):
-            n = gt.item_index[q.query]
-            q.answers = gt.sentence_ids[gt.sentence_range(slice(n, n + 1))]
+    for shown in i2t:
+        if not any(c["right"] for c in shown.top):
+            n = gt.item_index[shown.query]
+            shown.answers = gt.sentence_ids[gt.sentence_range(slice(n, n + 1))]
     for shown in (*t2i, *i2t):
         for c in shown.top:
             c["right"] = bool(c["right"])

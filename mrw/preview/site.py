@@ -61,7 +61,9 @@ class PreviewReport:
 
 
 # -- what the split holds --------------------------------------------------------------------
-def item_statuses(root, dataset: str, split: str) -> dict[str, ItemStatus]:
+def item_statuses(
+    root: str | os.PathLike[str] | None, dataset: str, split: str
+) -> dict[str, ItemStatus]:
     """Per id, its download status, overridden by a frames failure (a clip that did not decode)."""
     out: dict[str, ItemStatus] = {}
     for stage, folder in (
@@ -270,15 +272,15 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def build_preview(
-    root=None,
+    root: str | os.PathLike[str] | None = None,
     dataset: str | None = None,
     split: str | None = None,
-    out=None,
+    out: str | os.PathLike[str] | None = None,
     limit: int | None = None,
     seed: int = 0,
     failed_only: bool = False,
     page_size: int = DEFAULT_PAGE_SIZE,
-    preds=None,
+    preds: str | os.PathLike[str] | None = None,
     queries: int = 10,
     plot: bool = False,
     allow_missing: bool = False,

@@ -7,9 +7,11 @@ follow the number of items shown, not the size of the split.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,7 +46,7 @@ class StripWork:
     strips_failed: int = 0
 
 
-def media_source(root, dataset: str, split: str) -> tuple[str, Path]:
+def media_source(root: str | os.PathLike[str] | None, dataset: str, split: str) -> tuple[str, Path]:
     """The frame shards when frames were extracted, else the video shards."""
     frames = paths.frames_dir(root, dataset, split)
     if shards.data_shards(frames):
@@ -155,7 +157,8 @@ def write_strips(
     groups = _rows_by_group(wanted, places)
     files: dict[Path, pq.ParquetFile] = {}
 
-    def jobs() -> Iterator[tuple[str, object, tuple]]:
+    # a job's blob: a clip's list of JPEG frames, or its media file's bytes, by `source`
+    def jobs() -> Iterator[tuple[str, Any, tuple]]:
         for shard, g, rows in groups:
             if shard not in files:
                 files.clear()  # groups come shard by shard: one file open at a time
@@ -169,7 +172,7 @@ def write_strips(
                 yield item_id, blobs[r].as_py(), extra
             del table, blobs
 
-    def make(job: tuple[str, object, tuple]) -> tuple[str, bytes | None, str | None]:
+    def make(job: tuple[str, Any, tuple]) -> tuple[str, bytes | None, str | None]:
         item_id, blob, extra = job
         try:
             if source == "frames":
