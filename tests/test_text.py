@@ -325,7 +325,11 @@ def test_build_vocab_command(tmp_path):
     write_catalog(rows, tmp_path, "tgif", "train")
     runner = CliRunner()
     result = runner.invoke(
-        main, ["build-vocab", "--root", str(tmp_path), "--dataset", "tgif", "--min-count", "2"]
+        main,
+        [
+            *["build-vocab", "--root", str(tmp_path), "--dataset", "tgif"],
+            *["--split", "train", "--min-count", "2"],
+        ],
     )
     assert result.exit_code == 0, result.output
     written = Vocabulary.load(tmp_path / "tgif" / "vocab-train.json")
@@ -339,6 +343,8 @@ def test_build_vocab_command(tmp_path):
             str(tmp_path),
             "--dataset",
             "tgif",
+            "--split",
+            "train",
             "--protocol-only",
             "--out",
             str(out),

@@ -42,6 +42,7 @@ class _Group(click.Group):
 
 
 @click.group(
+    "mrw",
     cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
 )

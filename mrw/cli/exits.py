@@ -114,6 +114,4 @@ def one_line(error: click.UsageError) -> click.UsageError:
     """`error` to be shown on one line; the bare command's help stays the help."""
     if isinstance(error, (OneLineUsageError, *_SHOWN_AS_HELP)):
         return error
-    shown = OneLineUsageError(error.format_message(), error.ctx)
-    shown.exit_code = error.exit_code
-    return shown
+    return OneLineUsageError(error.format_message(), error.ctx)
