@@ -385,8 +385,8 @@ def test_reference_vocabulary_of_mrw_applies_its_rewrites_in_order(tmp_path):
         *["mrw", "when", "funny", "hits", "all", "mfw", "spez", "and", "me", "hehis"],
         *["well", "known", "look", "a", "cat", "dog"],
     ]
-    # the default stays the train split, most frequent first, no rewrites
-    assert _build_vocab("--root", tmp_path, "--dataset", "mrw").exit_code == 0
+    # the train split alone: most frequent first, no rewrites
+    assert _build_vocab("--root", tmp_path, "--dataset", "mrw", "--split", "train").exit_code == 0
     train = Vocabulary.load(tmp_path / "mrw" / "vocab-train.json")
     assert "hits" in train and "mfw" not in train and "all" not in train
     assert _build_vocab("--root", tmp_path, "--reference", "--split", "val").exit_code == 2
