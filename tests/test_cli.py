@@ -89,7 +89,7 @@ def test_help_shows_every_default_and_range(name):
                 continue
             if option.default is not None or isinstance(option.show_default, str):
                 assert "default: " in extra, (name, option.opts, extra)
-            if isinstance(option.type, click.IntRange | click.FloatRange):
+            if isinstance(option.type, (click.IntRange, click.FloatRange)):
                 assert "x" in extra.split("default:")[-1], (name, option.opts, extra)
 
 

@@ -10,16 +10,18 @@ from mrw.cli.options import (
     SPLIT,
     BoundedInt,
     common_options,
+    dataset_option,
     deprecated_spelling,
     merge_spelling,
-    typed,
+    root_option,
 )
 from mrw.errors import UsageError
 
 
 # -- evaluate ---------------------------------------------------------------------------------
 @click.command()
-@common_options
+@root_option
+@dataset_option(None, "the submission's", "Which dataset: the submission's must be this one.")
 @click.argument("preds")
 @click.option(
     "--json-out",
@@ -50,12 +52,10 @@ from mrw.errors import UsageError
     help="Evaluate the submitted items alone when some of the split's are missing "
     "(items the pipeline failed on are left out without it).",
 )
-@click.pass_context
 @handle_errors
 def evaluate(
-    ctx: click.Context,
     root: str,
-    dataset: str,
+    dataset: str | None,
     preds: str,
     json_out: str | None,
     json_out_deprecated: str | None,
@@ -71,11 +71,10 @@ def evaluate(
 
     json_out = merge_spelling(json_out, json_out_deprecated, "--json-out", "--json")
     plot_out = merge_spelling(plot_out, plot_out_deprecated, "--plot-out", "--plot")
-    # the submission names its dataset; --dataset, when typed, must agree with it
     run_evaluate(
         preds,
         root=root,
-        dataset=dataset if typed(ctx, "dataset") else None,
+        dataset=dataset,
         json_out=json_out,
         leaderboard=leaderboard,
         plot=plot_out,

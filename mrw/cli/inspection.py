@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from mrw.cli.exits import handle_errors
-from mrw.cli.options import SPLIT, BoundedInt, common_options, root_option, typed
+from mrw.cli.options import SPLIT, BoundedInt, dataset_option, root_option, typed
 from mrw.errors import UsageError
 from mrw.paths import DATASETS
 
@@ -14,13 +14,7 @@ from mrw.paths import DATASETS
 # -- info -------------------------------------------------------------------------------------
 @click.command()
 @root_option
-@click.option(
-    "--dataset",
-    type=click.Choice(DATASETS),
-    default=None,
-    show_default="all",
-    help="Only this dataset.",
-)
+@dataset_option(None, "all", "Only this dataset.")
 @click.option(
     "--split",
     type=SPLIT,
@@ -58,7 +52,10 @@ def info(root: str, dataset: str | None, split: str | None, failures: bool, as_j
 
 # -- preview ----------------------------------------------------------------------------------
 @click.command()
-@common_options
+@root_option
+@dataset_option(
+    "mrw", "mrw; with --preds: the submission's", "Which dataset (with --preds: must be its)."
+)
 @click.option(
     "--split",
     type=SPLIT,

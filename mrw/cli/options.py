@@ -125,12 +125,21 @@ def root_option(fn: F) -> F:
     )(fn)
 
 
+def dataset_option(
+    default: str | None = "mrw", shown: str | None = None, help: str = "Which dataset."
+) -> Callable[[F], F]:
+    return click.option(
+        "--dataset",
+        type=click.Choice(DATASETS),
+        default=default,
+        show_default=shown if shown is not None else True,
+        help=help,
+    )
+
+
 def common_options(fn: F) -> F:
     """`--root` and `--dataset` (one dataset, mrw unless told)."""
-    fn = click.option(
-        "--dataset", type=click.Choice(DATASETS), default="mrw", help="Which dataset."
-    )(fn)
-    return root_option(fn)
+    return root_option(dataset_option()(fn))
 
 
 def split_option(fn: F) -> F:
