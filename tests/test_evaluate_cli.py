@@ -91,7 +91,9 @@ def assert_usage_error(result, *fragments):
 
 def run_bad(root, tmp_path, preds, *fragments, extra=()):
     out_json, out_png = tmp_path / "out" / "results.json", tmp_path / "out" / "plot.png"
-    result = run(root, preds, "--json", out_json, "--plot", out_png, "--leaderboard", *extra)
+    result = run(
+        root, preds, "--json-out", out_json, "--plot-out", out_png, "--leaderboard", *extra
+    )
     assert_usage_error(result, *fragments)
     assert not out_json.exists() and not out_png.exists()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -314,7 +316,7 @@ def test_referenced_file_that_is_not_an_array(root, tmp_path, split):
 
 
 def test_output_names_are_checked_before_any_work(root, tmp_path, split):
-    result = run(root, good_preds(tmp_path / "p"), "--plot", tmp_path / "curves.jpg")
+    result = run(root, good_preds(tmp_path / "p"), "--plot-out", tmp_path / "curves.jpg")
     assert_usage_error(result, "--plot", "expected a .png")
 
 
@@ -334,7 +336,13 @@ def test_gpu_without_cuda(root, tmp_path, split):
 def test_table_json_leaderboard_and_plot(root, tmp_path, split):
     out_json, out_png = tmp_path / "o" / "results.json", tmp_path / "o" / "recall.png"
     result = run(
-        root, good_preds(tmp_path / "p"), "--json", out_json, "--leaderboard", "--plot", out_png
+        root,
+        good_preds(tmp_path / "p"),
+        "--json-out",
+        out_json,
+        "--leaderboard",
+        "--plot-out",
+        out_png,
     )
     assert result.exit_code == 0, result.output
     res = json.loads(out_json.read_text())

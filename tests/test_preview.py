@@ -423,7 +423,9 @@ def test_retrieval_ranks_are_the_evaluators_and_top5_render(sample, tmp_path):
         10,
     )
     assert run.returncode == 0, run.stderr
-    evaluated = mrw_cli("evaluate", "--root", sample["root"], preds, "--json", tmp_path / "r.json")
+    evaluated = mrw_cli(
+        "evaluate", "--root", sample["root"], preds, "--json-out", tmp_path / "r.json"
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     results = json.loads((tmp_path / "r.json").read_text())["protocols"]["full"]
     shown = json.loads((site / "retrieval.json").read_text())

@@ -325,7 +325,11 @@ def test_build_vocab_command(tmp_path):
     write_catalog(rows, tmp_path, "tgif", "train")
     runner = CliRunner()
     result = runner.invoke(
-        main, ["build-vocab", "--root", str(tmp_path), "--dataset", "tgif", "--min-count", "2"]
+        main,
+        [
+            *["build-vocab", "--root", str(tmp_path), "--dataset", "tgif"],
+            *["--split", "train", "--min-count", "2"],
+        ],
     )
     assert result.exit_code == 0, result.output
     written = Vocabulary.load(tmp_path / "tgif" / "vocab-train.json")
@@ -339,6 +343,8 @@ def test_build_vocab_command(tmp_path):
             str(tmp_path),
             "--dataset",
             "tgif",
+            "--split",
+            "train",
             "--protocol-only",
             "--out",
             str(out),
@@ -379,8 +385,8 @@ def test_reference_vocabulary_of_mrw_applies_its_rewrites_in_order(tmp_path):
         *["mrw", "when", "funny", "hits", "all", "mfw", "spez", "and", "me", "hehis"],
         *["well", "known", "look", "a", "cat", "dog"],
     ]
-    # the default stays the train split, most frequent first, no rewrites
-    assert _build_vocab("--root", tmp_path, "--dataset", "mrw").exit_code == 0
+    # the train split alone: most frequent first, no rewrites
+    assert _build_vocab("--root", tmp_path, "--dataset", "mrw", "--split", "train").exit_code == 0
     train = Vocabulary.load(tmp_path / "mrw" / "vocab-train.json")
     assert "hits" in train and "mfw" not in train and "all" not in train
     assert _build_vocab("--root", tmp_path, "--reference", "--split", "val").exit_code == 2

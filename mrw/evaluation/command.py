@@ -118,9 +118,9 @@ def run_evaluate(
 ) -> dict:
     """What `mrw evaluate` does: evaluate, print the table, then write the asked outputs."""
     if json_out is not None:
-        json_out = check_output_path(json_out, (".json",), "--json")
+        json_out = check_output_path(json_out, (".json",), "--json-out")
     if plot is not None:
-        plot = check_output_path(plot, (".png",), "--plot")
+        plot = check_output_path(plot, (".png",), "--plot-out")
     results, curves = evaluate_submission(
         preds_path, root, dataset, gpu, all_sentences, allow_missing
     )
