@@ -47,6 +47,6 @@ python -m baselines.pienet predict --checkpoint "$OUT/run" --split test --out "$
 
 step "mrw evaluate preds.json --leaderboard"
 echo "(the demo's sample split is not the published test set: the leaderboard lists it apart, unranked)"
-mrw evaluate "$OUT/preds/preds.json" --leaderboard --json "$OUT/results.json" --plot "$OUT/recall.png"
+mrw evaluate "$OUT/preds/preds.json" --leaderboard --json-out "$OUT/results.json" --plot-out "$OUT/recall.png"
 
 printf '\ndemo finished in %ss; everything is under %s\n' "$(( $(date +%s) - START ))" "$OUT"
