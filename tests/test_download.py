@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from mrw import paths, shards
-from mrw.releases import build_catalog
+from mrw.demo import FAULTS, SampleServer, write_sample_release
 from mrw.download import download_split
 from mrw.errors import UsageError
-from mrw.demo import FAULTS, SampleServer, write_sample_release
+from mrw.releases import build_catalog
 
 
 def _mrw(*args, env_root=None, **kw):

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from mrw.fetch import FetchConfig, Fetcher, looks_like_html
 from mrw.demo import FAULTS, SERVER_FAULTS, SampleServer, write_sample_release
+from mrw.fetch import FetchConfig, Fetcher, looks_like_html
 
 TIMEOUT = 3.0  # generous: the first yt-dlp page of a process costs about a second on a busy machine
 

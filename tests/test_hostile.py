@@ -28,11 +28,11 @@ from click.testing import CliRunner
 from mrw import paths, shards
 from mrw.catalog import write_catalog
 from mrw.cli import main
-from mrw.releases import build_catalog
-from mrw.releases.release import cache_key, cached_release, extract_archive, open_release
+from mrw.demo import SampleServer, write_sample_release
 from mrw.errors import FatalError, UsageError
 from mrw.fetch import FetchConfig, Fetcher, Network, is_internal
-from mrw.demo import SampleServer, write_sample_release
+from mrw.releases import build_catalog
+from mrw.releases.release import cache_key, cached_release, extract_archive, open_release
 
 REPO = Path(__file__).resolve().parent.parent
 

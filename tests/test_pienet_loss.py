@@ -24,7 +24,10 @@ def direct_score(item, sentence):
 def direct_ranking(items, sentences, margin, hardest):
     n = len(items)
     s = [[direct_score(items[i], sentences[j]) for j in range(n)] for i in range(n)]
-    hinge = lambda v: max(0.0, v)
+
+    def hinge(v):
+        return max(0.0, v)
+
     i2t = [
         [hinge(margin + s[i][j] - s[i][i]) if i != j else 0.0 for j in range(n)] for i in range(n)
     ]
@@ -49,8 +52,12 @@ def direct_diversity(residuals):
 
 
 def direct_mmd(x, y, gamma):
-    k = lambda a, b: math.exp(-gamma * float((a - b).norm()))
-    mean = lambda p, q: sum(k(a, b) for a in p for b in q) / (len(p) * len(q))
+    def k(a, b):
+        return math.exp(-gamma * float((a - b).norm()))
+
+    def mean(p, q):
+        return sum(k(a, b) for a in p for b in q) / (len(p) * len(q))
+
     return mean(x, x) - 2 * mean(x, y) + mean(y, y)
 
 

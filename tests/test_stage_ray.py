@@ -19,11 +19,11 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from mrw import paths, shards, stage  # noqa: E402
-from mrw.releases import build_catalog  # noqa: E402
+from mrw.demo import FAULTS, SampleServer, write_sample_release  # noqa: E402
 from mrw.download import download_split  # noqa: E402
 from mrw.features import FeaturesStage, extract_features  # noqa: E402
 from mrw.frames import extract_frames  # noqa: E402
-from mrw.demo import FAULTS, SampleServer, write_sample_release  # noqa: E402
+from mrw.releases import build_catalog  # noqa: E402
 from mrw.stage import Distribution, ShardsFailed, run_stage  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
