@@ -1,6 +1,10 @@
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from mrw.demo import FAULTS, SampleServer, write_sample_release
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -18,6 +22,51 @@ def root(tmp_path):
     path = tmp_path / "root"
     path.mkdir()
     return path
+
+
+def forget_requests(server: SampleServer) -> None:
+    """Forget the requests seen, so the `-then-ok` faults fail once more for the next run."""
+    with server._server._lock:
+        server._server.requests.clear()
+
+
+@pytest.fixture(scope="session")
+def fault_server(tmp_path_factory) -> Iterator[SampleServer]:
+    """One fault-injecting server on 127.0.0.1 for the session; it serves `sample_release`.
+
+    A test that serves files of its own puts them in a folder of its own under `served_root`.
+    """
+    with SampleServer(tmp_path_factory.mktemp("served")) as server:
+        yield server
+
+
+def served_root(server: SampleServer) -> Path:
+    return server._server.root
+
+
+@pytest.fixture(scope="session")
+def sample_release(fault_server) -> Path:
+    """The sample MRW release served by `fault_server`: 200 test items, every fault once.
+
+    For reading only: a test that changes it works on a copy (`shutil.copytree`).
+    """
+    return write_sample_release(
+        served_root(fault_server),
+        "mrw",
+        fault_server.url,
+        counts={"train": 0, "val": 0, "test": 200},
+        faults=list(FAULTS),
+        seed=11,
+    )
+
+
+@pytest.fixture(scope="session")
+def sample_clip(sample_release) -> str:
+    """The file name (under `media/`) of a sample release item that is served without a fault."""
+    faulty = json.loads((sample_release / "faults.json").read_text())
+    return next(
+        p.name for p in sorted((sample_release / "media").iterdir()) if p.stem not in faulty
+    )
 
 
 @pytest.fixture(scope="module")

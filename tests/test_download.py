@@ -11,12 +11,13 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import forget_requests
 
 from mrw import paths, shards
-from mrw.releases import build_catalog
+from mrw.demo import FAULTS, SampleServer, write_sample_release
 from mrw.download import download_split
 from mrw.errors import UsageError
-from mrw.demo import FAULTS, SampleServer, write_sample_release
+from mrw.releases import build_catalog
 
 
 def _mrw(*args, env_root=None, **kw):
@@ -38,34 +39,24 @@ def _rows(root, dataset="mrw", split="test"):
 
 # -- acceptance 1: 200+ items, every fault ---------------------------------------------------------
 @pytest.fixture(scope="module")
-def faulty(tmp_path_factory):
-    base = tmp_path_factory.mktemp("faulty")
-    rel = base / "rel"
-    rel.mkdir()
-    with SampleServer(rel) as srv:
-        write_sample_release(
-            rel,
-            "mrw",
-            srv.url,
-            counts={"train": 0, "val": 0, "test": 200},
-            faults=list(FAULTS),
-            seed=11,
-        )
-        root = base / "root"
-        build_catalog("mrw", "test", root=root, source=str(rel))
-        report = download_split(
-            root=root,
-            dataset="mrw",
-            split="test",
-            workers=16,
-            shard_size=64,
-            timeout=2.0,
-            retries=1,
-            max_bytes=1 << 20,
-            backoff=0.05,
-            progress=False,
-        )
-        yield rel, root, report, srv
+def faulty(tmp_path_factory, fault_server, sample_release):
+    rel, srv = sample_release, fault_server
+    forget_requests(srv)
+    root = tmp_path_factory.mktemp("faulty") / "root"
+    build_catalog("mrw", "test", root=root, source=str(rel))
+    report = download_split(
+        root=root,
+        dataset="mrw",
+        split="test",
+        workers=16,
+        shard_size=64,
+        timeout=2.0,
+        retries=1,
+        max_bytes=1 << 20,
+        backoff=0.05,
+        progress=False,
+    )
+    return rel, root, report, srv
 
 
 def test_every_fault_is_classified_and_every_ok_row_is_the_served_file(faulty):
@@ -99,7 +90,7 @@ def test_every_fault_is_classified_and_every_ok_row_is_the_served_file(faulty):
 
 
 def test_rerun_skips_complete_shards_and_changes_nothing(faulty):
-    rel, root, _, srv = faulty
+    _, root, _, srv = faulty
     stage = paths.videos_dir(root, "mrw", "test")
     before = {p.name: p.read_bytes() for p in stage.rglob("*.parquet")}
     requests_before = sum(srv.requests.values())

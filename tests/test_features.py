@@ -8,6 +8,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -248,7 +249,7 @@ def test_bad_weights_files_exit_2(tmp_path, root, clips, content, message):
 
 
 class _Mirror(BaseHTTPRequestHandler):
-    files: dict = {}
+    files: ClassVar[dict] = {}
 
     def do_GET(self):
         body = self.files.get(self.path.rsplit("/", 1)[-1])

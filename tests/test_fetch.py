@@ -3,24 +3,18 @@
 import threading
 
 import pytest
+from conftest import forget_requests
 
-from mrw.fetch import FetchConfig, Fetcher, looks_like_html
 from mrw.demo import FAULTS, SERVER_FAULTS, SampleServer, write_sample_release
+from mrw.fetch import FetchConfig, Fetcher, looks_like_html
 
 TIMEOUT = 3.0  # generous: the first yt-dlp page of a process costs about a second on a busy machine
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    out = write_sample_release(
-        tmp_path_factory.mktemp("fetch") / "rel",
-        "mrw",
-        "http://unused",
-        counts={"train": 0, "val": 0, "test": 1},
-    )
-    name = next((out / "media").iterdir()).name
-    with SampleServer(out) as srv:
-        yield srv, name, (out / "media" / name).read_bytes()
+def served(fault_server, sample_release, sample_clip):
+    forget_requests(fault_server)
+    return fault_server, sample_clip, (sample_release / "media" / sample_clip).read_bytes()
 
 
 def _fetcher(**kw):
@@ -65,7 +59,7 @@ def test_each_fault_gets_its_class_and_no_request_outlives_the_timeout(served, f
 def test_retry_after_is_honoured(served):
     import time
 
-    srv, name, body = served
+    srv, name, _ = served
     with SampleServer(srv._server.root) as fresh:  # its 429 counter starts at zero
         t0 = time.monotonic()
         res = _fetcher(backoff=0.01).fetch(f"{fresh.url}/fault/429-then-ok/media/{name}")

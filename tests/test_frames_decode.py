@@ -42,7 +42,7 @@ def make_clip(
         "duration": float(duration),
         "width": w,
         "height": h,
-        "num_frames": int(round(fps * duration)),
+        "num_frames": round(fps * duration),
     }
 
 

@@ -24,15 +24,16 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
+from conftest import served_root
 
 from mrw import paths, shards
 from mrw.catalog import write_catalog
 from mrw.cli import main
-from mrw.releases import build_catalog
-from mrw.releases.release import cache_key, cached_release, extract_archive, open_release
+from mrw.demo import SampleServer, write_sample_release
 from mrw.errors import FatalError, UsageError
 from mrw.fetch import FetchConfig, Fetcher, Network, is_internal
-from mrw.demo import SampleServer, write_sample_release
+from mrw.releases import build_catalog
+from mrw.releases.release import cache_key, cached_release, extract_archive, open_release
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,20 +128,17 @@ class Lab(Network):
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    """A served folder with one real clip, a release tarball and a big sparse file of zeros."""
-    out = write_sample_release(
-        tmp_path_factory.mktemp("hostile") / "rel",
-        "mrw",
-        "http://unused",
-        counts={"train": 0, "val": 0, "test": 1},
+def media(fault_server, sample_release, sample_clip, tmp_path_factory):
+    """The session's server and release, one of its clips, and under `hostile/` a release
+    tarball and a big sparse file of zeros."""
+    own = served_root(fault_server) / "hostile"
+    own.mkdir(exist_ok=True)
+    make_tar(
+        write_mrw_release(tmp_path_factory.mktemp("hostile") / "good"), own / "mrw-v1.0.tar.gz"
     )
-    name = next((out / "media").iterdir()).name
-    make_tar(write_mrw_release(out / "good"), out / "mrw-v1.0.tar.gz")
-    with open(out / "zeros.bin", "wb") as fh:
+    with open(own / "zeros.bin", "wb") as fh:
         fh.truncate(48 << 20)
-    with SampleServer(out) as srv:
-        yield srv, out, name
+    return fault_server, sample_release, sample_clip
 
 
 def _fetcher(network=None, **kw):
@@ -190,7 +188,7 @@ def test_download_with_slow_headers_ends_within_its_timeout(media, tmp_path):
 def test_endless_release_is_cut_at_the_cap_and_nothing_is_kept(media, tmp_path):
     srv, _, _ = media
     root = tmp_path / "root"
-    url = f"{srv.url}/fault/endless/mrw-v1.0.tar.gz"
+    url = f"{srv.url}/fault/endless/hostile/mrw-v1.0.tar.gz"
     t0 = time.monotonic()
     res = run(
         "download",
@@ -223,7 +221,7 @@ def test_trickling_release_is_cut_at_the_deadline(media, tmp_path):
         "test",
         "--catalog-only",
         "--metadata",
-        f"{srv.url}/fault/slow/mrw-v1.0.tar.gz",
+        f"{srv.url}/fault/slow/hostile/mrw-v1.0.tar.gz",
         "--metadata-timeout",
         "1.5",
     )
@@ -249,7 +247,7 @@ def test_gzip_body_is_decoded_and_its_wire_length_checked(media):
 
 def test_gzip_bomb_stops_at_the_byte_cap_without_decoding_it_all(media):
     srv, _, _ = media
-    res = _fetcher(timeout=10.0, max_bytes=1 << 20).fetch(f"{srv.url}/fault/gzip/zeros.bin")
+    res = _fetcher(timeout=10.0, max_bytes=1 << 20).fetch(f"{srv.url}/fault/gzip/hostile/zeros.bin")
     assert res.error == "too_large", res.error_text
 
 
@@ -326,7 +324,7 @@ def test_kept_alive_connection_to_an_internal_host_is_not_reused_by_a_public_url
 def test_release_redirected_to_an_internal_address_is_refused(media, loopback_only, tmp_path):
     srv, _, _ = media
     lab = Lab(srv.port, {"releases.example.com": Lab.PUBLIC})
-    url = f"http://releases.example.com:{srv.port}/fault/redirect-private/mrw-v1.0.tar.gz"
+    url = f"http://releases.example.com:{srv.port}/fault/redirect-private/hostile/mrw-v1.0.tar.gz"
     with pytest.raises(UsageError, match="blocked_redirect"):
         cached_release(url, tmp_path / "cache", "mrw-v1.0.json", network=lab)
     assert loopback_only == []
@@ -480,14 +478,18 @@ def test_release_without_its_metadata_file_or_with_a_bad_checksum_is_not_kept(me
     with SampleServer(www) as other, pytest.raises(UsageError, match="metadata file"):
         cached_release(f"{other.url}/mrw-v1.0.tar.gz", cache, "mrw-v1.0.json")
     with pytest.raises(UsageError, match="sha256"):
-        cached_release(f"{srv.url}/mrw-v1.0.tar.gz", cache, "mrw-v1.0.json", sha256="0" * 64)
+        cached_release(
+            f"{srv.url}/hostile/mrw-v1.0.tar.gz", cache, "mrw-v1.0.json", sha256="0" * 64
+        )
     with pytest.raises(FatalError, match="truncated"):
-        cached_release(f"{srv.url}/fault/truncated/mrw-v1.0.tar.gz", cache, "mrw-v1.0.json")
+        cached_release(f"{srv.url}/fault/truncated/hostile/mrw-v1.0.tar.gz", cache, "mrw-v1.0.json")
     assert not [p for p in cache.rglob("*") if p.is_file()], list(cache.rglob("*"))
     import hashlib
 
-    good = hashlib.sha256((out / "mrw-v1.0.tar.gz").read_bytes()).hexdigest()
-    folder = cached_release(f"{srv.url}/mrw-v1.0.tar.gz", cache, "mrw-v1.0.json", sha256=good)
+    good = hashlib.sha256((out / "hostile" / "mrw-v1.0.tar.gz").read_bytes()).hexdigest()
+    folder = cached_release(
+        f"{srv.url}/hostile/mrw-v1.0.tar.gz", cache, "mrw-v1.0.json", sha256=good
+    )
     assert (folder / "mrw-v1.0.json").is_file()
 
 
@@ -496,7 +498,7 @@ def test_official_release_checksum_comes_from_the_descriptor(media, tmp_path, mo
     from mrw import descriptors
 
     desc = json.loads(json.dumps(descriptors.load_descriptor("mrw")))
-    desc["release"]["url"] = f"{srv.url}/mrw-v1.0.tar.gz"
+    desc["release"]["url"] = f"{srv.url}/hostile/mrw-v1.0.tar.gz"
     desc["release"]["sha256"] = "f" * 64
     monkeypatch.setattr("mrw.descriptors.load_descriptor", lambda name: desc)
     with (

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from mrw import load_dataset, paths
-from mrw.releases import build_catalog
+from mrw.demo import SampleServer, write_sample_release
 from mrw.download import download_split
 from mrw.features import extract_features
 from mrw.frames import extract_frames
-from mrw.demo import SampleServer, write_sample_release
+from mrw.releases import build_catalog
 
 
 def _rows(folder):

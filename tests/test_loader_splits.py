@@ -5,7 +5,7 @@ and against HF's own code where it is installed."""
 import re
 
 import pytest
-from test_loader import write_split
+from test_loader_dataset import write_split
 
 from mrw import load_dataset
 from mrw.errors import UsageError

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
-from test_loader import write_split
+from test_loader_dataset import write_split
 from torch.utils.data import DataLoader
 
 from mrw import load_dataset

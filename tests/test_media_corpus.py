@@ -20,10 +20,10 @@ from media_corpus import gulpio_burst, media_corpus, probe_display, reference_re
 
 from mrw import paths, shards
 from mrw.cli import main
-from mrw.releases import build_catalog
+from mrw.demo import SampleServer
 from mrw.download import download_split
 from mrw.frames import decode_jpeg, extract_frames
-from mrw.demo import SampleServer
+from mrw.releases import build_catalog
 from mrw.validate import validate_split
 
 __all__ = ["media_corpus"]  # the fixture, imported for pytest

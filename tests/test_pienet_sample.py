@@ -17,8 +17,8 @@ import pytest
 from baselines.pienet.config import load_config
 from baselines.pienet.predict import predict
 from baselines.pienet.train import train
-from mrw.evaluate import evaluate_submission
 from mrw.demo import SampleServer, write_sample_release
+from mrw.evaluate import evaluate_submission
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from mrw import paths, shards
-from mrw.releases import build_catalog
+from mrw.demo import SampleServer, write_sample_release
 from mrw.download import download_split
 from mrw.evaluate import mean_rank, median_rank, recall_at_k
 from mrw.frames import extract_frames
 from mrw.preview import build_preview
-from mrw.demo import SampleServer, write_sample_release
+from mrw.releases import build_catalog
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from mrw import paths, shards
-from mrw.releases import build_catalog
+from mrw.demo import SampleServer, write_sample_release
 from mrw.download import download_split, error_class_matches, parse_only
 from mrw.errors import UsageError
 from mrw.features import decode_crops, extract_features, open_jpeg, preprocess, read_features
 from mrw.frames import extract_frames
-from mrw.demo import SampleServer, write_sample_release
+from mrw.releases import build_catalog
 from mrw.stage import Distribution, ShardsFailed
 
 REPO = Path(__file__).resolve().parent.parent

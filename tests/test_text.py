@@ -400,7 +400,7 @@ def test_reference_vocabulary_of_the_real_tgif_sentences(tmp_path):
     """Every sentence of every split with a catalog (here val and test, the shared sample's),
     counted here from the release files themselves."""
     from conftest import SHARED_DATA
-    from test_catalog import _tgif_release
+    from test_releases import _tgif_release
 
     tgif = SHARED_DATA / "tgif"
     if not tgif.is_dir():

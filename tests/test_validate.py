@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mrw import paths, shards
-from mrw.releases import build_catalog
-from mrw.download import PARQUET_OPTIONS, download_split
 from mrw.demo import write_sample_release
+from mrw.download import PARQUET_OPTIONS, download_split
+from mrw.releases import build_catalog
 from mrw.validate import validate_split
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from test_evaluate_cli import (
+from test_evaluation_command import (
     good_preds,
     run_bad,
     split,  # noqa: F401 (the fixture every test here uses)

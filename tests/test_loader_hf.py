@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from test_loader import DIM, f16, shard_rows, write_split
+from test_loader_dataset import DIM, f16, shard_rows, write_split
 from torch.utils.data import DataLoader
 
 from mrw import load_dataset, paths

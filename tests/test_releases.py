@@ -7,6 +7,7 @@ import os
 import tarfile
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow.parquet as pq
 import pytest
@@ -249,7 +250,7 @@ def test_dead_links_download_as_no_url_and_the_run_exits_0(tmp_path, root):
 
 
 class _CountingHandler(http.server.SimpleHTTPRequestHandler):
-    hits = []
+    hits: ClassVar[list] = []
 
     def log_message(self, *args):
         pass
@@ -463,7 +464,7 @@ def _bad(records=None, splits=None):
 
 BAD_MRW = {
     "conflicting duplicate id": (
-        _bad(MRW_RECORDS + [{"id": "a1", "sentence": "other", "url": "https://x.org/a.mp4"}]),
+        _bad([*MRW_RECORDS, {"id": "a1", "sentence": "other", "url": "https://x.org/a.mp4"}]),
         "'a1': duplicate id",
     ),
     "duplicate id in split list": (

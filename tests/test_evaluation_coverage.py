@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 from click.testing import CliRunner
-from test_evaluate import write_preds, write_split
+from test_evaluation_scoring import write_preds, write_split
 
 from mrw.cli import main
 from mrw.evaluate import evaluate_submission

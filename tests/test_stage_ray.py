@@ -18,12 +18,14 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from conftest import forget_requests  # noqa: E402
+
 from mrw import paths, shards, stage  # noqa: E402
-from mrw.releases import build_catalog  # noqa: E402
+from mrw.demo import FAULTS, SampleServer, write_sample_release  # noqa: E402
 from mrw.download import download_split  # noqa: E402
 from mrw.features import FeaturesStage, extract_features  # noqa: E402
 from mrw.frames import extract_frames  # noqa: E402
-from mrw.demo import FAULTS, SampleServer, write_sample_release  # noqa: E402
+from mrw.releases import build_catalog  # noqa: E402
 from mrw.stage import Distribution, ShardsFailed, run_stage  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,12 +51,6 @@ def _files(stage_dir: Path) -> dict:
     }
 
 
-def _reset(server: SampleServer) -> None:
-    """Forget the requests seen, so the `-then-ok` faults fail once more for the next run."""
-    with server._server._lock:
-        server._server.requests.clear()
-
-
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory):
     """24 items in 4 shards, every fault of the sample server; downloaded by the local executor."""
@@ -78,7 +74,7 @@ def faulty(tmp_path_factory):
 
 def test_download_on_ray_writes_the_bytes_of_the_local_executor(cluster, faulty, tmp_path):
     rel, local, srv = faulty
-    _reset(srv)
+    forget_requests(srv)
     root = tmp_path / "ray"
     build_catalog("mrw", "test", root=root, source=str(rel))
     report = download_split(

@@ -6,8 +6,8 @@ import sys
 
 import requests
 
-from mrw.media import probe_media
 from mrw.demo import SampleServer, write_sample_release
+from mrw.media import probe_media
 
 COUNTS = {"train": 4, "val": 2, "test": 3}
 
@@ -23,7 +23,7 @@ def test_mrw_release_format_and_media(tmp_path):
     }
     assert [len(v) for v in split_ids.values()] == [4, 2, 3]
     by_id = {r["id"]: r for r in records}
-    assert set(by_id) == set(sum(split_ids.values(), []))
+    assert set(by_id) == {i for ids in split_ids.values() for i in ids}
     rec = by_id[split_ids["test"][0]]
     url = rec["images"]["mp4_url"]
     assert url == f"http://127.0.0.1:1/media/{rec['id']}.mp4"
@@ -55,7 +55,7 @@ def test_mrw_clip_shows_what_its_sentence_says(tmp_path):
             frames.append(f[:, :, ::-1].astype(int))
         target = np.array(COLOURS[colour])
 
-        def centre(f):
+        def centre(f, target=target):
             ys, xs = np.nonzero(np.abs(f - target).sum(-1) < 60)
             return xs.mean(), ys.mean(), len(xs)
 

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_evaluate import write_preds, write_split
+from test_evaluation_scoring import write_preds, write_split
 
 from mrw.evaluate import evaluate_submission, ranks_from_embeddings
 

@@ -1,4 +1,5 @@
-"""`mrw info --failures`: the dead-link report, by class and host, from real download runs."""
+"""`mrw info`: published sizes and catalogs, and `--failures`: the dead-link report, by class and
+host, from real download runs."""
 
 from __future__ import annotations
 
@@ -104,3 +105,31 @@ def test_split_without_failures_flag_is_bad_usage(root):
     assert res.exit_code == 2 and "unknown split" in res.output and "Traceback" not in res.output
     res = cli("info", "--root", root, "--failures")
     assert res.exit_code == 0 and "nothing failed" in res.output
+
+
+def test_info_reports_published_sizes_and_catalogs(tmp_path):
+    from test_releases import write_mrw_release
+
+    root = tmp_path / "r"
+    rel = write_mrw_release(tmp_path / "rel")
+    CliRunner().invoke(
+        main,
+        [
+            "download",
+            "--root",
+            str(root),
+            "--split",
+            "train",
+            "--metadata",
+            str(rel),
+            "--catalog-only",
+        ],
+    )
+    res = CliRunner().invoke(main, ["info", "--root", str(root), "--json"])
+    assert res.exit_code == 0
+    report = json.loads(res.output)
+    train = report["datasets"]["mrw"]["splits"]["train"]
+    assert train["catalog"] == {"items": 3, "sentences": 3} and train["published_items"] == 44107
+    assert "catalog" not in report["datasets"]["mrw"]["splits"]["test"]
+    text = CliRunner().invoke(main, ["info", "--root", str(root), "--dataset", "mrw"]).output
+    assert "44107" in text and "nothing yet" in text
