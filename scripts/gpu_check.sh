@@ -54,7 +54,7 @@ step() {  # step NAME SECONDS COMMAND...
 }
 
 step tests-gpu 150 "$py" -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_features.py tests/test_stage.py \
-    tests/test_evaluate.py tests/test_pienet_train.py
+    tests/test_evaluation_scoring.py tests/test_evaluation_exact.py tests/test_pienet_train.py
 step bench-extract 220 "$py" benchmarks/bench_extract.py --gpu-only
 step bench-train 90 "$py" benchmarks/bench_train.py --gpu-only
 step bench-evaluate 90 "$py" benchmarks/bench_evaluate.py --gpu-only
