@@ -33,24 +33,12 @@ import _results
 
 from mrw import paths, shards
 from mrw.catalog import write_catalog
+from mrw.download import VIDEO_SCHEMA
 from mrw.frames import FRAMES_SCHEMA, PARQUET_OPTIONS, encode_jpeg
 
 SECTION = "bench_preview"
 SHARD_SIZE = 1000
 FAILURES = ("http_404", "timeout", "not_video", "too_large")
-VIDEO_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("video", pa.binary()),
-        ("format", pa.string()),
-        ("sha256", pa.string()),
-        ("num_frames", pa.int32()),
-        ("fps", pa.float64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("duration", pa.float64()),
-    ]
-)
 
 
 def _tiny_frames(count: int = 8, side: int = 32) -> list[bytes]:

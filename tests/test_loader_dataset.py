@@ -16,45 +16,15 @@ from torch.utils.data import DataLoader
 
 from mrw import load_dataset, paths
 from mrw.catalog import write_catalog
+from mrw.download import VIDEO_SCHEMA
 from mrw.errors import UsageError
+from mrw.features import FEATURES_SCHEMA as FEATURE_SCHEMA
+from mrw.frames import FRAMES_SCHEMA as FRAME_SCHEMA
 from mrw.loader import SplitDataset, StreamingSplitDataset, parse_split, sample_frame_indices
 from mrw.shards import shard_ranges, write_shard
 from mrw.text import Vocabulary, collate_features
 
 DIM = 8
-
-FEATURE_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("features", pa.binary()),
-        ("num_frames", pa.int32()),
-        ("dim", pa.int32()),
-        ("timestamps", pa.list_(pa.float64())),
-    ]
-)
-FRAME_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("frames", pa.list_(pa.binary())),
-        ("timestamps", pa.list_(pa.float64())),
-        ("num_frames", pa.int32()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-    ]
-)
-VIDEO_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("video", pa.binary()),
-        ("format", pa.string()),
-        ("sha256", pa.string()),
-        ("num_frames", pa.int32()),
-        ("fps", pa.float64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("duration", pa.float64()),
-    ]
-)
 
 
 def _catalog_rows(dataset, split, n):
