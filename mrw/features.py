@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mrw import paths, shards
+from mrw.device import choose_device
 from mrw.errors import UsageError
 from mrw.frames import DecodeError, FrameSettings, decode_video, require_videos
 from mrw.stage import Distribution, StageReport, complete_shards, run_and_report
@@ -90,28 +91,24 @@ def _fetch_weights(backbone: str, dst: Path) -> None:
     if mirror:
         url = mirror.rstrip("/") + "/" + dst.name
     hint = f"put {dst.name} (from {_weights_enum(backbone).url}) into {dst.parent}"
-    tmp = dst.parent / f"{shards.TMP_PREFIX}{dst.name}.{os.getpid()}"
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        with requests.get(url, stream=True, timeout=30) as resp:
-            resp.raise_for_status()
-            with open(tmp, "wb") as fh:
-                for chunk in resp.iter_content(1 << 20):
-                    digest.update(chunk)
-                    fh.write(chunk)
-        expected = dst.stem.rsplit("-", 1)[-1]
-        if not digest.hexdigest().startswith(expected):
-            raise UsageError(
-                f"{url} does not match the sha256 prefix {expected} of its name: {hint}"
-            )
-        os.replace(tmp, dst)
+        with shards.atomic_path(dst) as tmp:
+            digest = hashlib.sha256()
+            with requests.get(url, stream=True, timeout=30) as resp:
+                resp.raise_for_status()
+                with open(tmp, "wb") as fh:
+                    for chunk in resp.iter_content(1 << 20):
+                        digest.update(chunk)
+                        fh.write(chunk)
+            expected = dst.stem.rsplit("-", 1)[-1]
+            if not digest.hexdigest().startswith(expected):
+                raise UsageError(
+                    f"{url} does not match the sha256 prefix {expected} of its name: {hint}"
+                )
     except (requests.RequestException, OSError) as e:
         raise UsageError(
             f"no ImageNet weights for {backbone} and cannot fetch them ({type(e).__name__}): {hint}"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _load_state_file(path: Path, what: str) -> dict:
@@ -640,12 +637,8 @@ def extract_features(
     workers = default_workers(gpu) if workers is None else int(workers)
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
-    if gpu and not on_ray and not torch.cuda.is_available():
-        raise UsageError(
-            "--gpu was given but CUDA is not available on this machine "
-            "(no CUDA device or a CPU-only torch build): run without --gpu"
-        )
-    device = torch.device("cuda" if gpu else "cpu")
+    # on Ray the GPUs are the workers'; the driver may have none
+    device = torch.device("cuda") if gpu and on_ray else choose_device(gpu)
     images = dataset in IMAGE_DATASETS
 
     source, source_dir, source_settings = _pick_source(root, dataset, split)

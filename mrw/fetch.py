@@ -679,8 +679,3 @@ def _load_ytdlp():
 def _short(e: BaseException, limit: int = 200) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def fetch_item(url: str, config: FetchConfig | None = None) -> FetchResult:
-    """Fetch one URL with a fresh `Fetcher` (for one-off use; runs share one Fetcher)."""
-    return Fetcher(config).fetch(url)

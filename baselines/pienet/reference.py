@@ -24,9 +24,7 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import pickle
-import shutil
 from pathlib import Path
 
 import torch
@@ -35,6 +33,7 @@ import yaml
 from baselines.pienet.config import Config, load_config
 from baselines.pienet.model import PVSE
 from mrw.errors import UsageError
+from mrw.shards import atomic_path
 
 #: the configs of the six published models (README, "Evaluate pretrained models")
 PUBLISHED_CONFIGS = ("mrw", "mrw_k1", "tgif", "tgif_k1", "coco", "coco_k1")
@@ -259,11 +258,8 @@ def import_reference(checkpoint, vocab_path, config_name: str, out) -> tuple[Pat
     model.load_state_dict(ours)
     model.eval()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
         save_atomic(model_state(model, vocab, -1, None), tmp / "best.pt")
         save_atomic(trunk, tmp / TRUNK_FILE)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -278,7 +274,4 @@ def import_reference(checkpoint, vocab_path, config_name: str, out) -> tuple[Pat
         (tmp / "source.json").write_text(json.dumps(source, indent=2) + "\n")
         if out.exists():
             out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out, model, vocab

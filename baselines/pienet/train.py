@@ -12,7 +12,6 @@ best checkpoint kept. A run folder holds everything needed to resume or predict:
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -30,12 +29,13 @@ from baselines.pienet.predict import (
     CHECKPOINT_FORMAT,
     SplitEmbeddings,
     autocast,
-    choose_device,
     embed_split,
     open_split,
     visual_inputs,
 )
+from mrw.device import choose_device
 from mrw.errors import UsageError
+from mrw.shards import atomic_path
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -58,10 +58,9 @@ def validation_metrics(embeddings: SplitEmbeddings) -> dict:
 
 
 # -- checkpoints -------------------------------------------------------------------------------
-def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def save_atomic(obj: object, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def model_state(model: PVSE, vocab, epoch: int, val: dict | None) -> dict:

@@ -8,7 +8,6 @@ python -m mrw.demo demo --dataset mrw --out DIR --port-file DIR/port   # both, u
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from mrw.demo.release import DEFAULT_COUNTS, write_sample_release
 from mrw.demo.server import SampleServer
 from mrw.errors import UsageError
+from mrw.shards import write_text_atomic
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -23,9 +23,7 @@ def _serve_forever(server: SampleServer, port_file) -> None:
     """Announce a started server (its port in `port_file`, written atomically; its URL on
     stdout), then serve until killed."""
     if port_file:
-        tmp = Path(str(port_file) + ".tmp")
-        tmp.write_text(f"{server.port}\n")
-        os.replace(tmp, port_file)
+        write_text_atomic(f"{server.port}\n", port_file)
     print(server.url, flush=True)
     try:
         while True:

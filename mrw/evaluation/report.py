@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from mrw import paths
 from mrw.evaluation.protocol import DIRECTIONS, METRICS, RECALL_KS, recall_curve
+from mrw.shards import atomic_path
 
 BOARD_METRICS = ("R@1", "R@5", "R@10", "MedR")
 
@@ -165,14 +165,9 @@ def plot_recall_curves(results: dict, curves: dict, board: dict | None, out: Pat
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}.{os.getpid()}"
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
-        if tmp.exists():
-            tmp.unlink()
         plt.close(fig)
     return fig
