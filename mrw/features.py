@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import os
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -24,7 +23,8 @@ from torch import nn
 from mrw import paths, shards
 from mrw.device import choose_device
 from mrw.errors import UsageError
-from mrw.frames import DecodeError, FrameSettings, decode_video, require_videos
+from mrw.frames import DecodeError, FrameSettings, decode_jpeg, decode_video, require_videos
+from mrw.sampling import SPREAD, sample_frame_indices
 from mrw.stage import Distribution, StageReport, complete_shards, run_and_report
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -180,13 +180,6 @@ def preprocess(img) -> torch.Tensor:
     return F.pil_to_tensor(F.center_crop(F.resize(img, RESIZE), CROP))
 
 
-def open_jpeg(data: bytes):
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        return img.convert("RGB")
-
-
 @functools.cache
 def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return (
@@ -228,13 +221,6 @@ def device_decodes(device: torch.device) -> bool:
     return bool(ok)
 
 
-def uniform_indices(n: int, max_frames: int) -> list[int]:
-    """At most `max_frames` of `n` frames, evenly spread from the first to the last."""
-    if max_frames <= 0 or n <= max_frames:
-        return list(range(n))
-    return [int(round(x)) for x in np.linspace(0, n - 1, max_frames)]
-
-
 class ItemFrames(torch.utils.data.Dataset):
     """One shard's rows -> (position, uint8 crops [n, 3, 224, 224], timestamps, error).
 
@@ -264,7 +250,7 @@ class ItemFrames(torch.utils.data.Dataset):
         row = self.table.slice(pos, 1).to_pylist()[0]
         try:
             if self.decode is None and self.raw:
-                keep = uniform_indices(len(row["frames"]), self.max_frames)
+                keep = sample_frame_indices(len(row["frames"]), self.max_frames, SPREAD)
                 if not keep:
                     raise DecodeError("no frames")
                 jpegs = [
@@ -272,8 +258,8 @@ class ItemFrames(torch.utils.data.Dataset):
                 ]
                 return pos, jpegs, [row["timestamps"][k] for k in keep], None
             if self.decode is None:
-                keep = uniform_indices(len(row["frames"]), self.max_frames)
-                images = [open_jpeg(row["frames"][k]) for k in keep]
+                keep = sample_frame_indices(len(row["frames"]), self.max_frames, SPREAD)
+                images = [Image.fromarray(decode_jpeg(row["frames"][k])) for k in keep]
                 stamps = [row["timestamps"][k] for k in keep]
             else:
                 video = decode_video(
@@ -284,7 +270,7 @@ class ItemFrames(torch.utils.data.Dataset):
                     self.scratch_dir,
                     sampling=self.decode.sampling,
                 )
-                keep = uniform_indices(len(video.frames), self.max_frames)
+                keep = sample_frame_indices(len(video.frames), self.max_frames, SPREAD)
                 images = [Image.fromarray(video.frames[k]) for k in keep]
                 stamps = [video.timestamps[k] for k in keep]
             if not images:

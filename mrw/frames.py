@@ -354,8 +354,11 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    """One stored frame back to RGB uint8 (H x W x 3)."""
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    """One stored frame back to RGB uint8 (H x W x 3); a DecodeError if it is not an image."""
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    except cv2.error:
+        bgr = None
     if bgr is None:
         raise DecodeError("not a decodable JPEG")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
