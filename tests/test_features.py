@@ -20,12 +20,8 @@ from test_frames_decode import make_clip, make_jpeg, write_video_stage
 from torchvision import transforms
 
 from mrw import paths, shards
-from mrw.features import (
-    FEATURES_SCHEMA,
-    IMAGE_FEATURES_SCHEMA,
-    imagenet_weights_file,
-    read_features,
-)
+from mrw.backbones import imagenet_weights_file
+from mrw.features import FEATURES_SCHEMA, IMAGE_FEATURES_SCHEMA, read_features
 
 REFERENCE_TRANSFORM = transforms.Compose(
     [  # the reference's test transform, written out here
