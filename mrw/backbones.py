@@ -9,6 +9,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,9 @@ WEIGHTS_MIRROR_ENV = "MRW_WEIGHTS_MIRROR"
 class ResNetTrunk(nn.Module):
     """A torchvision ResNet up to its last convolution block: the 7x7 map of a 224 crop."""
 
-    def __init__(self, resnet: nn.Module):
+    dim: int  # channels of the map: the length of one feature
+
+    def __init__(self, resnet: Any):
         super().__init__()
         self.body = nn.Sequential(
             resnet.conv1,
@@ -207,7 +210,9 @@ def place_trunk(trunk: ResNetTrunk, device: torch.device) -> ResNetTrunk:
 
 
 @torch.no_grad()
-def encode_batch(trunk: ResNetTrunk, x: torch.Tensor, grid: bool):
+def encode_batch(
+    trunk: ResNetTrunk, x: torch.Tensor, grid: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 crops on the trunk's device -> (pooled [N, dim], grid [N, 49, dim] or None), float16.
 
     CUDA runs under float16 autocast; the CPU in float32. Pooling is the mean of the 7x7 map.

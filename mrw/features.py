@@ -168,7 +168,8 @@ class FeatureRunner:
             if self.cuda:
                 host_pooled, host_grid = self.results[turn]
                 pooled = host_pooled[:rows].copy_(pooled, non_blocking=True)
-                grid = host_grid[:rows].copy_(grid, non_blocking=True) if grid is not None else None
+                if grid is not None and host_grid is not None:
+                    grid = host_grid[:rows].copy_(grid, non_blocking=True)
                 done = torch.cuda.Event()
                 done.record()
             else:

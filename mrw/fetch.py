@@ -211,6 +211,7 @@ class Fetcher:
             self._local.import_seconds = 0.0
             slot = self.host_slot(url)
             slot.acquire()  # the wait for a free slot to the host is not the response's time
+            held = True  # until a failed attempt lets the slot go before its backoff
             t0 = time.monotonic()
             try:
                 if page_host and self.config.use_ytdlp:
@@ -230,7 +231,7 @@ class Fetcher:
                 return result
             except FetchFailure as f:
                 slot.release()
-                slot = None
+                held = False
                 result.attempt_seconds.append(time.monotonic() - t0 - self._local.import_seconds)
                 result.error, result.message = f.cls, f.message
                 if not f.retryable or attempt > self.config.retries:
@@ -240,7 +241,7 @@ class Fetcher:
                     wait = max(wait, f.retry_after)
                 time.sleep(wait)
             finally:
-                if slot is not None:
+                if held:
                     slot.release()
         return result
 

@@ -11,11 +11,18 @@ import ipaddress
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+if TYPE_CHECKING:  # what the mixins are mixed into, for the type checker
+    _Connection = HTTPConnection
+    _Pool = HTTPConnectionPool
+else:
+    _Connection = _Pool = object
 
 
 class BlockedAddress(Exception):
@@ -108,7 +115,7 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-class _GuardedConnectionMixin:
+class _GuardedConnectionMixin(_Connection):
     """Resolves, checks and connects through the current exchange, so the policy decides on the
     address that is then connected to, and the watchdog holds the socket from its creation."""
 
@@ -154,7 +161,7 @@ class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
     pass
 
 
-class _GuardedPoolMixin:
+class _GuardedPoolMixin(_Pool):
     """A kept-alive connection is checked against the policy (and watched) like a new one."""
 
     def _get_conn(self, timeout: float | None = None):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from mrw import shards
 from mrw.errors import FatalError, UsageError
@@ -33,13 +33,24 @@ _POLL_SECONDS = 1.0
 class Stage(Protocol):
     """What the runner needs from a stage (a frozen dataclass, so Ray can ship it to workers)."""
 
-    stage_dir: Path
-    #: shards the local executor runs at once (each may have its own pool inside)
-    local_shards: int
-    #: CPUs one Ray task reserves
-    num_cpus: float
-    #: None: Ray tasks; a number: one Ray actor per GPU reserving that many GPUs
-    actor_gpus: float | None
+    # read-only properties, which a frozen dataclass's fields satisfy
+    @property
+    def stage_dir(self) -> Path: ...
+
+    @property
+    def local_shards(self) -> int:
+        """Shards the local executor runs at once (each may have its own pool inside)."""
+        ...
+
+    @property
+    def num_cpus(self) -> float:
+        """CPUs one Ray task reserves."""
+        ...
+
+    @property
+    def actor_gpus(self) -> float | None:
+        """None: Ray tasks; a number: one Ray actor per GPU reserving that many GPUs."""
+        ...
 
     def open(self) -> Any: ...
 
@@ -208,15 +219,18 @@ def _run_local(
     return errors
 
 
+Report = TypeVar("Report", bound="StageReport")
+
+
 def run_and_report(
     stage: Stage,
     indices: list[int],
-    report: StageReport,
+    report: Report,
     distribution: Distribution,
     desc: str,
     progress: bool = True,
-    count: Callable[[StageReport, int], None] | None = None,
-) -> StageReport:
+    count: Callable[[Report, int], None] | None = None,
+) -> Report:
     """The shards of `indices` not complete yet -> `run_stage` -> `report`, filled from what the
     written shards hold (`count` adds a stage's own figures); `ShardsFailed` if some never were."""
     todo = pending_shards(stage.stage_dir, indices)

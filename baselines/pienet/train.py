@@ -1,4 +1,4 @@
-"""Training PVSE as the reference `train.py` did, with the fixes the issue asks for.
+"""Training PVSE: the reference `train.py`'s recipe, validated on `val`.
 
 Adam (AMSGrad) at `lr`, gradient norm clipped, the learning rate halved when the validation rsum
 stops improving, validation on the `val` split every epoch (the reference validated on test), the

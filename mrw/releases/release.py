@@ -12,6 +12,7 @@ import unicodedata
 import urllib.parse
 import zipfile
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,8 @@ def keep_first(seen: dict, item_id: str, record, where: str, report: IngestRepor
 def read_id_list(path: Path, to_id=lambda line: line) -> list[str]:
     """One id (or URL) per line of UTF-8 text (a leading BOM is dropped); blank lines skipped;
     duplicates are a hard error."""
-    ids, seen = [], {}
+    ids: list[str] = []
+    seen: dict[str, int] = {}
     for lineno, line in enumerate(read_text_lines(path), 1):
         line = line.strip()
         if not line:
@@ -247,8 +249,8 @@ def fetch_to_cache(
             hint = {
                 "too_large": " (raise --metadata-max-bytes if the release really is that big)",
                 "timeout": " (raise --metadata-timeout on a slow link)",
-            }.get(result.error, "")
-            error = UsageError if result.error.startswith("http_4") else FatalError
+            }.get(result.error or "", "")
+            error = UsageError if (result.error or "").startswith("http_4") else FatalError
             if result.error in ("too_large", "blocked_redirect", "bad_encoding"):
                 error = UsageError
             raise error(f"{url}: the release cannot be fetched: {result.error_text}{hint}")
@@ -430,7 +432,7 @@ def open_release(
     timeout: float = RELEASE_TIMEOUT,
     max_bytes: int | None = None,
     network=None,
-) -> Path:
+) -> Iterator[Path]:
     """Yield a folder holding the release, whatever `source` is.
 
     None: the official release from the descriptor, fetched and verified once into
