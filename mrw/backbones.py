@@ -9,7 +9,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from torch import nn
 
 from mrw import shards
 from mrw.errors import UsageError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 RESIZE, CROP = 256, 224
@@ -151,7 +154,7 @@ def build_backbone(backbone: str, weights: str) -> tuple[ResNetTrunk, str]:
 
 
 # -- preprocessing: the reference's test transform --------------------------------------------
-def preprocess(img) -> torch.Tensor:
+def preprocess(img: Image.Image) -> torch.Tensor:
     """A PIL image: resize the shorter side to 256, center-crop 224 -> uint8 [3, 224, 224].
 
     The reference's test transform up to `ToTensor`; `normalize` finishes it on the device.

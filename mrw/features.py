@@ -9,6 +9,7 @@ Videos keep one pooled vector per sampled frame; images (COCO) also keep the 7x7
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class ItemFrames(torch.utils.data.Dataset):
         self.scratch_dir = scratch_dir
         self.raw = raw  # JPEG frames: hand out their bytes, for `decode_crops` on the device
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.table.num_rows
 
     def __getitem__(self, pos: int):
@@ -151,7 +152,7 @@ class FeatureRunner:
             else []
         )
 
-    def run(self, loader, outputs: dict) -> list[tuple[int, str]]:
+    def run(self, loader: Iterable, outputs: dict) -> list[tuple[int, str]]:
         """Fill `outputs[pos] = (pooled, grid, stamps)` for every item; returns the failures."""
         failures: list[tuple[int, str]] = []
         fill, turn = 0, 0
@@ -224,7 +225,7 @@ def largest_batch(
     trunk: ResNetTrunk,
     device: torch.device,
     grid: bool,
-    candidates=(1024, 512, 256, 128, 64, 32, 16, 8),
+    candidates: tuple[int, ...] = (1024, 512, 256, 128, 64, 32, 16, 8),
 ) -> int:
     """The largest batch (of `candidates`) whose forward pass fits in the GPU's memory."""
     for size in candidates:
@@ -259,7 +260,7 @@ class FeaturesReport(StageReport):
         return text
 
 
-def _pick_source(root, dataset: str, split: str) -> tuple[str, Path, dict]:
+def _pick_source(root: paths.Root, dataset: str, split: str) -> tuple[str, Path, dict]:
     """Frame shards when `extract-frames` ran, else the video shards, decoded here."""
     frames_dir = paths.frames_dir(root, dataset, split)
     manifest = shards.read_manifest(frames_dir)
@@ -395,7 +396,7 @@ def _place(stage: FeaturesStage, trunk: ResNetTrunk) -> tuple[ResNetTrunk, int]:
     lambda a: paths.features_dir(a["root"], a["dataset"], a["split"], a["backbone"])
 )
 def extract_features(
-    root=None,
+    root: paths.Root = None,
     dataset: str = "mrw",
     split: str = "test",
     backbone: str = "resnet152",

@@ -41,7 +41,7 @@ MAX_RETRY_AFTER = 60.0
 MAX_TIMEOUT = 86400.0
 
 
-def timeout_problem(value) -> str | None:
+def timeout_problem(value: object) -> str | None:
     """Why `value` is not a usable time limit in seconds, or None when it is."""
     import math
 

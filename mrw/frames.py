@@ -394,7 +394,7 @@ def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def require_videos(root, dataset: str, split: str) -> Path:
+def require_videos(root: paths.Root, dataset: str, split: str) -> Path:
     videos_dir = paths.videos_dir(root, dataset, split)
     if not shards.status_shards(videos_dir):
         raise UsageError(
@@ -492,7 +492,7 @@ def _add_seconds(report: FramesReport, videos_dir: Path, stage_dir: Path, index:
 
 @shards.holds_stage_lock(lambda a: paths.frames_dir(a["root"], a["dataset"], a["split"]))
 def extract_frames(
-    root=None,
+    root: paths.Root = None,
     dataset: str = "mrw",
     split: str = "test",
     fps: float = 8.0,

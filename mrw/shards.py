@@ -179,7 +179,7 @@ def write_shard(
     index: int,
     data: pa.Table | None,
     status_rows: Sequence[dict],
-    **parquet_options,
+    **parquet_options: Any,
 ) -> None:
     """Commit one shard: its data rows (if any succeeded) first, its status rows last.
 
@@ -289,7 +289,7 @@ def damaged(path: Path, error: BaseException, hint: str = REPAIR_HINT) -> UsageE
     return UsageError(f"{path}: damaged or not a Parquet file ({text}): {hint}")
 
 
-def read_parquet(path: Path, hint: str = REPAIR_HINT, **options) -> pa.Table:
+def read_parquet(path: Path, hint: str = REPAIR_HINT, **options: Any) -> pa.Table:
     """`pq.read_table`, with a damaged file reported as one UsageError naming it."""
     try:
         return pq.read_table(path, **options)
