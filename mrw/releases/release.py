@@ -198,7 +198,7 @@ def read_text_lines(path: Path) -> list[str]:
 def find_file(release_dir: Path, candidates, what: str) -> Path:
     """The first candidate relative path that exists, at the top or one folder down."""
     candidates = [candidates] if isinstance(candidates, str) else list(candidates)
-    roots = [release_dir] + sorted(p for p in release_dir.iterdir() if p.is_dir())
+    roots = [release_dir, *sorted(p for p in release_dir.iterdir() if p.is_dir())]
     for root in roots:
         for rel in candidates:
             if (root / rel).is_file():
