@@ -8,8 +8,6 @@ not a reason to stop the run.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import random
 import socket
 import tempfile
@@ -22,9 +20,10 @@ from pathlib import Path
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from mrw.network import BlockedAddress, Exchange, GuardedAdapter
+from mrw.network import Network as Network  # re-exported: `Fetcher(network=...)` takes one
+from mrw.network import is_internal as is_internal
 
 USER_AGENT = "mrw-download/0.1 (+https://github.com/yalesong/pvse)"
 #: hosts whose URLs are pages, not media: straight to yt-dlp
@@ -42,7 +41,7 @@ MAX_RETRY_AFTER = 60.0
 MAX_TIMEOUT = 86400.0
 
 
-def timeout_problem(value) -> str | None:
+def timeout_problem(value: object) -> str | None:
     """Why `value` is not a usable time limit in seconds, or None when it is."""
     import math
 
@@ -144,183 +143,6 @@ def _read_timed_out(e: BaseException) -> bool:
     return isinstance(e, timeouts) or any(isinstance(a, timeouts) for a in e.args)
 
 
-# -- the network under every request: resolution, the address policy, the watchdog ----------------
-class BlockedAddress(Exception):
-    """A connection the address policy refuses (not an OSError, so urllib3 does not retry it)."""
-
-
-def is_internal(ip: str) -> bool:
-    """Loopback, private, link-local, shared (CGNAT), reserved or multicast: not on the internet."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return True  # not an address we can place: treat it as the more dangerous kind
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return not (mapped or addr).is_global
-
-
-class Network:
-    """How a host name becomes addresses and how a socket connects; tests swap in their own."""
-
-    def resolve(self, host: str, port: int) -> list[tuple[int, tuple]]:
-        """(family, socket address) pairs for `host`, in the order to try them."""
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        return [(family, address) for family, _, _, _, address in infos]
-
-    def connect(self, sock: socket.socket, address: tuple) -> None:
-        sock.connect(address)
-
-
-class _Exchange:
-    """One request with all its redirects: its sockets, its deadline and what it may reach.
-
-    The watchdog shuts every socket of the exchange down at the deadline, whatever it is doing
-    (connecting, reading headers a byte at a time, reading the body), so `timeout` bounds the
-    whole exchange. The first connection tells whether the URL itself is on an internal address;
-    unless it is, no later hop may connect to one.
-    """
-
-    def __init__(self, network: Network, deadline: float):
-        self.network, self.deadline = network, deadline
-        self.fired = threading.Event()
-        self.allow_internal: bool | None = None
-        self._socks: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self.cut)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Exchange:
-        _LOCAL.exchange = self
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._timer.cancel()
-        _LOCAL.exchange = None
-
-    def register(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._socks.append(sock)
-            fired = self.fired.is_set()
-        if fired:
-            _shutdown(sock)
-
-    def cut(self) -> None:
-        with self._lock:
-            self.fired.set()
-            socks = list(self._socks)
-        for sock in socks:
-            _shutdown(sock)
-
-    def admit(self, host: str, ips: list[str]) -> None:
-        internal = [ip for ip in ips if is_internal(ip)]
-        if self.allow_internal is None:  # the URL's own host
-            self.allow_internal = bool(internal)
-        elif internal and not self.allow_internal:
-            raise BlockedAddress(
-                f"a redirect to {host} ({internal[0]}), a private, loopback or link-local "
-                "address, from a URL on a public one"
-            )
-
-
-_LOCAL = threading.local()
-
-
-def _current_exchange() -> _Exchange | None:
-    return getattr(_LOCAL, "exchange", None)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-class _GuardedConnectionMixin:
-    """Resolves, checks and connects through the current exchange, so the policy decides on the
-    address that is then connected to, and the watchdog holds the socket from its creation."""
-
-    def _new_conn(self) -> socket.socket:
-        ex = _current_exchange()
-        if ex is None:
-            return super()._new_conn()
-        try:
-            addresses = ex.network.resolve(self._dns_host, self.port)
-        except socket.gaierror as e:
-            raise urllib3.exceptions.NameResolutionError(self.host, self, e) from e
-        ex.admit(self.host, [address[0] for _, address in addresses])
-        timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
-        error: OSError | None = None
-        for family, address in addresses:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            ex.register(sock)
-            try:
-                for option in self.socket_options or ():
-                    sock.setsockopt(*option)
-                sock.settimeout(timeout)
-                ex.network.connect(sock, address)
-                self.admitted_ip = address[0]  # what a reuse of this connection is judged by
-                return sock
-            except TimeoutError as e:
-                sock.close()
-                raise urllib3.exceptions.ConnectTimeoutError(
-                    self, f"Connection to {self.host} timed out. (connect timeout={timeout})"
-                ) from e
-            except OSError as e:
-                sock.close()
-                error = e
-        raise urllib3.exceptions.NewConnectionError(
-            self, f"Failed to establish a new connection: {error or 'no address'}"
-        )
-
-
-class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
-    pass
-
-
-class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
-    pass
-
-
-class _GuardedPoolMixin:
-    """A kept-alive connection is checked against the policy (and watched) like a new one."""
-
-    def _get_conn(self, timeout: float | None = None):
-        conn = super()._get_conn(timeout)
-        ex = _current_exchange()
-        sock = getattr(conn, "sock", None)
-        if ex is not None and sock is not None:
-            ip = getattr(conn, "admitted_ip", None)
-            if ip is None:
-                try:
-                    ip = sock.getpeername()[0]
-                except OSError:
-                    return conn  # dropped: urllib3 reconnects it through _new_conn
-            try:
-                ex.admit(self.host, [ip])
-            except BlockedAddress:
-                conn.close()  # urllib3 puts a fresh slot back in the pool for it
-                raise
-            ex.register(sock)
-        return conn
-
-
-class _GuardedHTTPPool(_GuardedPoolMixin, HTTPConnectionPool):
-    ConnectionCls = _GuardedHTTPConnection
-
-
-class _GuardedHTTPSPool(_GuardedPoolMixin, HTTPSConnectionPool):
-    ConnectionCls = _GuardedHTTPSConnection
-
-
-class _GuardedAdapter(HTTPAdapter):
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _GuardedHTTPPool,
-            "https": _GuardedHTTPSPool,
-        }
-
-
 def _decoder(encoding: str | None):
     """A zlib decompressor for the response's Content-Encoding, None for identity."""
     enc = (encoding or "").strip().lower()
@@ -352,9 +174,7 @@ class Fetcher:
             s.headers["User-Agent"] = USER_AGENT
             s.headers["Accept-Encoding"] = ACCEPT_ENCODING
             s.max_redirects = 10
-            adapter = _GuardedAdapter(
-                pool_connections=16, pool_maxsize=max(1, self.config.per_host)
-            )
+            adapter = GuardedAdapter(pool_connections=16, pool_maxsize=max(1, self.config.per_host))
             s.mount("http://", adapter)
             s.mount("https://", adapter)
             self._local.session = s
@@ -391,6 +211,7 @@ class Fetcher:
             self._local.import_seconds = 0.0
             slot = self.host_slot(url)
             slot.acquire()  # the wait for a free slot to the host is not the response's time
+            held = True  # until a failed attempt lets the slot go before its backoff
             t0 = time.monotonic()
             try:
                 if page_host and self.config.use_ytdlp:
@@ -410,7 +231,7 @@ class Fetcher:
                 return result
             except FetchFailure as f:
                 slot.release()
-                slot = None
+                held = False
                 result.attempt_seconds.append(time.monotonic() - t0 - self._local.import_seconds)
                 result.error, result.message = f.cls, f.message
                 if not f.retryable or attempt > self.config.retries:
@@ -420,7 +241,7 @@ class Fetcher:
                     wait = max(wait, f.retry_after)
                 time.sleep(wait)
             finally:
-                if slot is not None:
+                if held:
                     slot.release()
         return result
 
@@ -434,7 +255,7 @@ class Fetcher:
         """One GET from connect to last byte within `deadline`; the decoded body goes to `sink`
         in pieces, at most `cap` bytes in all. Returns the Content-Type."""
         limit = self.config.timeout
-        with _Exchange(self.network, deadline) as ex:
+        with Exchange(self.network, deadline) as ex:
             remaining = max(0.001, deadline - time.monotonic())
             try:
                 resp = self._session().get(url, stream=True, timeout=(remaining, remaining))
@@ -458,7 +279,7 @@ class Fetcher:
                 resp.close()
             return resp.headers.get("Content-Type")
 
-    def _read_body(self, resp, ex: _Exchange, cap: int, sink) -> None:
+    def _read_body(self, resp, ex: Exchange, cap: int, sink) -> None:
         code = resp.status_code
         if code >= 400:
             raise FetchFailure(
@@ -571,7 +392,9 @@ class Fetcher:
         except FetchFailure as f:
             if f.cls == "timeout":
                 raise
-            raise FetchFailure("not_video", f"an HTML page with no media in it ({f.message})")
+            raise FetchFailure(
+                "not_video", f"an HTML page with no media in it ({f.message})"
+            ) from None
 
     def _ytdlp(self, url: str, deadline: float, generic: bool = True) -> bytes:
         """yt-dlp as a library (its generic extractor reads <video src=...> pages)."""
@@ -625,14 +448,14 @@ class Fetcher:
             except Exception as e:  # yt-dlp wraps everything in its own DownloadError
                 inner = getattr(e, "exc_info", None)
                 if inner and isinstance(inner[1], FetchFailure):
-                    raise inner[1]
+                    raise inner[1] from None
                 if time.monotonic() > deadline:
                     raise FetchFailure(
                         "timeout",
                         f"yt-dlp not done within {self.config.timeout:g} s",
                         retryable=True,
-                    )
-                raise FetchFailure("ytdlp_error", _short(e))
+                    ) from None
+                raise FetchFailure("ytdlp_error", _short(e)) from None
             files = [p for p in Path(tmp).iterdir() if p.is_file() and not p.name.endswith(".part")]
             if not files:
                 raise FetchFailure("ytdlp_error", "yt-dlp downloaded nothing")
@@ -679,8 +502,3 @@ def _load_ytdlp():
 def _short(e: BaseException, limit: int = 200) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def fetch_item(url: str, config: FetchConfig | None = None) -> FetchResult:
-    """Fetch one URL with a fresh `Fetcher` (for one-off use; runs share one Fetcher)."""
-    return Fetcher(config).fetch(url)

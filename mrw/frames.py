@@ -354,8 +354,11 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    """One stored frame back to RGB uint8 (H x W x 3)."""
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    """One stored frame back to RGB uint8 (H x W x 3); a DecodeError if it is not an image."""
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    except cv2.error:
+        bgr = None
     if bgr is None:
         raise DecodeError("not a decodable JPEG")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -391,7 +394,7 @@ def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def require_videos(root, dataset: str, split: str) -> Path:
+def require_videos(root: paths.Root, dataset: str, split: str) -> Path:
     videos_dir = paths.videos_dir(root, dataset, split)
     if not shards.status_shards(videos_dir):
         raise UsageError(
@@ -489,7 +492,7 @@ def _add_seconds(report: FramesReport, videos_dir: Path, stage_dir: Path, index:
 
 @shards.holds_stage_lock(lambda a: paths.frames_dir(a["root"], a["dataset"], a["split"]))
 def extract_frames(
-    root=None,
+    root: paths.Root = None,
     dataset: str = "mrw",
     split: str = "test",
     fps: float = 8.0,

@@ -20,7 +20,11 @@ def default_root() -> Path:
     return Path(env).expanduser() if env else Path("~/.cache/mrw").expanduser()
 
 
-def resolve_root(root: str | os.PathLike | None) -> Path:
+#: what `--root` may be given as: a path, or None for the default
+Root = str | os.PathLike[str] | None
+
+
+def resolve_root(root: Root) -> Path:
     return Path(root).expanduser() if root else default_root()
 
 
@@ -39,37 +43,37 @@ def normalize_split(split: str) -> str:
     return s
 
 
-def dataset_dir(root, dataset) -> Path:
+def dataset_dir(root: Root, dataset: str) -> Path:
     return resolve_root(root) / check_dataset(dataset)
 
 
-def catalog_path(root, dataset, split) -> Path:
+def catalog_path(root: Root, dataset: str, split: str) -> Path:
     return dataset_dir(root, dataset) / "catalog" / f"{normalize_split(split)}.parquet"
 
 
-def release_cache_dir(root, dataset) -> Path:
+def release_cache_dir(root: Root, dataset: str) -> Path:
     """Downloaded official release files (never re-fetched once here)."""
     return dataset_dir(root, dataset) / "release"
 
 
-def videos_dir(root, dataset, split) -> Path:
+def videos_dir(root: Root, dataset: str, split: str) -> Path:
     return dataset_dir(root, dataset) / "videos" / normalize_split(split)
 
 
-def frames_dir(root, dataset, split) -> Path:
+def frames_dir(root: Root, dataset: str, split: str) -> Path:
     return dataset_dir(root, dataset) / "frames" / normalize_split(split)
 
 
-def features_root(root, dataset) -> Path:
+def features_root(root: Root, dataset: str) -> Path:
     """The folder holding one `features/<backbone>/` folder per backbone extracted."""
     return dataset_dir(root, dataset) / "features"
 
 
-def features_dir(root, dataset, split, backbone="resnet152") -> Path:
+def features_dir(root: Root, dataset: str, split: str, backbone: str = "resnet152") -> Path:
     return features_root(root, dataset) / backbone / normalize_split(split)
 
 
-def features_dirs(root, dataset, split) -> list[Path]:
+def features_dirs(root: Root, dataset: str, split: str) -> list[Path]:
     """The feature-stage folders of a split, one per backbone extracted, by name."""
     top = features_root(root, dataset)
     if not top.is_dir():
@@ -78,7 +82,7 @@ def features_dirs(root, dataset, split) -> list[Path]:
     return [d / split for d in sorted(top.iterdir()) if (d / split).is_dir()]
 
 
-def preview_dir(root, dataset, split) -> Path:
+def preview_dir(root: Root, dataset: str, split: str) -> Path:
     """Where `mrw preview` writes its site unless told otherwise."""
     return dataset_dir(root, dataset) / "preview" / normalize_split(split)
 
@@ -91,7 +95,9 @@ def status_dir(stage_dir: Path) -> Path:
 STAGES = ("videos", "frames", "features")
 
 
-def stage_dir(root, dataset, split, stage: str, backbone: str | None = None) -> Path:
+def stage_dir(
+    root: Root, dataset: str, split: str, stage: str, backbone: str | None = None
+) -> Path:
     """The folder of one stage's shards: `videos`, `frames`, or `features` (of `backbone`)."""
     if stage == "videos":
         return videos_dir(root, dataset, split)

@@ -18,11 +18,13 @@ import inspect
 import json
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,6 +38,8 @@ TMP_PREFIX = ".tmp-"
 #: the names `shard_name` gives; anything else called shard-*.parquet is not ours
 SHARD_NAME = re.compile(r"shard-\d{5,}\.parquet")
 LOCK_SUFFIX = ".lock"
+#: `<TMP_PREFIX><name>.<pid>.<8 hex digits>`, the names `temporary_path` gives
+_TEMPORARY_NAME = re.compile(re.escape(TMP_PREFIX) + r".+\.(\d+)\.[0-9a-f]{8}")
 #: what to do about a damaged file a stage wrote
 REPAIR_HINT = (
     "run `mrw validate` to see the damage, or delete the file and rerun the stage that wrote it"
@@ -90,31 +94,59 @@ def temporary_path(path: Path) -> Path:
     return path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
 
-def write_table_atomic(table: pa.Table, path: Path, **parquet_options) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename over `path`."""
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str, *, fsync: bool = False) -> Iterator[Path]:
+    """A temporary name beside `path` for the block to write (a file or a folder); renamed over
+    `path` when the block ends normally and removed when it raises, so `path` is never
+    half-written. With `fsync`, a written file reaches the disk before the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
+        yield tmp
+        if fsync and tmp.is_file():
+            _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        _remove_path(tmp)
+
+
+def write_bytes_atomic(data: bytes, path: Path | str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(text: str, path: Path | str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(obj: object, path: Path | str) -> None:
+    write_text_atomic(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+def temporary_owner(path: Path) -> int | None:
+    """The pid in a `temporary_path` name, or None for a name it did not give."""
+    match = _TEMPORARY_NAME.fullmatch(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def write_table_atomic(table: pa.Table, path: Path | str, **parquet_options: Any) -> None:
+    """Write a Parquet file under a temporary name, fsync it, then rename it over `path`."""
+    with atomic_path(path, fsync=True) as tmp:
         pq.write_table(table, tmp, **parquet_options)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json_atomic(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def status_table(rows: Sequence[dict]) -> pa.Table:
@@ -147,7 +179,7 @@ def write_shard(
     index: int,
     data: pa.Table | None,
     status_rows: Sequence[dict],
-    **parquet_options,
+    **parquet_options: Any,
 ) -> None:
     """Commit one shard: its data rows (if any succeeded) first, its status rows last.
 
@@ -210,8 +242,7 @@ class ShardWriter:
             self.path.unlink(missing_ok=True)
             return
         self._writer.close()
-        with open(self.tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        _fsync(self.tmp)
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -258,7 +289,7 @@ def damaged(path: Path, error: BaseException, hint: str = REPAIR_HINT) -> UsageE
     return UsageError(f"{path}: damaged or not a Parquet file ({text}): {hint}")
 
 
-def read_parquet(path: Path, hint: str = REPAIR_HINT, **options) -> pa.Table:
+def read_parquet(path: Path, hint: str = REPAIR_HINT, **options: Any) -> pa.Table:
     """`pq.read_table`, with a damaged file reported as one UsageError naming it."""
     try:
         return pq.read_table(path, **options)
@@ -410,7 +441,8 @@ def holds_stage_lock(stage_dir_of: Callable[[dict], Path]) -> Callable:
 
 # -- scratch files of killed runs -------------------------------------------------------------------
 def remove_stale_scratch(folder: Path, prefix: str) -> int:
-    """Delete `<folder>/<prefix><pid>-*` files whose process is gone; returns how many went."""
+    """Delete `<folder>/<prefix><pid>-*` files and folders whose process is gone; returns how
+    many went."""
     n = 0
     folder = Path(folder)
     if not folder.is_dir():
@@ -419,7 +451,8 @@ def remove_stale_scratch(folder: Path, prefix: str) -> int:
         pid = p.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
-                p.unlink()
+                _remove_path(p)
+            if not p.exists():
                 n += 1
     return n
 

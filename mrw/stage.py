@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mrw import shards
 from mrw.errors import FatalError, UsageError
@@ -224,15 +224,18 @@ def _run_local(
     return errors
 
 
+Report = TypeVar("Report", bound="StageReport")
+
+
 def run_and_report(
     stage: Stage,
     indices: list[int],
-    report: StageReport,
+    report: Report,
     distribution: Distribution,
     desc: str,
     progress: bool = True,
-    count: Callable[[StageReport, int], None] | None = None,
-) -> StageReport:
+    count: Callable[[Report, int], None] | None = None,
+) -> Report:
     """The shards of `indices` not complete yet -> `run_stage` -> `report`, filled from what the
     written shards hold (`count` adds a stage's own figures); `ShardsFailed` if some never were."""
     todo = pending_shards(stage.stage_dir, indices)

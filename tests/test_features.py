@@ -21,12 +21,8 @@ from test_frames_decode import make_clip, make_jpeg, write_video_stage
 from torchvision import transforms
 
 from mrw import paths, shards
-from mrw.features import (
-    FEATURES_SCHEMA,
-    IMAGE_FEATURES_SCHEMA,
-    imagenet_weights_file,
-    read_features,
-)
+from mrw.backbones import imagenet_weights_file
+from mrw.features import FEATURES_SCHEMA, IMAGE_FEATURES_SCHEMA, read_features
 
 REFERENCE_TRANSFORM = transforms.Compose(
     [  # the reference's test transform, written out here
@@ -152,11 +148,11 @@ def test_from_video_shards_with_max_frames_and_a_broken_video(root, clips):
     row = features_of(stage)["p"]
     # decoded as extract-frames samples by default (reference: 8 frames a second), then 3 of
     # them evenly spread
-    from mrw.features import uniform_indices
     from mrw.frames import decode_video
+    from mrw.sampling import SPREAD, sample_frame_indices
 
     video = decode_video(clips["pattern"]["path"].read_bytes(), "mp4", sampling="reference")
-    keep = uniform_indices(len(video.frames), 3)
+    keep = sample_frame_indices(len(video.frames), 3, SPREAD)
     assert row["num_frames"] == 3 and keep[0] == 0 and keep[-1] == len(video.frames) - 1
     assert row["timestamps"] == pytest.approx([video.timestamps[k] for k in keep], abs=1e-6)
     assert np.allclose(np.diff(video.timestamps), 0.125)

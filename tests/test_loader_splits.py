@@ -78,7 +78,7 @@ def test_slices_follow_hf_rule_on_every_form(n):
             assert [(i.splitname, i.from_, i.to) for i in theirs] == want, spec
 
 
-def test_the_rounding_cases_of_the_issue():
+def test_percent_bounds_round_half_to_even():
     assert select_ranges("train[:50%]", {"train": 101}) == [("train", 0, 50)]  # 50.5 -> 50
     assert select_ranges("train[:10%]", {"train": 65}) == [("train", 0, 6)]  # 6.5 -> 6
     assert select_ranges("train[:30%]", {"train": 5}) == [("train", 0, 2)]  # 1.5 -> 2

@@ -14,13 +14,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
 from mrw import paths, shards
+from mrw.backbones import decode_crops, preprocess
 from mrw.demo import SampleServer, write_sample_release
 from mrw.download import download_split, error_class_matches, parse_only
 from mrw.errors import UsageError
-from mrw.features import decode_crops, extract_features, open_jpeg, preprocess, read_features
-from mrw.frames import extract_frames
+from mrw.features import extract_features, read_features
+from mrw.frames import decode_jpeg, extract_frames
 from mrw.releases import build_catalog
 from mrw.stage import Distribution, ShardsFailed
 
@@ -240,7 +242,9 @@ def test_device_jpeg_decoding_matches_the_worker_path(flaky, tmp_path, one_torch
     row = pq.read_table(shards.data_shards(frames)[0]).slice(0, 1).to_pylist()[0]
     jpegs = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in row["frames"][:6]]
     on_device = decode_crops(jpegs, torch.device("cpu"))
-    reference = torch.stack([preprocess(open_jpeg(f)) for f in row["frames"][:6]])
+    reference = torch.stack(
+        [preprocess(Image.fromarray(decode_jpeg(f))) for f in row["frames"][:6]]
+    )
     assert on_device.shape == reference.shape == (6, 3, 224, 224)
     assert on_device.dtype == torch.uint8
     diff = (on_device.int() - reference.int()).abs().float()

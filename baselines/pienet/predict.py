@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from baselines.pienet.config import Config
 from baselines.pienet.model import PVSE
+from mrw.device import choose_device
 from mrw.errors import UsageError
 
 if TYPE_CHECKING:
@@ -35,15 +36,6 @@ class SplitEmbeddings:
     sentence_ids: list[str]
     sentences: np.ndarray  # [M, K, D]
     sentence_items: np.ndarray  # [M]: the row in `items` of each sentence's item (-1: none)
-
-
-def choose_device(gpu: bool) -> torch.device:
-    """The one place the device is picked; everything else receives it."""
-    if not gpu:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UsageError("--gpu given but no CUDA device is available")
-    return torch.device("cuda")
 
 
 def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
@@ -161,7 +153,7 @@ def write_preds(
 ) -> Path:
     """`preds.json` plus `<stem>.items.npy` and `<stem>.sentences.npy` beside it; the JSON last,
     each file under a temporary name and renamed, so a killed run leaves no half-written preds."""
-    from mrw.shards import write_json_atomic
+    from mrw.shards import atomic_path, write_json_atomic
 
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".json":
@@ -169,11 +161,8 @@ def write_preds(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     names = {"items": f"{out_path.stem}.items.npy", "sentences": f"{out_path.stem}.sentences.npy"}
     for key, array in (("items", embeddings.items), ("sentences", embeddings.sentences)):
-        final = out_path.parent / names[key]
-        tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
-        with open(tmp, "wb") as f:
+        with atomic_path(out_path.parent / names[key]) as tmp, open(tmp, "wb") as f:
             np.save(f, array.astype(np.float32))
-        os.replace(tmp, final)
     write_json_atomic(
         {
             "dataset": dataset,

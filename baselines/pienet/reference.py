@@ -26,7 +26,6 @@ import io
 import json
 import os
 import pickle
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +35,7 @@ import yaml
 from baselines.pienet.config import Config, load_config
 from baselines.pienet.model import PVSE
 from mrw.errors import UsageError
+from mrw.shards import atomic_path
 
 if TYPE_CHECKING:
     from mrw.text import Vocabulary
@@ -268,11 +268,8 @@ def import_reference(
     model.load_state_dict(ours)
     model.eval()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
         save_atomic(model_state(model, vocab, -1, None), tmp / "best.pt")
         save_atomic(trunk, tmp / TRUNK_FILE)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -287,7 +284,4 @@ def import_reference(
         (tmp / "source.json").write_text(json.dumps(source, indent=2) + "\n")
         if out.exists():
             out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out, model, vocab

@@ -1,4 +1,4 @@
-"""Training PVSE as the reference `train.py` did, with the fixes the issue asks for.
+"""Training PVSE: the reference `train.py`'s recipe, validated on `val`.
 
 Adam (AMSGrad) at `lr`, gradient norm clipped, the learning rate halved when the validation rsum
 stops improving, validation on the `val` split every epoch (the reference validated on test), the
@@ -32,12 +32,13 @@ from baselines.pienet.predict import (
     CHECKPOINT_FORMAT,
     SplitEmbeddings,
     autocast,
-    choose_device,
     embed_split,
     open_split,
     visual_inputs,
 )
+from mrw.device import choose_device
 from mrw.errors import UsageError
+from mrw.shards import atomic_path
 
 if TYPE_CHECKING:
     from mrw.text import Vocabulary
@@ -64,9 +65,8 @@ def validation_metrics(embeddings: SplitEmbeddings) -> dict:
 
 # -- checkpoints -------------------------------------------------------------------------------
 def save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def model_state(model: PVSE, vocab: Vocabulary, epoch: int, val: dict | None) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 from mrw.demo.release import DEFAULT_COUNTS, write_sample_release
 from mrw.demo.server import SampleServer
 from mrw.errors import UsageError
+from mrw.shards import write_text_atomic
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -24,9 +25,7 @@ def _serve_forever(server: SampleServer, port_file: str | os.PathLike[str] | Non
     """Announce a started server (its port in `port_file`, written atomically; its URL on
     stdout), then serve until killed."""
     if port_file:
-        tmp = Path(str(port_file) + ".tmp")
-        tmp.write_text(f"{server.port}\n")
-        os.replace(tmp, port_file)
+        write_text_atomic(f"{server.port}\n", Path(port_file))
     print(server.url, flush=True)
     try:
         while True:

@@ -44,7 +44,6 @@ Modules: `protocol` (metrics of ranks), `scoring` (ranks from scores and embeddi
 
 from mrw.evaluation.command import (
     check_output_path,
-    choose_device,
     evaluate_submission,
     run_evaluate,
 )
@@ -120,7 +119,6 @@ __all__ = [
     "Submission",
     "best_right_scores",
     "check_output_path",
-    "choose_device",
     "direction_metrics",
     "evaluate_submission",
     "exact_pair_scores",

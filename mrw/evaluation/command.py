@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from mrw import paths
+from mrw.device import choose_device
 from mrw.errors import UsageError
 from mrw.evaluation.coverage import leave_out_missing, not_comparable_because
 from mrw.evaluation.groundtruth import load_ground_truth
@@ -19,18 +20,6 @@ from mrw.evaluation.report import (
     plot_recall_curves,
 )
 from mrw.evaluation.submission import KINDS, load_submission, read_preds
-
-
-def choose_device(gpu: bool) -> str:
-    if not gpu:
-        return "cpu"
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UsageError(
-            "--gpu: CUDA is not available on this machine (drop --gpu to run on the CPU)"
-        )
-    return "cuda"
 
 
 def evaluate_submission(
@@ -56,7 +45,7 @@ def evaluate_submission(
             f"{where}: the submission is for dataset {preds['dataset']!r}, "
             f"but --dataset {dataset} was given"
         )
-    device = choose_device(gpu)
+    device = choose_device(gpu).type
     full = load_ground_truth(root, preds["dataset"], preds["split"], all_sentences)
     chosen = leave_out_missing(preds, full, root, allow_missing, where)
     gt = chosen.gt

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from mrw import paths
 from mrw.evaluation.protocol import DIRECTIONS, METRICS, RECALL_KS, recall_curve
+from mrw.shards import atomic_path
 
 if TYPE_CHECKING:
     import matplotlib.figure
@@ -171,14 +171,9 @@ def plot_recall_curves(
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}.{os.getpid()}"
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
-        if tmp.exists():
-            tmp.unlink()
         plt.close(fig)
     return fig

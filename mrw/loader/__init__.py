@@ -31,9 +31,9 @@ from mrw.loader.buffers import Spare, convert
 from mrw.loader.collate import collate_frames, resize_frames
 from mrw.loader.dataset import SplitDataset
 from mrw.loader.index import MODALITIES, SplitIndex, stage_command, stage_dir
-from mrw.loader.sampling import EDGE_FRAMES, MAX_RANDOM_SKIP, SAMPLINGS, sample_frame_indices
 from mrw.loader.splits import SplitError, SplitSlice, parse_split, select_ranges
 from mrw.loader.streaming import StreamingSplitDataset
+from mrw.sampling import EDGE_FRAMES, MAX_RANDOM_SKIP, SAMPLINGS, sample_frame_indices
 
 __all__ = [
     "EDGE_FRAMES",

@@ -3,7 +3,6 @@ split indexes, never a copy of the data), how an item is made, and the per-item 
 
 from __future__ import annotations
 
-import io
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -16,10 +15,11 @@ import torch
 
 from mrw.catalog import read_catalog
 from mrw.errors import UsageError
+from mrw.frames import DecodeError, decode_jpeg
 from mrw.loader.buffers import convert
 from mrw.loader.index import PER_ITEM_NUMBERS, STAGE_COLUMNS, SplitIndex
 from mrw.loader.rowgroups import OpenFiles, RowGroup, rows_of, scan
-from mrw.loader.sampling import EDGE_FRAMES, sample_frame_indices
+from mrw.sampling import EDGE_FRAMES, sample_frame_indices
 
 if TYPE_CHECKING:
     import pandas
@@ -423,12 +423,9 @@ class SplitBase:
 
 
 def _decode_jpeg(data: bytes, index: SplitIndex, item_id: str) -> np.ndarray:
-    from PIL import Image
-
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:
+        return decode_jpeg(data)
+    except DecodeError as e:
         raise UsageError(
             f"{index.directory}: a frame of item {item_id!r} does not decode "
             f"({type(e).__name__}); run `mrw validate`"

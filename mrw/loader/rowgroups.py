@@ -19,6 +19,7 @@ import torch
 from mrw.errors import UsageError
 from mrw.loader.buffers import Spare, binary_views, converted, half_view, one_chunk
 from mrw.loader.index import SplitIndex, unreadable_shard
+from mrw.shards import atomic_path
 
 #: sequential reading makes items from this many row groups (of about 1 MiB,
 #: `mrw.shards.ROW_GROUP_BYTES`) at a time, converted in one call, while pyarrow reads as many
@@ -165,24 +166,22 @@ def arrow_copy(index: SplitIndex, shard: int) -> Path:
     except (OSError, pa.ArrowException, AttributeError):
         pass  # absent, stale or unreadable: build it again
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
     try:
-        pf = pq.ParquetFile(source, memory_map=True)
-        schema = pf.schema_arrow
-        schema = pa.schema([schema.field(c) for c in index.columns]).with_metadata(
-            {_SOURCE_KEY: stamp}
-        )
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for g in range(pf.num_row_groups):
-                table = pf.read_row_group(g, columns=index.columns, use_threads=False)
-                writer.write_batch(
-                    table.combine_chunks().to_batches()[0]
-                    if table.num_rows
-                    else pa.RecordBatch.from_pylist([], schema=schema)
-                )
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            pf = pq.ParquetFile(source, memory_map=True)
+            schema = pf.schema_arrow
+            schema = pa.schema([schema.field(c) for c in index.columns]).with_metadata(
+                {_SOURCE_KEY: stamp}
+            )
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                for g in range(pf.num_row_groups):
+                    table = pf.read_row_group(g, columns=index.columns, use_threads=False)
+                    writer.write_batch(
+                        table.combine_chunks().to_batches()[0]
+                        if table.num_rows
+                        else pa.RecordBatch.from_pylist([], schema=schema)
+                    )
     except (pa.ArrowException, OSError) as e:
-        tmp.unlink(missing_ok=True)
         raise UsageError(
             unreadable_shard(source, e, index.dataset, index.split, index.command)
         ) from None

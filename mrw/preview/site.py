@@ -239,11 +239,7 @@ def _check_out(out: Path) -> None:
 
 def _remove_stale_builds(out: Path) -> None:
     """Folders that a killed run of this site left beside it (their process is gone)."""
-    prefix = f"{shards.TMP_PREFIX}{out.name}-"
-    for p in out.parent.glob(f"{prefix}*"):
-        pid = p.name[len(prefix) :].split("-", 1)[0]
-        if p.is_dir() and pid.isdigit() and not shards.pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
+    shards.remove_stale_scratch(out.parent, f"{shards.TMP_PREFIX}{out.name}-")
 
 
 def _swap_in(tmp: Path, out: Path) -> None:

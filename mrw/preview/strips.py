@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from mrw import paths, shards
 from mrw.frames import DecodeError, decode_jpeg, decode_video, encode_jpeg, ordered_map
+from mrw.sampling import SPREAD, sample_frame_indices
 
 STRIP_HEIGHT = 96  # pixels: a row of thumbnails readable at a glance, a few KB each
 STRIP_FRAMES = 5  # frames per strip, spread evenly over the clip
@@ -78,13 +79,6 @@ def read_video_info(stage_dir: Path) -> dict[str, dict]:
     return info
 
 
-def spread(n: int, k: int) -> list[int]:
-    """`k` indices spread evenly over `range(n)` (all of them when n <= k)."""
-    if n <= k:
-        return list(range(n))
-    return np.linspace(0, n - 1, k).round().astype(int).tolist()
-
-
 def _thumb(rgb: np.ndarray, height: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     width = max(1, round(w * height / max(1, h)))
@@ -93,7 +87,9 @@ def _thumb(rgb: np.ndarray, height: int) -> np.ndarray:
 
 def strip_from_frames(frames: list[bytes], height: int = STRIP_HEIGHT) -> bytes:
     """Stored JPEG frames -> one JPEG strip of up to `STRIP_FRAMES` thumbnails side by side."""
-    chosen = [decode_jpeg(frames[i]) for i in spread(len(frames), STRIP_FRAMES)]
+    chosen = [
+        decode_jpeg(frames[i]) for i in sample_frame_indices(len(frames), STRIP_FRAMES, SPREAD)
+    ]
     if not chosen:
         raise DecodeError("no frames stored")
     return encode_jpeg(np.hstack([_thumb(f, height) for f in chosen]), STRIP_QUALITY)
@@ -118,7 +114,9 @@ def strip_from_media(
         return encode_jpeg(_thumb(decode_jpeg(data), height), STRIP_QUALITY)
     fps = decode_fps(duration)
     decoded = decode_video(data, fmt, fps=fps, size=height, scratch_dir=scratch)
-    chosen = [decoded.frames[i] for i in spread(len(decoded.frames), STRIP_FRAMES)]
+    chosen = [
+        decoded.frames[i] for i in sample_frame_indices(len(decoded.frames), STRIP_FRAMES, SPREAD)
+    ]
     return encode_jpeg(np.hstack([_thumb(f, height) for f in chosen]), STRIP_QUALITY)
 
 

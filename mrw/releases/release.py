@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from mrw import paths
 from mrw.errors import FatalError, UsageError
-from mrw.shards import TMP_PREFIX, pid_alive
+from mrw.shards import TMP_PREFIX, atomic_path, pid_alive, temporary_owner
 
 if TYPE_CHECKING:
     from mrw.fetch import Network
@@ -250,10 +250,8 @@ def fetch_to_cache(
     for the whole download; a failed or refused download leaves nothing behind."""
     from mrw.fetch import FetchConfig, Fetcher, looks_like_html
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}.{os.getpid()}"
     config = FetchConfig(timeout=timeout, retries=2, max_bytes=max_bytes, use_ytdlp=False)
-    try:
+    with atomic_path(target) as tmp:
         result = Fetcher(config, network).fetch_file(url, tmp)
         if not result.ok:
             error_class = result.error or ""
@@ -269,9 +267,6 @@ def fetch_to_cache(
             head = fh.read(512)
         if looks_like_html(head):
             raise UsageError(f"{url}: the server sent an HTML page, not the release")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
@@ -314,35 +309,28 @@ def cached_release(
     if unpacked.is_dir():
         return unpacked
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f"{TMP_PREFIX}release-{entry.name}.{os.getpid()}"
     remove_stale_temporaries(cache)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     try:
-        archive = fetch_to_cache(
-            url, tmp / name, timeout=timeout, max_bytes=max_bytes, network=network
-        )
-        if sha256 and _file_sha256(archive) != sha256.lower():
-            raise UsageError(
-                f"{url}: the download's sha256 is {_file_sha256(archive)}, the descriptor "
-                f"says {sha256}: not the official release"
+        with atomic_path(entry) as tmp:
+            tmp.mkdir()
+            archive = fetch_to_cache(
+                url, tmp / name, timeout=timeout, max_bytes=max_bytes, network=network
             )
-        extract_archive(archive, tmp / (name + ".d"))
-        find_file(tmp / (name + ".d"), metadata_file, "metadata file")
-        (tmp / "url.txt").write_text(url + "\n", encoding="utf-8", errors="surrogateescape")
-        if entry.exists() and not unpacked.is_dir():  # a leftover without its release
-            shutil.rmtree(entry)
-        try:
-            os.replace(tmp, entry)
-        except OSError:
-            if not unpacked.is_dir():  # another run did not just put the same release there
-                raise
+            if sha256 and _file_sha256(archive) != sha256.lower():
+                raise UsageError(
+                    f"{url}: the download's sha256 is {_file_sha256(archive)}, the descriptor "
+                    f"says {sha256}: not the official release"
+                )
+            extract_archive(archive, tmp / (name + ".d"))
+            find_file(tmp / (name + ".d"), metadata_file, "metadata file")
+            (tmp / "url.txt").write_text(url + "\n", encoding="utf-8", errors="surrogateescape")
+            if entry.exists() and not unpacked.is_dir():  # a leftover without its release
+                shutil.rmtree(entry)
     except UsageError as e:
         raise UsageError(str(e).replace(str(tmp / name), url)) from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        if not unpacked.is_dir():  # another run did not just put the same release there
+            raise
     return unpacked
 
 
@@ -351,8 +339,8 @@ def remove_stale_temporaries(cache: Path) -> None:
     if not cache.is_dir():
         return
     for p in cache.glob(f"{TMP_PREFIX}*"):
-        pid = p.name.rsplit(".", 1)[-1]
-        if pid.isdigit() and pid_alive(int(pid)):
+        pid = temporary_owner(p)
+        if pid is not None and pid_alive(pid):
             continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
