@@ -1,4 +1,4 @@
-"""Frame and feature extraction throughput (issue 5, acceptance 4).
+"""Frame and feature extraction throughput.
 
 One run builds a fixed synthetic split the way a user does (`mrw download --from-dir` over real
 MP4 and GIF clips made with ffmpeg), then measures:

@@ -191,7 +191,7 @@ def main(argv=None) -> int:
         f"| written | {report.bytes_written / 1e6:.2f} MB in {report.pages} pages, {report.work.strips_written} strips |",
         f"| row groups read | {report.work.row_groups_read} ({report.work.media_bytes_read / 1e6:.1f} MB of frames) |",
         "",
-        "Acceptance: under a minute and under 50 MB written.",
+        "Target: under a minute and under 50 MB written.",
     ]
     text = "\n".join(lines)
     print(text)

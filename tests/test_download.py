@@ -37,7 +37,7 @@ def _rows(root, dataset="mrw", split="test"):
     return [r for f in shards.data_shards(stage) for r in pq.read_table(f).to_pylist()]
 
 
-# -- acceptance 1: 200+ items, every fault ---------------------------------------------------------
+# -- 200+ items, every fault ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory, fault_server, sample_release):
     rel, srv = sample_release, fault_server
@@ -110,7 +110,7 @@ def test_other_settings_are_refused(faulty):
         )
 
 
-# -- acceptance 2: SIGKILL at three moments, resume, byte-identical ----------------------------------
+# -- SIGKILL at three moments, resume, byte-identical ----------------------------------
 def _files(stage):
     return {
         str(p.relative_to(stage)): p.read_bytes() for p in sorted(stage.rglob("*")) if p.is_file()
@@ -183,7 +183,7 @@ def test_kill_and_resume_gives_byte_identical_shards(tmp_path):
     assert len(_status(root)) == 56
 
 
-# -- acceptance 3: --from-dir -----------------------------------------------------------------------
+# -- --from-dir -----------------------------------------------------------------------
 def test_from_dir_ingests_a_folder_and_reports_missing_files(tmp_path):
     rel = write_sample_release(
         tmp_path / "rel", "mrw", "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 12}
@@ -287,7 +287,7 @@ def test_limit_downloads_the_first_items_and_a_later_run_completes_the_shard(tmp
     assert {r["format"] for r in _rows(root, "tgif")} == {"gif"} and len(_status(root, "tgif")) == 7
 
 
-# -- acceptance 5: bad input exits 2, nothing half-written -------------------------------------------
+# -- bad input exits 2, nothing half-written -------------------------------------------
 def test_bad_input_exits_2(tmp_path):
     rel = write_sample_release(
         tmp_path / "rel", "mrw", "http://127.0.0.1:9", counts={"train": 0, "val": 0, "test": 3}

@@ -100,7 +100,7 @@ def run_bad(root, tmp_path, preds, *fragments, extra=()):
     return result.output
 
 
-# -- acceptance 3: every bad input -> exit 2, one precise line, nothing written -----------------
+# -- every bad input -> exit 2, one precise line, nothing written -----------------
 def test_path_that_does_not_exist(root, tmp_path, split):
     run_bad(root, tmp_path, tmp_path / "nope.json", "nope.json", "no such file")
 
@@ -332,7 +332,7 @@ def test_gpu_without_cuda(root, tmp_path, split):
     )
 
 
-# -- acceptance 5 (and the happy path): table, results JSON, leaderboard, plot ---------------
+# -- the happy path and bad outputs: table, results JSON, leaderboard, plot ---------------
 def test_table_json_leaderboard_and_plot(root, tmp_path, split):
     out_json, out_png = tmp_path / "o" / "results.json", tmp_path / "o" / "recall.png"
     result = run(

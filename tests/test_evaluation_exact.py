@@ -80,7 +80,7 @@ def continuous(rng, n, per_item, k, d, noise):
     return items, sents.astype(np.float32), owner
 
 
-# -- acceptance 1: random continuous embeddings --------------------------------------------------
+# -- random continuous embeddings --------------------------------------------------
 def test_mrw_size_k5_equals_a_float64_per_query_loop(root, tmp_path):
     rng = np.random.default_rng(11)
     n = 1000
@@ -151,7 +151,7 @@ def test_one_and_two_blas_threads_give_identical_results(root, tmp_path):
     assert_close(outputs[0]["full"], loop_metrics(*loop_ranks(s64, owner), n, n))
 
 
-# -- acceptance 2: constructed near-ties ---------------------------------------------------------
+# -- constructed near-ties ---------------------------------------------------------
 def near_twins(rng, n, d=1024):
     """Items a_i with right sentences b_i, and for each a wrong sentence c_i (another item's)
     equal to b_i but for one coordinate, so that a_i.c_i - a_i.b_i = +-2^-30 (about 1e-9)

@@ -190,7 +190,7 @@ def rankings_from(scores, item_ids, sent_ids, top=None):
     return {"i2t": i2t, "t2i": t2i}
 
 
-# -- acceptance 1: equal to the independent implementation ----------------------------------
+# -- equal to the independent implementation ----------------------------------
 @pytest.mark.parametrize("k", [1, 5])
 def test_mrw_like_matches_independent_loops_for_every_input_kind(root, tmp_path, k):
     n = 1000
@@ -318,7 +318,7 @@ def test_block_size_does_not_change_ranks():
         np.testing.assert_array_equal(got[1], want[1])
 
 
-# -- acceptance 2: ties and truncated rankings ----------------------------------------------
+# -- ties and truncated rankings ----------------------------------------------
 def test_ties_count_against_the_submission():
     # item 0's right sentence ties with a wrong one, so does item 1's; sentence 1's item ties
     # with item 2 and trails item 0

@@ -1,4 +1,4 @@
-"""`mrw extract-features`: stored features equal the backbone's own output (acceptance 2), resume
+"""`mrw extract-features`: stored features equal the backbone's own output, resume
 after SIGKILL (3), the --gpu path and its error without CUDA (5), weights from the torch cache."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def direct_features(model, images: list) -> np.ndarray:
 
 
 def assert_close_after_float16(stored: np.ndarray, direct: np.ndarray, tol=1e-3):
-    """Acceptance 2: max |stored - direct| <= tol once direct goes through the same rounding."""
+    """max |stored - direct| <= tol once direct goes through the same rounding."""
     assert stored.dtype == np.float16 and stored.shape == direct.shape
     diff = np.abs(stored.astype(np.float32) - direct.astype(np.float16).astype(np.float32))
     assert diff.max() <= tol, diff.max()

@@ -1,4 +1,4 @@
-"""`mrw extract-frames`: video shards -> frame shards, atomic and resumable (acceptance 1 and 3)."""
+"""`mrw extract-frames`: video shards -> frame shards, atomic and resumable."""
 
 from __future__ import annotations
 

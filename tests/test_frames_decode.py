@@ -1,4 +1,4 @@
-"""Decoding and sampling (acceptance 1), on real clips made with ffmpeg; also the clip makers and
+"""Decoding and sampling, on real clips made with ffmpeg; also the clip makers and
 the video-stage writer that the frames and features tests share."""
 
 from __future__ import annotations
@@ -132,7 +132,6 @@ def write_video_stage(root: Path, dataset: str, split: str, shard_items: list[li
     return videos_dir
 
 
-# -- acceptance 1 -----------------------------------------------------------------------------
 CLIPS = [  # (format, source fps, duration s, size)
     ("mp4", 30, 2.0, (320, 240)),
     ("mp4", 24, 1.5, (180, 320)),  # portrait: the width becomes the 256 side

@@ -179,7 +179,7 @@ def f16(blob, shape):
     return np.frombuffer(blob, dtype="<f2").reshape(shape).astype(np.float32)
 
 
-# -- acceptance 1: every modality of every dataset equals what the shards hold ------------------
+# -- every modality of every dataset equals what the shards hold ------------------
 @pytest.mark.parametrize("dataset", ["mrw", "tgif"])
 def test_video_datasets_every_modality_equals_shards(tmp_path, dataset):
     failed = {2, 9, 10}
@@ -449,7 +449,7 @@ def test_info_and_to_pandas(tmp_path):
     ]
 
 
-# -- acceptance 2: streaming over workers and ranks ----------------------------------------------
+# -- streaming over workers and ranks ----------------------------------------------
 def _epoch_order(root, epoch, world_size=2, num_workers=2, seed=7):
     order = []
     for rank in range(world_size):

@@ -1,4 +1,4 @@
-"""Acceptance 1 on the real pipeline: the sample release served over HTTP on 127.0.0.1, the
+"""On the real pipeline: the sample release served over HTTP on 127.0.0.1, the
 catalog, download, frames and features stages, then load_dataset over what they wrote."""
 
 import io

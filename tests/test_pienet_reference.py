@@ -1,5 +1,5 @@
 """The authors' pretrained models: `import-reference` of a reference-format checkpoint and pickled
-vocabulary, then `load_model` embeds as the reference's legacy model would (acceptance 1), a
+vocabulary, then `load_model` embeds as the reference's legacy model would, a
 pickle that would run code is refused (2), and the imported trunk drives `extract-features` (3).
 
 The reference-format files are built here from the reference's key names and shapes, and the
@@ -206,7 +206,6 @@ def reference_sentence(state: dict, words: list[str], sentence: str) -> np.ndarr
     return pie_embeddings(state, "txt_enc.pie_net", global_feature, x)
 
 
-# -- acceptance 1 --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["mrw", "mrw_k1", "tgif"])
 def test_imported_model_embeds_as_the_reference_legacy_model(tmp_path, monkeypatch, trunk, name):
     config = load_config(name)
@@ -339,7 +338,6 @@ def test_truncated_checkpoint_and_foreign_vocab_exit_2(tmp_path, good_files):
     )
 
 
-# -- acceptance 2 --------------------------------------------------------------------------------
 class _RunsCode:
     def __init__(self, marker: Path):
         self.marker = marker
@@ -383,7 +381,6 @@ def test_vocabulary_keeps_the_pickled_ids(tmp_path, monkeypatch):
     assert vocab.idx2word == [*SPECIALS, *words] and vocab("apple") == 5 and vocab("kiwi") == 3
 
 
-# -- acceptance 3 --------------------------------------------------------------------------------
 def test_imported_trunk_gives_torchvision_resnet152_features(tmp_path, root, good_files):
     from PIL import Image
     from test_features import REFERENCE_TRANSFORM, assert_close_after_float16, features_of

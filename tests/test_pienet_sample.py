@@ -1,4 +1,4 @@
-"""Acceptance 3: on the built-in sample release, a short CPU training of the baseline reaches, on
+"""On the built-in sample release, a short CPU training of the baseline reaches, on
 the test split, R@1 >= 5x chance in both directions and an rsum above the untrained model's.
 
 The whole journey is real: the release served on 127.0.0.1, `mrw download`, `extract-frames`,
