@@ -15,12 +15,20 @@ NO_CUDA = (
 )
 
 
-def choose_device(gpu: bool) -> torch.device:
-    """CUDA with `gpu` (a UsageError where there is none), else the CPU."""
-    import torch  # not at import time: commands without a model need not load torch
-
+def device_name(gpu: bool) -> str:
+    """`"cuda"` with `gpu` (a UsageError where there is none), else `"cpu"`; torch is imported
+    only with `gpu`, so that CPU work that needs no model (evaluation) does not load it."""
     if not gpu:
-        return torch.device("cpu")
+        return "cpu"
+    import torch
+
     if not torch.cuda.is_available():
         raise UsageError(NO_CUDA)
-    return torch.device("cuda")
+    return "cuda"
+
+
+def choose_device(gpu: bool) -> torch.device:
+    """The `torch.device` of `device_name(gpu)`."""
+    import torch  # not at import time: commands without a model need not load torch
+
+    return torch.device(device_name(gpu))

@@ -163,3 +163,19 @@ def test_one_frame_sampler():
     for module in ("mrw/features.py", "mrw/preview/strips.py", "mrw/loader/base.py"):
         text = (REPO / module).read_text()
         assert "sample_frame_indices" in text and "linspace" not in text
+
+
+def test_the_cpu_evaluator_does_not_load_torch():
+    """Loading torch costs about 0.5 GiB and slows the evaluator's BLAS: only `--gpu` needs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from mrw.device import device_name\n"
+        "from mrw.evaluation import evaluate_submission\n"
+        "assert device_name(False) == 'cpu'\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from mrw import paths
-from mrw.device import choose_device
+from mrw.device import device_name
 from mrw.errors import UsageError
 from mrw.evaluation.coverage import leave_out_missing, not_comparable_because
 from mrw.evaluation.groundtruth import load_ground_truth
@@ -45,7 +45,7 @@ def evaluate_submission(
             f"{where}: the submission is for dataset {preds['dataset']!r}, "
             f"but --dataset {dataset} was given"
         )
-    device = choose_device(gpu).type
+    device = device_name(gpu)
     full = load_ground_truth(root, preds["dataset"], preds["split"], all_sentences)
     chosen = leave_out_missing(preds, full, root, allow_missing, where)
     gt = chosen.gt
