@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
 
 from mrw.catalog import write_catalog  # noqa: E402
+from mrw.demo.release import encode_raw_frames  # noqa: E402
 from mrw.download import download_split  # noqa: E402
 from mrw.fetch import FetchConfig, Fetcher  # noqa: E402
 
@@ -66,46 +67,13 @@ def machine() -> str:
 def make_clip(path: Path) -> None:
     """A real H.264 MP4 of about 1 MB: 12 frames of seeded noise at 480x360, 12 fps."""
     frames = np.random.default_rng(0).integers(0, 256, size=(12, 360, 480, 3), dtype=np.uint8)
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-s",
-            "480x360",
-            "-r",
-            "12",
-            "-i",
-            "pipe:0",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-qp",
-            "30",
-            "-pix_fmt",
-            "yuv420p",
-            "-threads",
-            "1",
-            "-fflags",
-            "+bitexact",
-            "-flags:v",
-            "+bitexact",
-            "-map_metadata",
-            "-1",
-            "-movflags",
-            "+faststart",
-            str(path),
-        ],
-        input=frames.tobytes(),
-        check=True,
-    )
+    encode_raw_frames(
+        ["-c:v", "libx264", "-preset", "ultrafast", "-qp", "30", "-pix_fmt", "yuv420p",
+         "-movflags", "+faststart"],
+        frames,
+        12,
+        path,
+    )  # fmt: skip
 
 
 def make_items(folder: Path, clip: Path, n: int) -> list[str]:

@@ -182,7 +182,8 @@ def render_frames(clip: Clip) -> np.ndarray:
     return frames
 
 
-def _ffmpeg(args: list[str], frames: np.ndarray, fps: int, out: Path) -> None:
+def encode_raw_frames(args: list[str], frames: np.ndarray, fps: int, out: Path) -> None:
+    """RGB frames `[T, H, W, 3]` piped into one ffmpeg, encoded with `args`, written bit-exact."""
     _n, h, w, _ = frames.shape
     cmd = [
         "ffmpeg",
@@ -220,7 +221,7 @@ def _ffmpeg(args: list[str], frames: np.ndarray, fps: int, out: Path) -> None:
 
 def encode_mp4(clip: Clip, out: Path) -> None:
     """H.264, yuv420p, moov first; one ffmpeg process fed raw frames through a pipe."""
-    _ffmpeg(
+    encode_raw_frames(
         [
             "-c:v",
             "libx264",
