@@ -16,8 +16,9 @@ import os
 import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +29,7 @@ from mrw.catalog import read_catalog
 from mrw.descriptors import load_descriptor
 from mrw.errors import FatalError, UsageError
 from mrw.fetch import FetchConfig, Fetcher, timeout_problem
+from mrw.itempool import ProcessItemPool, ThreadItemPool, WorkerDied
 from mrw.media import MediaError, MediaLimits, probe_media, remove_stale_probes, require_ffprobe
 from mrw.stage import Distribution, ShardsFailed, progress_bar, run_stage
 
@@ -211,6 +213,7 @@ def check_options(
     max_bytes: int = 64 * 1024 * 1024,
     limit: int | None = None,
     per_host: int = 4,
+    processes: int = 0,
 ) -> None:
     """Refuse meaningless options before anything is read or written (UsageError)."""
     problem = timeout_problem(timeout)
@@ -226,6 +229,8 @@ def check_options(
     ):
         if not ok:
             raise UsageError(f"{name} must be a positive number, got {value!r}")
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 0:
+        raise UsageError(f"--processes must be 0 (auto) or a positive number, got {processes!r}")
 
 
 def _prepare_stage_dir(stage_dir: Path) -> None:
@@ -279,15 +284,34 @@ def parse_only(text: str | None) -> tuple[str, ...]:
     return classes
 
 
+#: items a worker process must have to itself before `--processes auto` starts one more (a
+#: spawned process takes about a second to import what it needs)
+ITEMS_PER_PROCESS = 200
+
+
+def auto_processes(items: int, workers: int, per_host: int) -> int:
+    """`--processes 0`: one per usable CPU, but no more than the job keeps busy, and no more than
+    `--per-host` and `--workers`, which are shared out among them."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, workers, per_host, items // ITEMS_PER_PROCESS))
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` whole shares that differ by at most one."""
+    return [total // parts + (k < total % parts) for k in range(parts)]
+
+
 @dataclass
 class _DownloadContext:
     items: list[dict]
-    worker: _ItemWorker
-    pool: ThreadPoolExecutor
+    pool: ThreadItemPool[dict, ItemResult] | ProcessItemPool[dict, ItemResult]
     window: int
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
 
 
 @dataclass(frozen=True)
@@ -309,6 +333,9 @@ class DownloadStage:
     stills_ok: bool = True
     #: two shards at once share the item pool, so that one's slow tail overlaps the next's start
     local_shards: int = 2
+    #: worker processes of the item pool (1: threads of this process); each takes its share of
+    #: `workers` and of the fetch's `per_host`, so the totals hold across them
+    processes: int = 1
     num_cpus: float = 1.0
     actor_gpus: float | None = None
 
@@ -318,12 +345,24 @@ class DownloadStage:
         items = catalog.select(columns).to_pylist()
         if self.limit is not None:
             items = items[: self.limit]
-        return _DownloadContext(
-            items=items,
-            worker=_ItemWorker(self.from_dir, self.fetch, self.limits, self.stills_ok),
-            pool=ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mrw-download"),
-            window=max(4 * self.workers, 32),
-        )
+        pool: ThreadItemPool[dict, ItemResult] | ProcessItemPool[dict, ItemResult]
+        if self.processes <= 1:
+            worker = _ItemWorker(self.from_dir, self.fetch, self.limits, self.stills_ok)
+            pool = ThreadItemPool(worker, self.workers, "mrw-download")
+        else:
+            n = min(self.processes, self.fetch.per_host, self.workers)
+            makers = [
+                partial(
+                    _ItemWorker,
+                    self.from_dir,
+                    replace(self.fetch, per_host=share),
+                    self.limits,
+                    self.stills_ok,
+                )
+                for share in _shares(self.fetch.per_host, n)
+            ]
+            pool = ProcessItemPool(makers, _shares(self.workers, n), "mrw-download")
+        return _DownloadContext(items=items, pool=pool, window=max(4 * self.workers, 32))
 
     def items_of(self, items: list[dict], index: int) -> list[dict]:
         return items[index * self.shard_size : (index + 1) * self.shard_size]
@@ -393,7 +432,7 @@ def _fetch_in_order(context: _DownloadContext, items: list[dict]) -> Iterator[It
     pending: deque[tuple[dict, Future[ItemResult]]] = deque()
     try:
         for item in items:
-            pending.append((item, context.pool.submit(context.worker, item)))
+            pending.append((item, context.pool.submit(item)))
             if len(pending) >= context.window:
                 yield _result(*pending.popleft())
         while pending:
@@ -408,6 +447,8 @@ def _result(item: dict, future: Future[ItemResult]) -> ItemResult:
         return future.result()
     except FatalError:
         raise  # nothing can succeed (a missing tool): stop, keeping finished shards
+    except WorkerDied:
+        raise  # the shard fails and is retried; its items did nothing wrong that we know of
     except OSError as e:
         if e.errno == errno.ENOSPC:  # a full disk fails every item: stop, keeping finished shards
             raise FatalError(f"{e}") from e
@@ -440,15 +481,19 @@ def download_split(
     distribution: Distribution | None = None,
     retry_failed: bool = False,
     only: tuple[str, ...] | str | None = None,
+    processes: int = 0,
 ) -> DownloadReport:
     """Fetch (or read `from_dir`), validate and shard every item of the split's catalog.
 
     `retry_failed`: instead, re-fetch the failed items (of the classes in `only`, default all) of
     complete shards and rewrite each shard that changed, as if they had succeeded at once.
     In a video dataset a single-frame file fails as `not_animated` unless `allow_still`.
+    `processes`: worker processes of the item pool, sharing `workers` and `per_host` out among
+    them; 0 picks one per usable CPU for jobs big enough to keep them busy (`auto_processes`).
+    On Ray every shard's task runs its items in threads of its own process.
     """
     dataset, split = paths.check_dataset(dataset), paths.normalize_split(split)
-    check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host)
+    check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host, processes)
     distribution = (distribution or Distribution()).check()
     only = parse_only(only) if isinstance(only, str) or only is None else tuple(only)
     if only and not retry_failed:
@@ -487,6 +532,10 @@ def download_split(
         todo = [i for i, ok in complete.items() if ok and _has_failures(stage_dir, i, only)]
     else:
         todo = [i for i, ok in complete.items() if not ok]
+    if distribution.distributor == "ray":
+        processes = 1  # a Ray task reserves one CPU; the cluster spreads the shards
+    elif processes == 0:
+        processes = auto_processes(sum(len(ids_of[i]) for i in todo), workers, per_host)
     stage = DownloadStage(
         stage_dir=stage_dir,
         catalog_file=paths.catalog_path(root, dataset, split),
@@ -502,6 +551,7 @@ def download_split(
         ),
         limits=MediaLimits(max_bytes=max_bytes),
         workers=workers,
+        processes=processes,
         retry_only=only if retry_failed else None,
         stills_ok=allow_still or load_descriptor(dataset).get("modality") == "image",
     )

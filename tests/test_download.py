@@ -8,15 +8,18 @@ import signal
 import subprocess
 import sys
 import time
+from typing import ClassVar
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import forget_requests
+from conftest import forget_requests, served_root
 
+from mrw import download as download_module
 from mrw import paths, shards
 from mrw.demo import FAULTS, SampleServer, write_sample_release
-from mrw.download import download_split
+from mrw.download import auto_processes, download_split
 from mrw.errors import UsageError
+from mrw.itempool import ProcessItemPool
 from mrw.releases import build_catalog
 
 
@@ -108,6 +111,149 @@ def test_other_settings_are_refused(faulty):
         download_split(
             root=root, dataset="mrw", split="test", shard_size=10, max_bytes=1 << 20, progress=False
         )
+
+
+# -- items in worker processes --------------------------------------------------------------
+def _parquet_files(root):
+    stage = paths.videos_dir(root, "mrw", "test")
+    return {str(p.relative_to(stage)): p.read_bytes() for p in sorted(stage.rglob("*.parquet"))}
+
+
+class _SpyPool(ProcessItemPool):
+    """The real pool, remembering its workers' pids; with `kill_at`, SIGKILLs its first worker
+    when that many items have been submitted."""
+
+    pids_seen: ClassVar[set] = set()
+    kill_at: ClassVar[int | None] = None
+    killed: ClassVar[list] = []
+
+    def submit(self, item):
+        type(self).pids_seen.update(self.pids())
+        future = super().submit(item)
+        if self._seq == type(self).kill_at:
+            victim = self.pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            type(self).killed.append(victim)
+        return future
+
+
+@pytest.fixture
+def spy_pool(monkeypatch):
+    monkeypatch.setattr(_SpyPool, "pids_seen", set())
+    monkeypatch.setattr(_SpyPool, "killed", [])
+    monkeypatch.setattr(download_module, "ProcessItemPool", _SpyPool)
+    return _SpyPool
+
+
+def test_worker_processes_write_the_same_shards_as_threads(faulty, tmp_path, spy_pool):
+    rel, root, report, srv = faulty
+    forget_requests(srv)
+    other = tmp_path / "root"
+    build_catalog("mrw", "test", root=other, source=str(rel))
+    again = download_split(
+        root=other,
+        dataset="mrw",
+        split="test",
+        workers=16,
+        processes=2,
+        shard_size=64,
+        timeout=2.0,
+        retries=1,
+        max_bytes=1 << 20,
+        backoff=0.05,
+        progress=False,
+    )
+    assert len(spy_pool.pids_seen) == 2 and os.getpid() not in spy_pool.pids_seen
+    assert (again.ok, again.errors) == (report.ok, report.errors)
+    assert _parquet_files(other) == _parquet_files(root)  # data and status, byte for byte
+
+
+def test_a_killed_worker_process_fails_its_shard_and_the_retry_completes(
+    fault_server, tmp_path, spy_pool
+):
+    own = served_root(fault_server) / "killed-worker"
+    own.mkdir()
+    rel = write_sample_release(
+        own, "mrw", f"{fault_server.url}/killed-worker", counts={"train": 0, "val": 0, "test": 48}
+    )
+    options = dict(dataset="mrw", split="test", workers=4, shard_size=16, progress=False)
+    runs = {}
+    for name, procs, kill_at in (("threads", 1, None), ("killed", 2, 20)):
+        spy_pool.kill_at = kill_at
+        runs[name] = tmp_path / name
+        build_catalog("mrw", "test", root=runs[name], source=str(rel))
+        report = download_split(root=runs[name], processes=procs, **options)
+        assert (report.ok, report.failed, report.failed_shards) == (48, 0, {})
+    assert len(spy_pool.killed) == 1 and spy_pool.killed[0] in spy_pool.pids_seen
+    assert _parquet_files(runs["killed"]) == _parquet_files(runs["threads"])
+
+
+def test_a_killed_download_leaves_no_worker_process(tmp_path):
+    rel = tmp_path / "rel"
+    rel.mkdir()
+    with SampleServer(rel, latency=0.2) as srv:  # slow enough to be killed while it runs
+        write_sample_release(rel, "mrw", srv.url, counts={"train": 0, "val": 0, "test": 40})
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mrw.cli",
+                "download",
+                "--root",
+                str(tmp_path / "root"),
+                "--split",
+                "test",
+                "--metadata",
+                str(rel),
+                "--processes",
+                "2",
+                "--workers",
+                "4",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        workers: list[int] = []
+        while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            workers = _children(proc.pid)
+            time.sleep(0.01)
+        assert len(workers) == 2, "the download never started its worker processes"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert not any(_running(p) for p in workers), "a worker outlived its killed parent"
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                kids += [int(p) for p in fh.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_processes_auto_and_bad_values():
+    assert auto_processes(100, workers=16, per_host=4) == 1  # too small to pay for a process
+    cpus = len(os.sched_getaffinity(0))
+    assert auto_processes(100_000, workers=16, per_host=4) == min(cpus, 4)
+    assert auto_processes(100_000, workers=16, per_host=1) == 1  # one connection per host
+    assert auto_processes(100_000, workers=1, per_host=4) == 1
+    with pytest.raises(UsageError, match="--processes"):
+        download_split(root="/nonexistent", processes=-1, progress=False)
 
 
 # -- SIGKILL at three moments, resume, byte-identical ----------------------------------
@@ -306,6 +452,7 @@ def test_bad_input_exits_2(tmp_path):
         ("--max-bytes", -1),
         ("--retries", -1),
         ("--per-host", 0),
+        ("--processes", -1),
     ):
         res = _mrw("download", "--root", root, "--split", "test", "--metadata", rel, opt, value)
         assert res.returncode == 2 and opt in res.stderr, (opt, res.stderr)

@@ -74,6 +74,13 @@ def _with_summary(run: Callable[..., Any], **options: Any) -> Any:
     default=16,
     help="Download threads: items fetched at once (see --per-host for one host's share).",
 )
+@click.option(
+    "--processes",
+    type=BoundedInt(min=0),
+    default=0,
+    show_default="0: one per CPU for jobs of 200 items a process or more",
+    help="Worker processes sharing --workers and --per-host out among them (1: threads only).",
+)
 @click.option("--shard-size", type=BoundedInt(min=1), default=1000, help="Items per shard.")
 @click.option(
     "--timeout",
@@ -139,6 +146,7 @@ def download(
     from_dir: str | None,
     limit: int | None,
     workers: int,
+    processes: int,
     shard_size: int,
     timeout: float,
     retries: int,
@@ -162,7 +170,7 @@ def download(
     classes = parse_only(only)
     if retry_failed and catalog_only:
         raise UsageError("--retry-failed and --catalog-only exclude each other")
-    check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host)
+    check_options(workers, shard_size, timeout, retries, max_bytes, limit, per_host, processes)
     if not retry_failed:
         from mrw.releases import build_catalog
 
@@ -186,6 +194,7 @@ def download(
         from_dir=from_dir,
         limit=limit,
         workers=workers,
+        processes=processes,
         shard_size=shard_size,
         timeout=timeout,
         retries=retries,
