@@ -11,7 +11,6 @@ uninterrupted run gives.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import sys
 from collections import Counter, deque
@@ -28,9 +27,10 @@ from mrw import paths, shards
 from mrw.catalog import read_catalog
 from mrw.descriptors import load_descriptor
 from mrw.errors import FatalError, UsageError
-from mrw.fetch import FetchConfig, Fetcher, timeout_problem
+from mrw.fetch import FetchConfig, timeout_problem
+from mrw.item import ItemResult, ItemWorker
 from mrw.itempool import ProcessItemPool, ThreadItemPool, WorkerDied
-from mrw.media import MediaError, MediaLimits, probe_media, remove_stale_probes, require_ffprobe
+from mrw.media import MediaLimits, remove_stale_probes, require_ffprobe
 from mrw.stage import Distribution, ShardsFailed, progress_bar, run_stage
 
 VIDEO_SCHEMA = pa.schema(
@@ -52,7 +52,6 @@ PARQUET_OPTIONS = {
     "use_dictionary": ["format"],
     "write_statistics": ["id", "num_frames", "fps", "width", "height", "duration"],
 }
-MEDIA_SUFFIXES = ("mp4", "gif", "webm", "mkv", "mov", "jpg", "jpeg", "png", "avi", "flv", "webp")
 
 
 @dataclass
@@ -87,121 +86,6 @@ class DownloadReport:
             shown = ", ".join(self.missing[:5]) + (", ..." if len(self.missing) > 5 else "")
             lines.append(f"  missing files: {len(self.missing)} ({shown})")
         return "\n".join(lines)
-
-
-# -- one item ---------------------------------------------------------------------------------
-@dataclass
-class ItemResult:
-    id: str
-    url: str | None
-    row: dict | None
-    error: str | None
-    attempts: int
-
-    @property
-    def status(self) -> dict:
-        return {
-            "id": self.id,
-            "url": self.url,
-            "status": "ok" if self.row else "failed",
-            "error": self.error,
-            "attempts": self.attempts,
-        }
-
-
-def _validate(
-    item_id: str, url: str | None, data: bytes, attempts: int, limits: MediaLimits
-) -> ItemResult:
-    try:
-        info = probe_media(data, limits)
-    except MediaError as e:
-        return ItemResult(item_id, url, None, f"{e.cls}: {e.message}", attempts)
-    row = {
-        "id": item_id,
-        "video": data,
-        "format": info.format,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "num_frames": info.num_frames,
-        "fps": info.fps,
-        "width": info.width,
-        "height": info.height,
-        "duration": info.duration,
-    }
-    return ItemResult(item_id, url, row, None, attempts)
-
-
-def local_file(from_dir: Path, item: dict) -> Path | None:
-    """The local media file of an item: `<id>.<ext>`, or COCO's `<filepath>/<filename>`."""
-    for rel in (
-        [f"{item['filepath']}/{item['filename']}", item["filename"]]
-        if item.get("filename") and item.get("filepath")
-        else []
-    ):
-        p = from_dir / rel
-        if p.is_file():
-            return p
-    for ext in MEDIA_SUFFIXES:
-        p = from_dir / f"{item['id']}.{ext}"
-        if p.is_file():
-            return p
-    return None
-
-
-def still_check(result: ItemResult, stills_ok: bool) -> ItemResult:
-    """A single-frame file in a video dataset fails as `not_animated`: dead GIF hosts answer 200
-    with a still placeholder image."""
-    if stills_ok or result.row is None or result.row["num_frames"] >= 2:
-        return result
-    fmt = result.row["format"]
-    return ItemResult(
-        result.id,
-        result.url,
-        None,
-        f"not_animated: a still {fmt} (1 frame) where the dataset has video",
-        result.attempts,
-    )
-
-
-class _ItemWorker:
-    def __init__(
-        self,
-        from_dir: Path | None,
-        fetch_config: FetchConfig,
-        limits: MediaLimits,
-        stills_ok: bool = True,
-    ) -> None:
-        self.from_dir, self.limits, self.stills_ok = from_dir, limits, stills_ok
-        self.fetcher = Fetcher(fetch_config)
-
-    def __call__(self, item: dict) -> ItemResult:
-        return still_check(self._fetch_and_probe(item), self.stills_ok)
-
-    def _fetch_and_probe(self, item: dict) -> ItemResult:
-        item_id, url = item["id"], item.get("url")
-        if self.from_dir is not None:
-            path = local_file(self.from_dir, item)
-            if path is None:
-                return ItemResult(
-                    item_id, url, None, f"missing: no file {item_id}.<ext> in {self.from_dir}", 1
-                )
-            size = path.stat().st_size
-            if size > self.limits.max_bytes:
-                return ItemResult(
-                    item_id,
-                    url,
-                    None,
-                    f"too_large: {path.name} has {size} bytes, over the cap of {self.limits.max_bytes}",
-                    1,
-                )
-            return _validate(item_id, url, path.read_bytes(), 1, self.limits)
-        if not url:
-            return ItemResult(
-                item_id, url, None, "no_url: the release gives no URL for this item", 0
-            )
-        res = self.fetcher.fetch(url)
-        if not res.ok:
-            return ItemResult(item_id, url, None, res.error_text, res.attempts)
-        return _validate(item_id, url, res.data or b"", res.attempts, self.limits)
 
 
 # -- the split ----------------------------------------------------------------------------------
@@ -347,13 +231,13 @@ class DownloadStage:
             items = items[: self.limit]
         pool: ThreadItemPool[dict, ItemResult] | ProcessItemPool[dict, ItemResult]
         if self.processes <= 1:
-            worker = _ItemWorker(self.from_dir, self.fetch, self.limits, self.stills_ok)
+            worker = ItemWorker(self.from_dir, self.fetch, self.limits, self.stills_ok)
             pool = ThreadItemPool(worker, self.workers, "mrw-download")
         else:
             n = min(self.processes, self.fetch.per_host, self.workers)
             makers = [
                 partial(
-                    _ItemWorker,
+                    ItemWorker,
                     self.from_dir,
                     replace(self.fetch, per_host=share),
                     self.limits,

@@ -155,6 +155,26 @@ def _decoder(encoding: str | None):
     raise FetchFailure("bad_encoding", f"Content-Encoding {encoding!r} is not one we asked for")
 
 
+def _read_environment_once() -> tuple[bool, str | bool]:
+    """Whether requests must keep reading the environment on every request, and the CA bundle
+    to verify with.
+
+    With `trust_env` requests looks up proxies (walking all of `os.environ` twice), the CA bundle
+    variables and `~/.netrc` again for every request: a third of the fetch's CPU on a fast
+    network. Unless proxies or a netrc file are configured (then requests keeps doing it, since
+    `no_proxy` and netrc answer per URL), the one thing it would find, the CA bundle, is read here
+    once and the session stops looking: the same requests go out."""
+    import os
+    import urllib.request
+
+    netrc = [os.environ.get("NETRC"), "~/.netrc", "~/_netrc"]
+    if urllib.request.getproxies() or any(
+        p and os.path.exists(os.path.expanduser(p)) for p in netrc
+    ):
+        return True, True
+    return False, os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+
+
 class Fetcher:
     """Fetches items for many threads: one requests.Session per thread, a semaphore per host."""
 
@@ -165,6 +185,7 @@ class Fetcher:
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._hosts_lock = threading.Lock()
         self._rng = random.Random()
+        self._trust_env, self._verify = _read_environment_once()
 
     # -- plumbing --
     def _session(self) -> requests.Session:
@@ -174,6 +195,7 @@ class Fetcher:
             s.headers["User-Agent"] = USER_AGENT
             s.headers["Accept-Encoding"] = ACCEPT_ENCODING
             s.max_redirects = 10
+            s.trust_env, s.verify = self._trust_env, self._verify
             adapter = GuardedAdapter(pool_connections=16, pool_maxsize=max(1, self.config.per_host))
             s.mount("http://", adapter)
             s.mount("https://", adapter)

@@ -124,3 +124,42 @@ def test_a_read_timeout_wrapped_as_connection_error_is_a_timeout():
     assert _read_timed_out(wrapped) and _read_timed_out(requests.exceptions.ReadTimeout("slow"))
     assert not _read_timed_out(requests.exceptions.ConnectionError("connection refused"))
     assert not _read_timed_out(ConnectionResetError(104, "reset by peer"))
+
+
+# -- the environment is read once -----------------------------------------------------------------
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
+
+
+def _plain_environment(monkeypatch, tmp_path):
+    import os
+
+    for name in list(os.environ):
+        if name.lower() in _PROXY_VARS or name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("NETRC", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc there
+
+
+def test_without_proxies_or_netrc_the_session_reads_the_environment_once(
+    monkeypatch, tmp_path, served
+):
+    srv, clip, data = served
+    _plain_environment(monkeypatch, tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "ca.pem"))
+    fetcher = _fetcher()
+    session = fetcher._session()
+    # what requests would have found per request (the CA bundle) is kept; nothing else to find
+    assert session.trust_env is False and session.verify == str(tmp_path / "ca.pem")
+    assert fetcher.fetch(f"{srv.url}/media/{clip}").data == data  # plain http: no bundle used
+
+
+@pytest.mark.parametrize("setting", ["proxy", "netrc"])
+def test_with_proxies_or_netrc_requests_keeps_reading_the_environment(
+    monkeypatch, tmp_path, setting
+):
+    _plain_environment(monkeypatch, tmp_path)
+    if setting == "proxy":
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # never used: nothing is fetched
+    else:
+        (tmp_path / ".netrc").write_text("machine 127.0.0.1 login a password b\n")
+    assert _fetcher()._session().trust_env is True
