@@ -1,4 +1,5 @@
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,27 @@ def forget_requests(server: SampleServer) -> None:
     """Forget the requests seen, so the `-then-ok` faults fail once more for the next run."""
     with server._server._lock:
         server._server.requests.clear()
+
+
+def process_running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (read from /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of process `pid`'s children (from /proc; empty once it is gone)."""
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                kids += [int(p) for p in fh.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return kids
 
 
 @pytest.fixture(scope="session")

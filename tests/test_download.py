@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import forget_requests, served_root
+from conftest import child_pids, forget_requests, process_running, served_root
 
 from mrw import download as download_module
 from mrw import paths, shards
@@ -41,24 +41,24 @@ def _rows(root, dataset="mrw", split="test"):
 
 
 # -- 200+ items, every fault ---------------------------------------------------------
+FAULTY_OPTIONS = dict(
+    workers=16,
+    shard_size=64,
+    timeout=2.0,
+    retries=1,
+    max_bytes=1 << 20,
+    backoff=0.05,
+    progress=False,
+)
+
+
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory, fault_server, sample_release):
     rel, srv = sample_release, fault_server
     forget_requests(srv)
     root = tmp_path_factory.mktemp("faulty") / "root"
     build_catalog("mrw", "test", root=root, source=str(rel))
-    report = download_split(
-        root=root,
-        dataset="mrw",
-        split="test",
-        workers=16,
-        shard_size=64,
-        timeout=2.0,
-        retries=1,
-        max_bytes=1 << 20,
-        backoff=0.05,
-        progress=False,
-    )
+    report = download_split(root=root, dataset="mrw", split="test", **FAULTY_OPTIONS)
     return rel, root, report, srv
 
 
@@ -150,19 +150,7 @@ def test_worker_processes_write_the_same_shards_as_threads(faulty, tmp_path, spy
     forget_requests(srv)
     other = tmp_path / "root"
     build_catalog("mrw", "test", root=other, source=str(rel))
-    again = download_split(
-        root=other,
-        dataset="mrw",
-        split="test",
-        workers=16,
-        processes=2,
-        shard_size=64,
-        timeout=2.0,
-        retries=1,
-        max_bytes=1 << 20,
-        backoff=0.05,
-        progress=False,
-    )
+    again = download_split(root=other, dataset="mrw", split="test", processes=2, **FAULTY_OPTIONS)
     assert len(spy_pool.pids_seen) == 2 and os.getpid() not in spy_pool.pids_seen
     assert (again.ok, again.errors) == (report.ok, report.errors)
     assert _parquet_files(other) == _parquet_files(root)  # data and status, byte for byte
@@ -216,34 +204,15 @@ def test_a_killed_download_leaves_no_worker_process(tmp_path):
         deadline = time.monotonic() + 60
         workers: list[int] = []
         while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            workers = _children(proc.pid)
+            workers = child_pids(proc.pid)
             time.sleep(0.01)
         assert len(workers) == 2, "the download never started its worker processes"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 30
-        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+        while any(process_running(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
-    assert not any(_running(p) for p in workers), "a worker outlived its killed parent"
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                kids += [int(p) for p in fh.read().split()]
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return kids
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not any(process_running(p) for p in workers), "a worker outlived its killed parent"
 
 
 def test_processes_auto_and_bad_values():

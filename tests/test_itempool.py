@@ -10,6 +10,7 @@ import time
 from functools import partial
 
 import pytest
+from conftest import process_running
 
 from mrw.itempool import ProcessItemPool, ThreadItemPool, WorkerDied
 
@@ -45,14 +46,6 @@ class Sleeps:
         return os.getpid()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_every_result_comes_back_from_two_processes():
     pool = ProcessItemPool([partial(Square, 0.01)] * 2, threads=4)
     try:
@@ -64,7 +57,7 @@ def test_every_result_comes_back_from_two_processes():
     assert {i: r[1] for i, r in results.items()} == {i: i * i for i in range(40)}
     assert {r[0] for r in results.values()} == set(pids)
     assert len(set(pids)) == 2 and os.getpid() not in pids
-    assert not any(_alive(p) for p in pids), "close() left a worker process behind"
+    assert not any(process_running(p) for p in pids), "close() left a worker process behind"
 
 
 def test_an_items_exception_comes_back_as_raised():
