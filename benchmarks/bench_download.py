@@ -15,12 +15,13 @@ A second section (`--realistic-only` runs it alone) serves realistic clips, 640x
 H.264 MP4s and 480x270 3 s GIFs (a few distinct clips made once with ffmpeg, under 1,500 URLs),
 and compares `download_split` with validation on against a plain pooled fetch of the same URLs,
 best of `--repeats` rounds: throughput ratio (target >= 0.5) and process CPU seconds per clip
-(target <= 0.012). Comparing with video2dataset (optional, never installed here): make a side
-virtualenv (`python -m venv /tmp/v2d && /tmp/v2d/bin/pip install video2dataset`), run this with
-`--realistic-only --url-list /tmp/urls.txt --serve-seconds 600`, and while the servers stay up run
-`/tmp/v2d/bin/video2dataset --url_list /tmp/urls.txt --output_folder /tmp/v2d-out
---input_format txt --processes_count 2 --thread_count 8`; divide the items/s it prints by the
-pooled-fetch figure of the same run.
+(target <= 0.012). Comparing with video2dataset (optional, never a dependency): make a side
+virtualenv (`python -m venv /tmp/v2d && /tmp/v2d/bin/pip install video2dataset 'pyarrow<16'`;
+video2dataset 1.3.0 pins numpy 1.x, which newer pyarrow refuses) and pass
+`--video2dataset /tmp/v2d/bin/video2dataset` (or set MRW_VIDEO2DATASET): after the rounds it runs
+on the same URLs, 2 processes x 8 threads, while the servers stay up, and the section reports its
+items/s (successes over its whole wall time, start-up included, and over its own download time)
+against the pooled fetch. `--url-list FILE --serve-seconds N` keep the servers up for runs by hand.
 
     .venv/bin/python benchmarks/bench_download.py
     .venv/bin/python benchmarks/bench_download.py --realistic-only
@@ -323,6 +324,49 @@ def probe_cpu(clips: list[Path], rounds: int = 20) -> dict[str, float]:
     return out
 
 
+def run_video2dataset(binary: str, urls: list[str], work: Path) -> dict:
+    """video2dataset on `urls` (2 processes x 8 threads, its defaults otherwise): its wall time,
+    the largest download time its shards report, successes, failures and version."""
+    import json
+
+    listing, out = work / "v2d-urls.txt", work / "v2d-out"
+    listing.write_text("\n".join(urls) + "\n")
+    command = [binary, "--url_list", str(listing), "--output_folder", str(out)]
+    command += ["--input_format", "txt", "--processes_count", "2", "--thread_count", "8"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=work)
+    wall = time.perf_counter() - t0
+    stats = [json.loads(p.read_text()) for p in sorted(out.glob("*_stats.json"))]
+    python = Path(binary).parent / "python"
+    version = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('video2dataset'))"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return {
+        "wall": wall,
+        "download": max((s.get("duration", 0.0) for s in stats), default=0.0),
+        "successes": sum(s.get("successes", 0) for s in stats),
+        "count": sum(s.get("count", 0) for s in stats),
+        "returncode": proc.returncode,
+        "version": version or "unknown version",
+    }
+
+
+def _v2d_text(v2d: dict | None, n: int, fetch_wall: float) -> str:
+    if v2d is None:
+        return "video2dataset: not run (`--video2dataset BIN`; the script's docstring says how)."
+    ok, wall, own = v2d["successes"], v2d["wall"], v2d["download"]
+    rate = ok / wall if wall else 0.0
+    own_rate = ok / own if own else 0.0
+    return (
+        f"video2dataset {v2d['version']} on the same {n} URLs (2 processes x 8 threads, exit code "
+        f"{v2d['returncode']}): {ok} of {v2d['count']} stored, {rate:.1f} items/s over its "
+        f"{wall:.1f} s ({rate * fetch_wall / n:.2f}x the plain fetch), {own_rate:.1f} items/s "
+        f"over the {own:.1f} s its shards report downloading ({own_rate * fetch_wall / n:.2f}x)."
+    )
+
+
 def realistic_main(args) -> None:
     load_before = os.getloadavg()
     n = args.realistic_items
@@ -374,6 +418,7 @@ def realistic_main(args) -> None:
                     if reports[0].ok != n:
                         raise SystemExit(f"download: {reports[0].summary()}")
                     shutil.rmtree(root)
+            v2d = run_video2dataset(args.video2dataset, urls, work) if args.video2dataset else None
             if args.url_list:
                 Path(args.url_list).write_text("\n".join(urls) + "\n")
                 print(f"wrote {n} URLs to {args.url_list}", flush=True)
@@ -444,8 +489,7 @@ def realistic_main(args) -> None:
         "",
         f"Download / plain fetch: **{ratio:.2f}x** (target >= 0.5x; issue 19 measured 0.09x when the "
         f"download decoded every frame). CPU per clip: **{cpu_per_clip:.4f} s** (target <= 0.012; "
-        "0.069 then). "
-        "video2dataset: not run here (see the script's docstring for the side-virtualenv recipe).",
+        "0.069 then). " + _v2d_text(v2d, n, fetch_wall),
         "",
         *([*notes, ""] if notes else []),
         f"Where the download's CPU goes: the check alone (`mrw.media.probe_media`, one thread) takes "
@@ -483,6 +527,11 @@ def main(argv=None) -> None:
     ap.add_argument("--realistic-items", type=int, default=1500)
     ap.add_argument("--repeats", type=int, default=3, help="rounds of the realistic section")
     ap.add_argument("--url-list", help="write the realistic section's URLs to this file")
+    ap.add_argument(
+        "--video2dataset",
+        default=os.environ.get("MRW_VIDEO2DATASET"),
+        help="a video2dataset executable (in a side virtualenv) to run on the same URLs",
+    )
     ap.add_argument(
         "--serve-seconds", type=_positive, help="keep the realistic servers up this long after"
     )
