@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -233,6 +234,8 @@ def _serve(fd: int) -> None:
 
     It leaves when the parent says so (None) or goes away (end of file), without waiting for
     items still in flight: nobody waits for their results any more."""
+    # Ctrl-C reaches the whole process group: the parent decides, and then closes the pipe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(fd)
     try:
         sys.path.extend(p for p in conn.recv() if p not in sys.path)

@@ -215,6 +215,47 @@ def test_a_killed_download_leaves_no_worker_process(tmp_path):
     assert not any(process_running(p) for p in workers), "a worker outlived its killed parent"
 
 
+def test_ctrl_c_stops_the_download_and_its_workers_with_one_line(tmp_path):
+    rel = tmp_path / "rel"
+    rel.mkdir()
+    with SampleServer(rel, latency=0.2) as srv:
+        write_sample_release(rel, "mrw", srv.url, counts={"train": 0, "val": 0, "test": 40})
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mrw.cli",
+                "download",
+                "--root",
+                str(tmp_path / "root"),
+                "--split",
+                "test",
+                "--metadata",
+                str(rel),
+                "--processes",
+                "2",
+                "--workers",
+                "4",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+        )
+        deadline = time.monotonic() + 60
+        workers: list[int] = []
+        while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            workers = child_pids(proc.pid)
+            time.sleep(0.01)
+        assert len(workers) == 2, "the download never started its worker processes"
+        time.sleep(0.5)  # items in flight
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "interrupted" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert not any(process_running(p) for p in workers)
+
+
 def test_processes_auto_and_bad_values():
     assert auto_processes(100, workers=16, per_host=4) == 1  # too small to pay for a process
     cpus = len(os.sched_getaffinity(0))
