@@ -115,6 +115,44 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve_before(ex: Exchange, host: str, port: int) -> list[tuple[int, tuple]]:
+    """`ex.network.resolve(host, port)`, given up at the exchange's deadline.
+
+    A lookup cannot be interrupted, and a slow or silent DNS server holds it for the resolver's
+    own timeouts (5 s a try by default, several tries), so it runs in a thread of its own that
+    the request stops waiting for at the deadline; the thread ends when the resolver gives up.
+    An address needs no lookup and is resolved here at once."""
+    if _is_address(host):
+        return ex.network.resolve(host, port)
+    outcome: list = []
+    done = threading.Event()
+
+    def look_up() -> None:
+        try:
+            outcome.append((True, ex.network.resolve(host, port)))
+        except BaseException as e:  # handed to the request's thread below
+            outcome.append((False, e))
+        finally:
+            done.set()
+
+    threading.Thread(target=look_up, name="mrw-resolve", daemon=True).start()
+    if not done.wait(max(0.0, ex.deadline - time.monotonic())):
+        ex.fired.set()  # the exchange's time is up: the fetch reports a timeout
+        raise TimeoutError(f"the name lookup of {host} did not finish within the time limit")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
 class _GuardedConnectionMixin(_Connection):
     """Resolves, checks and connects through the current exchange, so the policy decides on the
     address that is then connected to, and the watchdog holds the socket from its creation."""
@@ -124,9 +162,11 @@ class _GuardedConnectionMixin(_Connection):
         if ex is None:
             return super()._new_conn()
         try:
-            addresses = ex.network.resolve(self._dns_host, self.port)
+            addresses = _resolve_before(ex, self._dns_host, self.port)
         except socket.gaierror as e:
             raise urllib3.exceptions.NameResolutionError(self.host, self, e) from e
+        except TimeoutError as e:
+            raise urllib3.exceptions.ConnectTimeoutError(self, str(e)) from e
         ex.admit(self.host, [address[0] for _, address in addresses])
         timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
         error: OSError | None = None

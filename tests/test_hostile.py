@@ -156,6 +156,34 @@ def test_slow_headers_are_cut_at_the_timeout(media):
     assert time.monotonic() - t0 < 2.5
 
 
+class SlowDNS(Network):
+    """A resolver that answers after `delay` seconds (a silent DNS server), with loopback."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+        self.calls = 0
+
+    def resolve(self, host, port):
+        self.calls += 1
+        time.sleep(self.delay)
+        return [(socket.AF_INET, ("127.0.0.1", port))]
+
+
+def test_a_slow_name_lookup_is_cut_at_the_timeout(media, loopback_only):
+    srv, _, clip = media
+    port = srv.url.rsplit(":", 1)[1]
+    network = SlowDNS(delay=4.0)
+    t0 = time.monotonic()
+    res = _fetcher(network, timeout=1.0).fetch(f"http://slow-dns.example:{port}/media/{clip}")
+    elapsed = time.monotonic() - t0
+    assert res.error == "timeout" and network.calls == 1, (res.error, res.message)
+    assert elapsed < 2.5, f"the lookup held the fetch for {elapsed:.1f} s past its 1 s limit"
+    # a quick lookup is not affected: the same server by name, resolved at once
+    quick = _fetcher(SlowDNS(delay=0.0), timeout=5.0)
+    assert quick.fetch(f"http://quick-dns.example:{port}/media/{clip}").ok
+    assert not loopback_only
+
+
 def test_download_with_slow_headers_ends_within_its_timeout(media, tmp_path):
     srv, _out, name = media
     rel = tmp_path / "rel"

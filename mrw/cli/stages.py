@@ -86,7 +86,7 @@ def _with_summary(run: Callable[..., Any], **options: Any) -> Any:
     "--timeout",
     type=SECONDS,
     default=30.0,
-    help="Limit on one whole response (connect to last byte), in seconds.",
+    help="Limit on one whole response (name lookup to last byte), in seconds.",
 )
 @click.option(
     "--retries",
