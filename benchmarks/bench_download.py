@@ -53,7 +53,7 @@ import _results  # noqa: E402  (benchmarks/_results.py, beside this script)
 
 from mrw.catalog import write_catalog  # noqa: E402
 from mrw.demo.release import encode_raw_frames  # noqa: E402
-from mrw.download import auto_processes, download_split  # noqa: E402
+from mrw.download import auto_processes, download_split, even_shares  # noqa: E402
 from mrw.fetch import FetchConfig, Fetcher  # noqa: E402
 from mrw.itempool import ProcessItemPool  # noqa: E402
 
@@ -288,8 +288,7 @@ def _timed(fn, servers: list) -> tuple[float, float, float]:
 def pooled_processes(urls: list[str], processes: int) -> float:
     """`pooled` spread over worker processes as the download spreads its items: `processes`
     processes sharing the threads and the per-host limit; the bytes are dropped in the workers."""
-    shares = [WORKERS // processes + (k < WORKERS % processes) for k in range(processes)]
-    hosts = [4 // processes + (k < 4 % processes) for k in range(processes)]
+    shares, hosts = even_shares(WORKERS, processes), even_shares(4, processes)
     makers = [
         partial(_pooled.DropBytes, FetchConfig(timeout=30, retries=0, per_host=h)) for h in hosts
     ]

@@ -160,8 +160,8 @@ def _read_environment_once() -> tuple[bool, str | bool]:
     to verify with.
 
     With `trust_env` requests looks up proxies (walking all of `os.environ` twice), the CA bundle
-    variables and `~/.netrc` again for every request: a third of the fetch's CPU on a fast
-    network. Unless proxies or a netrc file are configured (then requests keeps doing it, since
+    variables and `~/.netrc` again for every request: about a sixth of the fetch's CPU on a
+    fast network. Unless proxies or a netrc file are configured (then requests keeps doing it, since
     `no_proxy` and netrc answer per URL), the one thing it would find, the CA bundle, is read here
     once and the session stops looking: the same requests go out."""
     import os

@@ -29,11 +29,18 @@ class BlockedAddress(Exception):
     """A connection the address policy refuses (not an OSError, so urllib3 does not retry it)."""
 
 
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`text` as an IP address (an IPv6 zone like `%eth0` dropped), or None if it is not one."""
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
 def is_internal(ip: str) -> bool:
     """Loopback, private, link-local, shared (CGNAT), reserved or multicast: not on the internet."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    addr = _ip(ip)
+    if addr is None:
         return True  # not an address we can place: treat it as the more dangerous kind
     mapped = getattr(addr, "ipv4_mapped", None)
     return not (mapped or addr).is_global
@@ -115,14 +122,6 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
-
-
 def _resolve_before(ex: Exchange, host: str, port: int) -> list[tuple[int, tuple]]:
     """`ex.network.resolve(host, port)`, given up at the exchange's deadline.
 
@@ -130,7 +129,7 @@ def _resolve_before(ex: Exchange, host: str, port: int) -> list[tuple[int, tuple
     own timeouts (5 s a try by default, several tries), so it runs in a thread of its own that
     the request stops waiting for at the deadline; the thread ends when the resolver gives up.
     An address needs no lookup and is resolved here at once."""
-    if _is_address(host):
+    if _ip(host) is not None:
         return ex.network.resolve(host, port)
     outcome: list = []
     done = threading.Event()
